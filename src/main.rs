@@ -1,1 +1,82 @@
-fn main() {}
+//! The `tokun` binary: parses the command line and runs a subcommand.
+
+use anyhow::Context;
+use clap::Parser;
+use tokun::cli::{Cli, Command, ServeArgs, StoreArgs};
+use tokun::config::Config;
+use tokun::server::RunningServer;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    })
+}
+
+fn load_config(store: &StoreArgs) -> anyhow::Result<Config> {
+    let mut config = match &store.config {
+        Some(path) => Config::load(path).with_context(|| format!("invalid config {}", path.display()))?,
+        None => Config::default(),
+    };
+    if let Some(data) = &store.data {
+        config.server.data_dir.clone_from(data);
+    }
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&args.store)?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    tokun::telemetry::init(&config.log);
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let first_model = config.models.first().map(|m| m.id.clone()).unwrap_or_default();
+    let server = RunningServer::start(config, listener).await?;
+    announce(&server, &first_model);
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining streams");
+    server.shutdown().await
+}
+
+fn announce(server: &RunningServer, model: &str) {
+    let addr = server.addr();
+    let first = server.first_start();
+    if let Some(token) = &first.admin_token {
+        eprintln!("Admin token (shown once; also in DATA/admin_token): {token}");
+    }
+    let key = match &first.demo_key {
+        Some(key) => {
+            eprintln!("Demo account demo@tokun.local created with its API key (shown once):\n  {key}\n");
+            key.as_str()
+        }
+        None => "$TOKUN_API_KEY",
+    };
+    eprintln!(
+        "tokun listening on http://{addr}\n\nTry a streamed completion:\n  curl -N http://{addr}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{model}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello tokun\"}}]}}'\n"
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,1 +1,20 @@
-//! placeholder
+//! The domain, as ractor actors: stream actors relaying completions, account
+//! actors owning balances, the ledger actor in front of the durable store, and
+//! their supervision and counters. Knows nothing of axum, HTTP status codes or
+//! the public JSON shapes; talks to upstreams only through `tokun-providers`
+//! and to disk only through `tokun-storage`.
+
+pub mod account;
+pub mod ledger;
+pub mod meter;
+pub mod relay;
+pub mod stats;
+pub mod stream;
+pub mod stream_supervisor;
+
+pub use account::registry::AccountsHandle;
+pub use ledger::LedgerHandle;
+pub use meter::{AccountMeter, Meter, MeterRecord};
+pub use relay::{RelayEvent, RequestError, Route, Settlement, StreamFailure, Timeouts, UsageSource};
+pub use stream::StreamArgs;
+pub use stream_supervisor::StreamSupervisorHandle;

@@ -60,7 +60,9 @@ pub enum ProviderError {
 impl ProviderError {
     pub fn source(&self) -> ErrorSource {
         match self {
-            ProviderError::Status { status, .. } if is_client_status(*status) => ErrorSource::Client,
+            ProviderError::Status { status, .. } if is_client_status(*status) => {
+                ErrorSource::Client
+            }
             ProviderError::Request { .. } => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
         }

@@ -4,6 +4,7 @@
 
 pub mod echo;
 pub mod error;
+pub mod http;
 pub mod openai;
 pub mod tokens;
 pub mod types;
@@ -16,7 +17,8 @@ pub use error::{ErrorSource, ProviderError, TimeoutPhase};
 pub use types::{ChatCompletion, ChatCompletionChunk, ChatRequest, Usage};
 
 /// The chunks of one streamed completion, ending after the upstream's `[DONE]`.
-pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, ProviderError>> + Send>>;
+pub type ChunkStream =
+    Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, ProviderError>> + Send>>;
 
 /// One configured upstream, dispatched by wire format.
 ///

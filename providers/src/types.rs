@@ -35,7 +35,9 @@ impl ChatRequest {
 
     /// Whether the client asked for the final usage chunk.
     pub fn wants_usage_chunk(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
     }
 }
 
@@ -80,7 +82,10 @@ pub enum Content {
 impl Content {
     /// The text this content carries; non-text parts contribute nothing.
     pub fn text(&self) -> TextParts<'_> {
-        TextParts { content: self, index: 0 }
+        TextParts {
+            content: self,
+            index: 0,
+        }
     }
 }
 

@@ -1,1 +1,46 @@
-//! placeholder
+//! `tokun-storage`: money, the ledger and the embedded sled store. It owns
+//! the money type (`Nanos`, `Price`), ledger entries and their arithmetic
+//! (`ledger::apply`), the sled trees and their layout (`Store`), the one
+//! writer thread that group-commits to them (`LedgerWriter`), and the audit
+//! (`Store::verify`). It knows nothing of actors, async runtimes, HTTP or
+//! providers, and depends on no other tokun crate.
+//!
+//! Trees: `entries` (seq → entry), `account_entries` (account ++ seq),
+//! `balances` (account → books as of its last entry), `accounts` and
+//! `emails`, `keys` (secret hash → key) with `key_ids` and `account_keys`,
+//! `holds` (open holds only), `usage` (account ++ time ++ unique → request
+//! metadata), `meta` (last committed seq) and `ids` (reserved id ranges).
+//!
+//! **Invariant:** every write except id reservation goes through the
+//! writer thread, one atomic transaction and one flush per batch; an ack
+//! fires only after its batch is on disk.
+//!
+//! **Invariant:** the ledger is append-only: seqs 1, 2, 3, … with no gaps,
+//! never updated or deleted.
+
+mod codec;
+mod error;
+mod ids;
+mod ids_alloc;
+pub mod ledger;
+mod money;
+mod ops;
+mod price;
+mod records;
+mod replay;
+mod store;
+mod verify;
+mod writer;
+
+pub use error::StorageError;
+pub use ids::{AccountId, HoldId, IdError, KeyId};
+pub use ledger::{Book, Books, EntryKind, LedgerEntry, LedgerError, apply, apply_within_floor};
+pub use money::{MoneyError, NANOS_PER_USD, Nanos};
+pub use ops::{Ack, Durable, NewEntry, WriteOp};
+pub use price::Price;
+pub use records::{
+    AccountRecord, BalanceRow, KEY_PREFIX_CHARS, KeyRecord, OpenHold, UsageRecord, hash_secret,
+};
+pub use store::{IdKind, Store, StoreOptions};
+pub use verify::VerifyReport;
+pub use writer::{LedgerWriter, WriterConfig, WriterHandle, WriterStats, WriterStatsSnapshot};

@@ -1,0 +1,227 @@
+//! The account actor: one per active account, the only writer of its balance.
+//!
+//! Reservations, extensions, settlements, releases and transfers are messages,
+//! so concurrent requests on one account are serialized and no race can
+//! overdraw it. Decisions are made in memory ([`book::AccountBook`]); the
+//! entries they imply go to the ledger actor. Holds are sent without waiting
+//! (batched with everything else); settlements and transfers answer only once
+//! durable, by handing the caller's reply to the ledger's ack — the actor
+//! itself never waits on a disk flush, so its mailbox keeps moving.
+
+pub mod book;
+pub mod registry;
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
+use tokun_storage::Store;
+use tokun_storage::{AccountId, HoldId};
+use tokun_storage::ledger::EntryKind;
+use tokun_storage::Nanos;
+use tokun_storage::WriteOp;
+use tokun_storage::{AccountRecord, UsageRecord};
+
+pub use book::{AccountBook, AccountError, ReserveRequest, Reservation, Settled};
+
+use crate::ledger::LedgerHandle;
+
+pub struct AccountActor;
+
+pub struct AccountArgs {
+    pub account: AccountId,
+    pub store: Store,
+    pub ledger: LedgerHandle,
+    /// Stop after this long without messages and without open holds.
+    pub idle_after: Duration,
+    /// This account's previous actor crashed: wait for the ledger to flush
+    /// what it sent before reloading the books.
+    pub after_crash: bool,
+}
+
+/// Token usage to bill: prompt, cached prompt, completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Billed {
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub estimated: bool,
+}
+
+/// A snapshot of the account for the API.
+#[derive(Debug, Clone)]
+pub struct AccountView {
+    pub record: AccountRecord,
+    pub balance: Nanos,
+    pub held: Nanos,
+    pub spendable: Nanos,
+    pub open_holds: usize,
+}
+
+pub type Durably<T> = oneshot::Sender<Result<T, AccountError>>;
+
+pub enum AccountMsg {
+    Reserve(ReserveRequest, RpcReplyPort<Result<Reservation, AccountError>>),
+    Extend(HoldId, RpcReplyPort<Result<u64, AccountError>>),
+    /// Replies once the settlement (and the usage record) are durable.
+    Settle { hold: HoldId, billed: Billed, usage: Option<Box<UsageRecord>>, reply: Durably<Settled> },
+    Release(HoldId),
+    /// Settles a hold left open by a crash; replies once durable.
+    Recover { hold: HoldId, checkpoint: Option<(u64, u64)>, reply: Durably<Settled> },
+    Checkpoint { hold: HoldId, prompt_tokens: u64, completion_tokens: u64 },
+    /// `Topup`, `Adjustment` or `Refund`; replies with the balance once durable.
+    Transfer { kind: EntryKind, amount: Nanos, reference: String, reply: Durably<Nanos> },
+    SetDisabled(bool, Durably<AccountRecord>),
+    View(RpcReplyPort<Result<AccountView, AccountError>>),
+    IdleCheck,
+}
+
+pub struct AccountState {
+    record: AccountRecord,
+    book: AccountBook,
+    store: Store,
+    ledger: LedgerHandle,
+    idle_after: Duration,
+    last_activity: tokio::time::Instant,
+}
+
+impl Actor for AccountActor {
+    type Msg = AccountMsg;
+    type State = AccountState;
+    type Arguments = AccountArgs;
+
+    async fn pre_start(&self, myself: ActorRef<AccountMsg>, args: AccountArgs) -> Result<AccountState, ActorProcessingErr> {
+        if args.after_crash {
+            args.ledger.barrier().await?;
+        }
+        let record = args.store.account(args.account)?.ok_or_else(|| format!("unknown account {}", args.account))?;
+        let mut book = AccountBook::new(args.account, record.floor, args.store.books(args.account)?);
+        for hold in args.store.open_holds()?.into_iter().filter(|h| h.account == args.account) {
+            book.adopt_hold(hold.hold, hold.amount, hold.price, hold.request_id.unwrap_or_default());
+        }
+        let tick = (args.idle_after / 2).max(Duration::from_millis(50));
+        myself.send_interval(tick, || AccountMsg::IdleCheck);
+        Ok(AccountState {
+            record,
+            book,
+            store: args.store,
+            ledger: args.ledger,
+            idle_after: args.idle_after,
+            last_activity: tokio::time::Instant::now(),
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<AccountMsg>, message: AccountMsg, state: &mut AccountState) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, AccountMsg::IdleCheck) {
+            state.last_activity = tokio::time::Instant::now();
+        }
+        let now = now_ms();
+        match message {
+            AccountMsg::Reserve(request, reply) => {
+                let result = state.reserve(&request, now);
+                let _ = reply.send(result);
+            }
+            AccountMsg::Extend(hold, reply) => {
+                let result = state.book.extend(hold, now).map(|(allowance, entry)| {
+                    state.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
+                    allowance
+                });
+                let _ = reply.send(result);
+            }
+            AccountMsg::Settle { hold, billed, usage, reply } => state.settle(hold, billed, usage, reply, now),
+            AccountMsg::Release(hold) => {
+                if let Ok(entry) = state.book.release(hold, now) {
+                    state.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
+                }
+            }
+            AccountMsg::Recover { hold, checkpoint, reply } => match state.book.recover(hold, checkpoint, now) {
+                Ok((settled, entries)) => {
+                    let ops = entries.into_iter().map(WriteOp::Entry).collect();
+                    state.durably(ops, reply, move || settled);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            AccountMsg::Checkpoint { hold, prompt_tokens, completion_tokens } => {
+                state.ledger.append_nowait(vec![WriteOp::Checkpoint { hold, prompt_tokens, completion_tokens }]);
+            }
+            AccountMsg::Transfer { kind, amount, reference, reply } => state.transfer(kind, amount, &reference, reply, now),
+            AccountMsg::SetDisabled(disabled, reply) => {
+                state.record.disabled = disabled;
+                let record = state.record.clone();
+                state.durably(vec![WriteOp::PutAccount(record.clone())], reply, move || record);
+            }
+            AccountMsg::View(reply) => {
+                let books = state.book.books();
+                let _ = reply.send(Ok(AccountView {
+                    record: state.record.clone(),
+                    balance: books.balance,
+                    held: books.held,
+                    spendable: state.book.spendable(),
+                    open_holds: state.book.open_holds(),
+                }));
+            }
+            AccountMsg::IdleCheck => {
+                if state.book.open_holds() == 0 && state.last_activity.elapsed() >= state.idle_after {
+                    myself.stop(Some("idle".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AccountState {
+    fn reserve(&mut self, request: &ReserveRequest, now: u64) -> Result<Reservation, AccountError> {
+        if self.record.disabled || self.record.deleted_ms.is_some() {
+            return Err(AccountError::Disabled);
+        }
+        let hold = self.store.next_hold_id().map_err(|_| AccountError::LedgerUnavailable)?;
+        let (reservation, entry) = self.book.reserve(hold, request, now)?;
+        self.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
+        Ok(reservation)
+    }
+
+    fn settle(&mut self, hold: HoldId, billed: Billed, usage: Option<Box<UsageRecord>>, reply: Durably<Settled>, now: u64) {
+        let tokens = (billed.prompt_tokens, billed.cached_tokens, billed.completion_tokens);
+        match self.book.settle(hold, tokens, billed.estimated, EntryKind::Settle, now) {
+            Ok((settled, entries)) => {
+                let mut ops: Vec<WriteOp> = entries.into_iter().map(WriteOp::Entry).collect();
+                if let Some(mut usage) = usage {
+                    usage.cost = settled.cost;
+                    usage.estimated = billed.estimated;
+                    ops.push(WriteOp::PutUsage(*usage));
+                }
+                self.durably(ops, reply, move || settled);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    fn transfer(&mut self, kind: EntryKind, amount: Nanos, reference: &str, reply: Durably<Nanos>, now: u64) {
+        match self.book.transfer(kind, amount, reference, now) {
+            Ok(entry) => {
+                let balance = entry.balance_after;
+                self.durably(vec![WriteOp::Entry(entry)], reply, move || balance);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// Sends `ops` to the ledger; `reply` gets `value()` once they are durable.
+    /// The actor does not wait: the ledger's ack answers the caller directly.
+    fn durably<T: Send + 'static>(&self, ops: Vec<WriteOp>, reply: Durably<T>, value: impl FnOnce() -> T + Send + 'static) {
+        self.ledger.append_then(ops, move |result| {
+            let _ = reply.send(result.map(|_| value()).map_err(|_| AccountError::LedgerUnavailable));
+        });
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,101 @@
+//! What a stream actor sends towards the client, and the routes it may call.
+//!
+//! These are domain events, not wire bytes: the HTTP and WebSocket edges turn
+//! them into SSE frames or JSON messages. Nothing here knows about HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokun_providers::{Adapter, ChatCompletion, ChatCompletionChunk, ProviderError, Usage};
+
+/// One upstream route a model may be served by, tried in configured order.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The configured provider name (for logs, metrics, `x-tokun-route`).
+    pub provider: Arc<str>,
+    /// The model name sent upstream.
+    pub upstream_model: Arc<str>,
+    pub adapter: Adapter,
+    pub timeouts: Timeouts,
+}
+
+/// Watchdog limits for one route.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From sending the request until the first chunk (or the whole non-streaming body).
+    pub first_byte: Duration,
+    /// Longest silence between two chunks once streaming.
+    pub idle: Duration,
+    /// Longest a whole request may take.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            first_byte: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Whether a settlement came from the upstream's own usage or from tokun's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The upstream reported usage; this is what is billed.
+    Exact,
+    /// The upstream never reported usage (drop, disconnect, cancel before the end);
+    /// tokun counted what was relayed.
+    Estimated,
+}
+
+/// How a request ended, as billed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub usage: Usage,
+    pub source: UsageSource,
+    /// Cost in nano-USD; zero while billing is off.
+    pub cost_nanos: i64,
+    /// Balance after the settlement, when the request was billed to an account.
+    pub balance_nanos: Option<i64>,
+}
+
+/// Why a stream ended without the upstream finishing it.
+#[derive(Debug, Clone)]
+pub enum StreamFailure {
+    Upstream(ProviderError),
+    /// The stream could not go on because the account's hold could not be extended.
+    Budget,
+}
+
+/// Events a stream actor sends to the edge, in order.
+///
+/// A streamed request yields `Routed`, `Chunk`s, at most one `Failed` (only after a chunk
+/// was sent), then exactly one `Finished`. A non-streaming request yields
+/// `Routed` and one `Completion`, or one `Rejected`. `Rejected` is only ever sent before any chunk:
+/// the first chunk is the commit point after which the edge can no longer
+/// change the HTTP status.
+#[derive(Debug)]
+pub enum RelayEvent {
+    /// Which provider serves the request; sent once, before its first chunk or completion.
+    Routed(Arc<str>),
+    Chunk(ChatCompletionChunk),
+    Completion(Box<ChatCompletion>, Settlement),
+    Rejected(RequestError),
+    Failed(StreamFailure),
+    Finished(Settlement),
+}
+
+/// Why a request failed before anything was sent to the client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Upstream(#[from] ProviderError),
+    #[error("insufficient credits: balance {balance_nanos} nanos, estimated cost {estimate_nanos} nanos")]
+    InsufficientCredits { balance_nanos: i64, estimate_nanos: i64 },
+    #[error("the ledger could not record this request")]
+    LedgerUnavailable,
+    #[error("tokun is shutting down")]
+    ShuttingDown,
+}

@@ -1,0 +1,423 @@
+//! The stream actor: one per in-flight completion (HTTP or WebSocket).
+//!
+//! It owns the upstream call, tries the model's routes in order until the first
+//! chunk (the commit point), relays chunks to the edge through a bounded channel
+//! (so a slow client slows the upstream read instead of growing a buffer),
+//! counts what it relayed, watches for client disconnect, cancel and stalls,
+//! and settles the request through its [`Meter`] before it sends the final
+//! event. It does not know about HTTP, SSE framing or accounts' balances.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, timeout};
+use tokun_providers::types::{ChunkChoice, Delta};
+use tokun_providers::{
+    ChatCompletion, ChatCompletionChunk, ChatRequest, ChunkStream, ProviderError, TimeoutPhase,
+    Usage, tokens,
+};
+
+use crate::meter::{Meter, MeterRecord};
+use crate::relay::{RelayEvent, RequestError, Route, StreamFailure, UsageSource};
+use crate::stats::StreamStats;
+
+/// Everything a stream actor needs, handed over by the edge.
+pub struct StreamArgs {
+    pub request_id: Arc<str>,
+    /// The configured model id the client asked for (or `auto` resolved to).
+    pub model: Arc<str>,
+    pub request: ChatRequest,
+    pub prompt_tokens_estimate: u64,
+    pub routes: Arc<[Route]>,
+    /// Towards the client; bounded, so sending waits while the client is slow.
+    pub out: mpsc::Sender<RelayEvent>,
+    /// Fired by `POST /v1/requests/{id}/cancel`: stop upstream, finish cleanly.
+    pub cancel: Arc<Notify>,
+    pub meter: Meter,
+    pub stats: Arc<StreamStats>,
+}
+
+pub enum StreamMsg {
+    /// Open the upstream (trying routes in order) and relay the first chunk.
+    Start,
+    /// Relay the next upstream chunk; sent by the actor to itself so that a
+    /// stop signal can interleave between chunks.
+    Pump,
+}
+
+pub struct StreamActor;
+
+pub struct StreamState {
+    args: StreamArgs,
+    created: u64,
+    chunk_id: String,
+    deadline: Instant,
+    route: Option<Route>,
+    upstream: Option<ChunkStream>,
+    /// Text relayed so far, for tokun's own count when the upstream gives no usage.
+    relayed_text: String,
+    upstream_usage: Option<Usage>,
+    finish_reason_sent: bool,
+    /// Set once the request was billed (or rejected), so `post_stop` never bills twice.
+    settled: bool,
+    started: Instant,
+    first_token_at: Option<Instant>,
+    /// Content chunks relayed: the running token count that drives hold extensions.
+    relayed_tokens: u64,
+    last_checkpoint: Instant,
+}
+
+/// How often a long stream records its usage for crash recovery.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why relaying stopped.
+enum End {
+    Completed,
+    Cancelled,
+    ClientGone,
+    /// The hold could not be extended: end cleanly with `finish_reason: "length"`.
+    Budget,
+    Failed(StreamFailure),
+}
+
+impl Actor for StreamActor {
+    type Msg = StreamMsg;
+    type State = StreamState;
+    type Arguments = StreamArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        args: StreamArgs,
+    ) -> Result<StreamState, ActorProcessingErr> {
+        args.stats.started();
+        let total = args.routes.first().map(|r| r.timeouts.total).unwrap_or_default();
+        myself.send_message(StreamMsg::Start)?;
+        Ok(StreamState {
+            created: unix_seconds(),
+            chunk_id: format!("chatcmpl-{}", args.request_id),
+            deadline: Instant::now() + total,
+            args,
+            route: None,
+            upstream: None,
+            relayed_text: String::new(),
+            upstream_usage: None,
+            finish_reason_sent: false,
+            settled: false,
+            started: Instant::now(),
+            first_token_at: None,
+            relayed_tokens: 0,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<StreamMsg>,
+        state: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stopped from outside (shutdown) mid-stream: still bill what was relayed.
+        if !state.settled {
+            state.finish(End::Cancelled).await;
+        }
+        state.args.stats.stopped();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        message: StreamMsg,
+        state: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        let next = match message {
+            StreamMsg::Start if state.args.request.stream => state.open_stream().await,
+            StreamMsg::Start => {
+                state.complete_unary().await;
+                None
+            }
+            StreamMsg::Pump => state.pump().await,
+        };
+        match next {
+            None => myself.stop(None),
+            Some(Ok(())) => myself.send_message(StreamMsg::Pump)?,
+            Some(Err(end)) => {
+                state.finish(end).await;
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StreamState {
+    /// Tries each route until one yields a first chunk; relays it.
+    /// `None` means the request ended before streaming (already reported).
+    async fn open_stream(&mut self) -> Option<Result<(), End>> {
+        let mut last_error = None;
+        for route in self.args.routes.iter() {
+            let mut request = self.args.request.clone();
+            request.model = route.upstream_model.to_string();
+            let attempt = timeout(route.timeouts.first_byte, first_chunk(route, &request));
+            let outcome = tokio::select! {
+                outcome = attempt => outcome,
+                () = self.args.out.closed() => return Some(Err(End::ClientGone)),
+            };
+            let error = match outcome {
+                Ok(Ok((stream, first))) => {
+                    self.route = Some(route.clone());
+                    self.upstream = Some(stream);
+                    if self.send(RelayEvent::Routed(route.provider.clone())).await.is_err() {
+                        return Some(Err(End::ClientGone));
+                    }
+                    return Some(self.accept(first).await);
+                }
+                Ok(Err(error)) => error,
+                Err(_) => ProviderError::Timeout { phase: TimeoutPhase::FirstByte },
+            };
+            let retry = error.retryable();
+            tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed before the first chunk");
+            last_error = Some(error);
+            if !retry {
+                break;
+            }
+        }
+        let error = last_error.unwrap_or(ProviderError::Request {
+            detail: "the model has no routes".into(),
+        });
+        self.reject(RequestError::Upstream(error)).await;
+        None
+    }
+
+    /// Relays the next chunk, or says why the stream ended.
+    async fn pump(&mut self) -> Option<Result<(), End>> {
+        let stream = self.upstream.as_mut()?;
+        let idle = self.route.as_ref().map(|r| r.timeouts.idle).unwrap_or_default();
+        let wait = idle.min(self.deadline.saturating_duration_since(Instant::now()));
+        let next = tokio::select! {
+            biased;
+            () = self.args.cancel.notified() => return Some(Err(End::Cancelled)),
+            () = self.args.out.closed() => return Some(Err(End::ClientGone)),
+            next = timeout(wait, stream.next()) => next,
+        };
+        let result = match next {
+            Err(_) => {
+                let phase = if Instant::now() >= self.deadline { TimeoutPhase::Total } else { TimeoutPhase::Idle };
+                Err(End::Failed(StreamFailure::Upstream(ProviderError::Timeout { phase })))
+            }
+            Ok(None) => Err(End::Completed),
+            Ok(Some(Err(error))) => Err(End::Failed(StreamFailure::Upstream(error))),
+            Ok(Some(Ok(chunk))) => self.accept(chunk).await,
+        };
+        Some(result)
+    }
+
+    /// Takes usage out of a chunk and relays the rest, if anything is left.
+    async fn accept(&mut self, mut chunk: ChatCompletionChunk) -> Result<(), End> {
+        if let Some(usage) = chunk.usage.take() {
+            self.upstream_usage = Some(usage);
+            if chunk.choices.is_empty() {
+                return Ok(());
+            }
+        }
+        let mut tokens = 0;
+        for choice in &chunk.choices {
+            if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
+                self.relayed_text.push_str(text);
+                tokens += 1;
+            }
+            self.finish_reason_sent |= choice.finish_reason.is_some();
+        }
+        chunk.id.clone_from(&self.chunk_id);
+        chunk.model = self.args.model.to_string();
+        chunk.created = self.created;
+        self.send(RelayEvent::Chunk(chunk)).await.map_err(|()| End::ClientGone)?;
+        if tokens > 0 {
+            self.first_token_at.get_or_insert_with(Instant::now);
+            self.relayed_tokens += tokens;
+            self.keep_budget().await?;
+        }
+        Ok(())
+    }
+
+    /// Extends the hold once the relayed tokens reach it; checkpoints usage.
+    async fn keep_budget(&mut self) -> Result<(), End> {
+        if self.relayed_tokens >= self.args.meter.allowance() && self.args.meter.extend().await.is_err() {
+            return Err(End::Budget);
+        }
+        if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.last_checkpoint = Instant::now();
+            self.args.meter.checkpoint(self.args.prompt_tokens_estimate, self.relayed_tokens).await;
+        }
+        Ok(())
+    }
+
+    /// Ends a stream that was committed: error event, closing chunk, settlement.
+    async fn finish(&mut self, end: End) {
+        self.upstream = None;
+        let closing_reason = match &end {
+            End::Completed | End::ClientGone => None,
+            End::Cancelled => Some("stop"),
+            End::Budget | End::Failed(StreamFailure::Budget) => Some("length"),
+            End::Failed(StreamFailure::Upstream(_)) => None,
+        };
+        let error_kind = match &end {
+            End::Failed(StreamFailure::Upstream(error)) => Some(error.kind()),
+            End::Failed(StreamFailure::Budget) | End::Budget => Some("budget"),
+            End::ClientGone => Some("client_gone"),
+            End::Cancelled => Some("cancelled"),
+            End::Completed => None,
+        };
+        if let End::Failed(failure) = &end {
+            let _ = self.send(RelayEvent::Failed(failure.clone())).await;
+        }
+        if let Some(reason) = closing_reason.filter(|_| !self.finish_reason_sent) {
+            let chunk = self.closing_chunk(reason);
+            let _ = self.send(RelayEvent::Chunk(chunk)).await;
+        }
+        let outcome = matches!(end, End::Completed).then_some("completed");
+        match self.settle(outcome.unwrap_or("interrupted"), error_kind).await {
+            Ok(settlement) => {
+                let _ = self.send(RelayEvent::Finished(settlement)).await;
+            }
+            Err(error) => tracing::error!(%error, "settlement failed after streaming"),
+        }
+    }
+
+    /// Non-streaming: one upstream call per route until one answers.
+    async fn complete_unary(&mut self) {
+        let mut last_error = None;
+        for route in self.args.routes.iter() {
+            let mut request = self.args.request.clone();
+            request.model = route.upstream_model.to_string();
+            let call = timeout(route.timeouts.total, route.adapter.complete(&request));
+            let outcome = tokio::select! {
+                outcome = call => outcome,
+                () = self.args.out.closed() => {
+                    // The upstream call is dropped; bill the prompt it already read.
+                    let _ = self.settle("interrupted", Some("client_gone")).await;
+                    return;
+                }
+            };
+            match outcome {
+                Ok(Ok(completion)) => {
+                    self.route = Some(route.clone());
+                    let _ = self.send(RelayEvent::Routed(route.provider.clone())).await;
+                    return self.deliver(completion).await;
+                }
+                Ok(Err(error)) => {
+                    let retry = error.retryable();
+                    tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed");
+                    last_error = Some(error);
+                    if !retry {
+                        break;
+                    }
+                }
+                Err(_) => last_error = Some(ProviderError::Timeout { phase: TimeoutPhase::Total }),
+            }
+        }
+        let error = last_error.unwrap_or(ProviderError::Request {
+            detail: "the model has no routes".into(),
+        });
+        self.reject(RequestError::Upstream(error)).await;
+    }
+
+    async fn deliver(&mut self, mut completion: ChatCompletion) {
+        self.upstream_usage = completion.usage;
+        if self.upstream_usage.is_none() {
+            for choice in &completion.choices {
+                if let Some(text) = choice.message.get("content").and_then(|c| c.as_str()) {
+                    self.relayed_text.push_str(text);
+                }
+            }
+        }
+        completion.id.clone_from(&self.chunk_id);
+        completion.model = self.args.model.to_string();
+        match self.settle("completed", None).await {
+            Ok(settlement) => {
+                completion.usage = Some(settlement.usage);
+                let _ = self.send(RelayEvent::Completion(Box::new(completion), settlement)).await;
+            }
+            Err(error) => self.reject(error).await,
+        }
+    }
+
+    async fn reject(&mut self, error: RequestError) {
+        self.settled = true;
+        self.args.meter.release().await;
+        let _ = self.send(RelayEvent::Rejected(error)).await;
+    }
+
+    /// Bills the request and waits until the settlement is durable.
+    async fn settle(
+        &mut self,
+        outcome: &'static str,
+        error_kind: Option<&'static str>,
+    ) -> Result<crate::relay::Settlement, RequestError> {
+        let (usage, source) = match self.upstream_usage {
+            Some(usage) => (usage, UsageSource::Exact),
+            None => {
+                // tokun's own count: the relayed text, never fewer than the chunks relayed.
+                let completion = tokens::count_text(&self.relayed_text).max(self.relayed_tokens);
+                (Usage::new(self.args.prompt_tokens_estimate, completion), UsageSource::Estimated)
+            }
+        };
+        self.settled = true;
+        let record = MeterRecord {
+            request_id: self.args.request_id.clone(),
+            model: self.args.model.clone(),
+            provider: self.route.as_ref().map(|r| r.provider.clone()),
+            usage,
+            source,
+            outcome,
+            status: 200,
+            error_kind,
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            ttft_ms: self.first_token_at.map(|t| t.duration_since(self.started).as_millis() as u64),
+        };
+        self.args.meter.settle(record).await
+    }
+
+    fn closing_chunk(&self, reason: &str) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.chunk_id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.args.model.to_string(),
+            system_fingerprint: None,
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta: Delta::default(),
+                logprobs: None,
+                finish_reason: Some(reason.into()),
+            }],
+            usage: None,
+        }
+    }
+
+    /// Sends towards the client, waiting while its buffer is full.
+    async fn send(&mut self, event: RelayEvent) -> Result<(), ()> {
+        self.args.out.send(event).await.map_err(|_| ())
+    }
+}
+
+/// Opens the upstream stream and waits for its first chunk.
+async fn first_chunk(
+    route: &Route,
+    request: &ChatRequest,
+) -> Result<(ChunkStream, ChatCompletionChunk), ProviderError> {
+    let mut stream = route.adapter.stream(request).await?;
+    match stream.next().await {
+        Some(Ok(chunk)) => Ok((stream, chunk)),
+        Some(Err(error)) => Err(error),
+        None => Err(ProviderError::Truncated),
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,176 @@
+//! The OpenAI-compatible adapter (OpenAI, vLLM, Ollama, any compatible base
+//! URL): sends `POST {base}/chat/completions` and turns the answer into
+//! [`ChatCompletion`]s or a [`ChunkStream`]. It applies no timeouts beyond the
+//! client's connect timeout and never retries; callers own both.
+
+mod request;
+mod response;
+mod stream;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+
+use self::request::Mode;
+pub use self::stream::parse_chunk_stream;
+use crate::ChunkStream;
+use crate::error::ProviderError;
+use crate::types::{ChatCompletion, ChatRequest};
+
+/// One OpenAI-compatible upstream. Cheap to clone: the client is shared and the
+/// rest is reference-counted or small.
+#[derive(Clone)]
+pub struct OpenAiAdapter {
+    /// `{base}/chat/completions`, built once.
+    endpoint: Arc<str>,
+    auth: Auth,
+    client: reqwest::Client,
+}
+
+/// How requests authenticate.
+#[derive(Clone)]
+enum Auth {
+    None,
+    /// The ready header, and the key itself to scrub it from upstream messages.
+    Bearer {
+        header: HeaderValue,
+        key: Arc<str>,
+    },
+    /// The key has bytes no HTTP header may carry; every request fails with
+    /// `Request` instead of sending without credentials.
+    Invalid,
+}
+
+impl OpenAiAdapter {
+    /// `base_url` is like `https://api.openai.com/v1` (a trailing slash is fine).
+    /// An empty key means no `Authorization` header.
+    pub fn new(base_url: &str, api_key: Option<String>, client: reqwest::Client) -> Self {
+        let endpoint = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let auth = match api_key.filter(|key| !key.is_empty()) {
+            None => Auth::None,
+            Some(key) => match request::bearer(&key) {
+                Some(header) => Auth::Bearer {
+                    header,
+                    key: key.into(),
+                },
+                None => Auth::Invalid,
+            },
+        };
+        Self {
+            endpoint: endpoint.into(),
+            auth,
+            client,
+        }
+    }
+
+    /// The URL requests are posted to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// A non-streaming completion (`stream` is not sent, whatever `req` says).
+    pub async fn complete(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+        let body = request::encode(req, Mode::Complete)?;
+        let response = self.send(body, "application/json").await?;
+        let body = response.bytes().await.map_err(response::body_error)?;
+        response::parse_completion(&body)
+    }
+
+    /// Starts a streamed completion with the final usage chunk requested.
+    /// Resolves once the upstream answered 2xx with an event stream; the
+    /// returned stream then reads the body (see [`parse_chunk_stream`]).
+    pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+        let body = request::encode(req, Mode::Stream)?;
+        let response = self.send(body, "text/event-stream").await?;
+        if is_json(&response) {
+            // The upstream ignored `stream: true` or reported an error with a 2xx.
+            let body = response.bytes().await.map_err(response::body_error)?;
+            return Err(
+                match response::upstream_error_message(&String::from_utf8_lossy(&body)) {
+                    Some(message) => ProviderError::Stream { message },
+                    None => ProviderError::Protocol {
+                        detail: "expected an event stream, got a JSON body".to_owned(),
+                    },
+                },
+            );
+        }
+        Ok(parse_chunk_stream(
+            response.bytes_stream().map_err(response::body_error),
+        ))
+    }
+
+    /// Posts `body` and returns the response if its status is 2xx.
+    async fn send(
+        &self,
+        body: Vec<u8>,
+        accept: &'static str,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut builder = self
+            .client
+            .post(&*self.endpoint)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, accept)
+            .body(body);
+        match &self.auth {
+            Auth::None => {}
+            Auth::Bearer { header, .. } => builder = builder.header(AUTHORIZATION, header.clone()),
+            Auth::Invalid => {
+                return Err(ProviderError::Request {
+                    detail: "the API key is not a valid HTTP header value".to_owned(),
+                });
+            }
+        }
+        let response = builder.send().await.map_err(response::send_error)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.status_error(response).await)
+    }
+
+    /// Reads (a bounded prefix of) an error body and classifies it.
+    async fn status_error(&self, mut response: reqwest::Response) -> ProviderError {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        // A read error only shortens the message; the status is what matters.
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let room = response::ERROR_BODY_LIMIT.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= response::ERROR_BODY_LIMIT {
+                break;
+            }
+        }
+        let key = match &self.auth {
+            Auth::Bearer { key, .. } => Some(&**key),
+            Auth::None | Auth::Invalid => None,
+        };
+        response::status_error(status, &headers, &body, key)
+    }
+}
+
+impl fmt::Debug for OpenAiAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auth = match self.auth {
+            Auth::None => "none",
+            Auth::Bearer { .. } => "bearer (redacted)",
+            Auth::Invalid => "invalid (redacted)",
+        };
+        f.debug_struct("OpenAiAdapter")
+            .field("endpoint", &self.endpoint)
+            .field("auth", &auth)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_json(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"))
+}

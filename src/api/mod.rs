@@ -1,0 +1,99 @@
+//! The OpenAI-compatible HTTP API: routes, request parsing and the shared
+//! body helpers. Handlers turn HTTP into domain calls and domain events back
+//! into OpenAI shapes; they hold no business rules of their own.
+
+mod account;
+mod admin;
+mod chat;
+mod health;
+mod models;
+pub mod sse;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, header};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::retrieve))
+        .route("/v1/account", get(account::account))
+        .route("/v1/usage", get(account::usage))
+        .route("/v1/keys", get(account::list_keys).post(account::create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(account::revoke_key))
+        .route("/v1/requests/{id}/cancel", post(account::cancel))
+        .route("/admin/accounts", get(admin::list_accounts).post(admin::create_account))
+        .route("/admin/accounts/{id}", get(admin::get_account))
+        .route("/admin/accounts/{id}/disable", post(admin::disable_account))
+        .route("/admin/accounts/{id}/credit", post(admin::credit))
+        .route("/admin/accounts/{id}/debit", post(admin::debit))
+        .route("/admin/accounts/{id}/keys", post(admin::create_key))
+        .route("/admin/keys/{id}/revoke", post(admin::revoke_key))
+        .route("/admin/ledger/verify", get(admin::verify_ledger).post(admin::verify_ledger))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+}
+
+/// Reads a JSON request body up to `limit` bytes.
+pub async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let content_type = content_type.to_str().unwrap_or_default().to_ascii_lowercase();
+        // curl's `-d` sends form-urlencoded by default; accept it as JSON text.
+        let acceptable = content_type.starts_with("application/json")
+            || content_type.contains("+json")
+            || content_type.starts_with("application/x-www-form-urlencoded")
+            || content_type.starts_with("text/plain");
+        if !acceptable {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::bad_request("The request body could not be read.", None)
+        }
+    })
+}
+
+/// Parses JSON, turning serde's error into a 400 that names the offending field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(error) if error.is_syntax() || error.is_eof() => Err(ApiError::BadRequest {
+            message: format!("We could not parse the JSON body of your request: {error}."),
+            param: None,
+            code: Some("invalid_json"),
+        }),
+        Err(_) => {
+            // Slow path, errors only: run again to learn the field path.
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let error = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                Ok(_) => return Err(ApiError::bad_request("Invalid request body.", None)),
+                Err(error) => error,
+            };
+            let path = error.path().to_string();
+            let param = (path != ".").then_some(path);
+            Err(ApiError::BadRequest {
+                message: format!("Invalid request body: {}.", error.inner()),
+                param,
+                code: Some("invalid_value"),
+            })
+        }
+    }
+}

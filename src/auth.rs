@@ -1,0 +1,135 @@
+//! Who is calling: API keys (`Authorization: Bearer sk-tokun-…`) and the
+//! admin token. Keys are looked up by SHA-256, cached in memory; revoked keys
+//! are refused forever. Per-key RPM limits are enforced here, before any work.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, header};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokun_storage::{AccountId, KeyRecord, Store, hash_secret};
+
+use crate::error::ApiError;
+
+pub const KEY_PREFIX: &str = "sk-tokun-";
+/// 43 base62 characters ≈ 256 random bits.
+const KEY_RANDOM_CHARS: usize = 43;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub account: AccountId,
+    pub key: Arc<KeyRecord>,
+}
+
+/// Generates a new API key secret: `sk-tokun-` + 43 random base62 characters.
+pub fn new_key_secret() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let mut secret = String::with_capacity(KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+    secret.push_str(KEY_PREFIX);
+    secret.extend((0..KEY_RANDOM_CHARS).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])));
+    secret
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// In-memory cache of key records by hash, in front of sled.
+#[derive(Default)]
+pub struct KeyCache {
+    keys: Mutex<HashMap<[u8; 32], Arc<KeyRecord>>>,
+    windows: Mutex<HashMap<u64, (Instant, u32)>>,
+}
+
+impl KeyCache {
+    /// Resolves a bearer token to a live key.
+    pub fn authenticate(&self, store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized {
+            message: "You didn't provide an API key. Send `Authorization: Bearer sk-tokun-…`.".into(),
+        })?;
+        let invalid = || ApiError::Unauthorized { message: "Incorrect API key provided.".into() };
+        if !token.starts_with(KEY_PREFIX) || token.len() > 128 {
+            return Err(invalid());
+        }
+        let hash = hash_secret(token);
+        let cached = self.keys.lock().unwrap_or_else(PoisonError::into_inner).get(&hash).cloned();
+        let key = match cached {
+            Some(key) => key,
+            None => {
+                let record = store.key_by_hash(&hash).map_err(|_| ApiError::Internal)?.ok_or_else(invalid)?;
+                let record = Arc::new(record);
+                self.keys.lock().unwrap_or_else(PoisonError::into_inner).insert(hash, record.clone());
+                record
+            }
+        };
+        if key.is_revoked() {
+            return Err(ApiError::Unauthorized { message: "This API key has been revoked.".into() });
+        }
+        Ok(Caller { account: key.account, key })
+    }
+
+    /// Replaces or drops the cached record of a key (after revoke or update).
+    pub fn update(&self, hash: [u8; 32], record: KeyRecord) {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner).insert(hash, Arc::new(record));
+    }
+
+    /// Counts a request against the key's RPM limit (fixed one-minute windows).
+    pub fn check_rpm(&self, key: &KeyRecord) -> Result<(), ApiError> {
+        let Some(limit) = key.rpm_limit else { return Ok(()) };
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = windows.entry(key.id.get()).or_insert((now, 0));
+        if now.duration_since(window.0) >= Duration::from_secs(60) {
+            *window = (now, 0);
+        }
+        if window.1 >= limit {
+            let retry_after = Duration::from_secs(60).saturating_sub(now.duration_since(window.0));
+            return Err(ApiError::RateLimited {
+                message: format!("Rate limit reached for this key: {limit} requests per minute."),
+                retry_after,
+            });
+        }
+        window.1 += 1;
+        Ok(())
+    }
+}
+
+/// Checks the admin token (compared by hash, so timing says nothing about it).
+pub fn check_admin(headers: &HeaderMap, admin_token_hash: &[u8; 32]) -> Result<(), ApiError> {
+    let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized { message: "Admin token required.".into() })?;
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let same = hash.iter().zip(admin_token_hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same { Ok(()) } else { Err(ApiError::Unauthorized { message: "Invalid admin token.".into() }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_secrets_are_long_random_and_prefixed() {
+        let a = new_key_secret();
+        let b = new_key_secret();
+        assert!(a.starts_with(KEY_PREFIX));
+        assert_eq!(a.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+        assert_ne!(a, b);
+        assert!(a[KEY_PREFIX.len()..].chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Bearer sk-tokun-abc".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("sk-tokun-abc"));
+        headers.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! Stage one of config loading: the TOML file as written, with serde defaults
+//! and `deny_unknown_fields`. Nothing here is validated; see `super::Config`.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    #[serde(default)]
+    pub billing: RawBilling,
+    #[serde(default)]
+    pub ledger: RawLedger,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub admin_token: Option<String>,
+    pub public_url: Option<String>,
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub name: String,
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub max_concurrency: Option<u32>,
+    pub connect_timeout_ms: Option<u64>,
+    pub first_byte_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub total_timeout_ms: Option<u64>,
+    /// echo only: pause between streamed tokens.
+    pub delay_ms: Option<u64>,
+    /// echo only: tokens in a reply when the request sets no `max_tokens`.
+    pub reply_tokens: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub id: String,
+    pub context_window: Option<u32>,
+    pub price: RawPrice,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub provider: String,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBilling {
+    pub enabled: Option<bool>,
+    pub demo_credit_usd: Option<f64>,
+    pub signup_credit_usd: Option<f64>,
+    pub hold_increment_tokens: Option<u32>,
+    pub default_max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    pub max_batch: Option<u32>,
+    pub max_batch_delay_us: Option<u64>,
+}

@@ -1,0 +1,143 @@
+//! Assembles and runs the HTTP server: the router with its middleware
+//! (request ids, one log line per failed request), the listener with
+//! `TCP_NODELAY`, and graceful shutdown (stop accepting, let streams finish up
+//! to the grace period, then stop the rest so they settle).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::serve::ListenerExt;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokun_actors::StreamSupervisorHandle;
+
+use crate::api;
+use crate::config::Config;
+use crate::error::{ApiError, ErrorKind};
+use crate::services::{FirstStart, Services};
+use crate::state::AppState;
+
+/// The id of one request, shown to the client as `x-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// The router with every route and middleware; the seam tests drive.
+pub fn app(state: AppState) -> Router {
+    api::router()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound { message: "Unknown request URL.".into(), code: "unknown_url" }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Gives every request an id, echoes it as `x-request-id`, and logs failures once.
+async fn request_context(mut request: Request, next: Next) -> Response {
+    let id = RequestId(new_request_id().into());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(id.clone());
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let status = response.status();
+    if status.is_server_error() || status.is_client_error() {
+        let kind = response.extensions().get::<ErrorKind>().map_or("-", |k| k.0);
+        if status.is_server_error() {
+            tracing::warn!(request_id = %id.0, %method, path, status = status.as_u16(), kind, "request failed");
+        } else {
+            tracing::info!(request_id = %id.0, %method, path, status = status.as_u16(), kind, "request rejected");
+        }
+    }
+    response
+}
+
+/// 16 random base62 characters (≈ 95 bits): unique without coordination.
+fn new_request_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..16).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
+}
+
+/// A server running in this process (used by `tokun serve` and by tests).
+pub struct RunningServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    streams: StreamSupervisorHandle,
+    services: Services,
+    first_start: FirstStart,
+    grace: std::time::Duration,
+}
+
+impl RunningServer {
+    /// Binds `listener` and serves `config` until [`RunningServer::shutdown`].
+    pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
+        let addr = listener.local_addr()?;
+        let (services, first_start) = Services::start(&config).await?;
+        let streams = StreamSupervisorHandle::start().await?;
+        let grace = config.server.shutdown_grace;
+        let state = AppState::new(config, streams.clone(), services.clone())?;
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let listener = listener.tap_io(|tcp| {
+            // Nagle's algorithm meeting delayed ACKs costs ~40 ms per small write.
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = app(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = signal.await;
+                })
+                .await
+        });
+        Ok(RunningServer { addr, shutdown: Some(shutdown), task, streams, services, first_start, grace })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn streams(&self) -> &StreamSupervisorHandle {
+        &self.streams
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Secrets created by this start (demo key, admin token), to print once.
+    pub fn first_start(&self) -> &FirstStart {
+        &self.first_start
+    }
+
+    /// Stops accepting, lets streams finish up to the grace period, stops the rest.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.streams.shutdown(self.grace).await;
+        match tokio::time::timeout(self.grace, &mut self.task).await {
+            Ok(joined) => joined??,
+            Err(_) => self.task.abort(),
+        }
+        // Every stream has settled; flush the ledger and stop its writer.
+        self.services.stop().await;
+        Ok(())
+    }
+}

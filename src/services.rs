@@ -1,0 +1,177 @@
+//! The long-lived parts behind the API, started in order and stopped in
+//! reverse: the sled store, the ledger actor (with its writer thread), the
+//! account actors' supervisor. On start it settles holds left open by a crash
+//! (`recovered`), and on a fresh data dir it creates the admin token and the
+//! demo account. Used by `tokun serve` and by the store-touching subcommands.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use tokun_actors::{AccountsHandle, LedgerHandle};
+use tokun_storage::{AccountId, AccountRecord, EntryKind, KeyId, KeyRecord, Nanos, Store, WriteOp, WriterConfig, hash_secret};
+
+use crate::auth::new_key_secret;
+use crate::config::Config;
+
+/// How long an account actor stays alive without traffic.
+const ACCOUNT_IDLE: Duration = Duration::from_secs(300);
+
+#[derive(Clone)]
+pub struct Services {
+    pub store: Store,
+    pub ledger: LedgerHandle,
+    pub accounts: AccountsHandle,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: [u8; 32],
+}
+
+/// What a first start created and must print once.
+#[derive(Debug, Default)]
+pub struct FirstStart {
+    pub admin_token: Option<String>,
+    pub demo_key: Option<String>,
+    pub recovered_holds: usize,
+}
+
+impl Services {
+    pub async fn start(config: &Config) -> anyhow::Result<(Services, FirstStart)> {
+        let dir = &config.server.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        let store = Store::open(dir.join("ledger")).with_context(|| {
+            format!("cannot open the store in {} (is another tokun using it?)", dir.display())
+        })?;
+        let fresh = store.last_seq()? == 0 && store.accounts(None, 1)?.is_empty();
+        let writer = WriterConfig {
+            max_batch: config.ledger.max_batch,
+            max_batch_delay: config.ledger.max_batch_delay,
+            queue_capacity: 65_536,
+        };
+        let ledger = LedgerHandle::start(store.clone(), writer).await?;
+        let accounts = AccountsHandle::start(store.clone(), ledger.clone(), ACCOUNT_IDLE).await?;
+        let mut first = FirstStart::default();
+        let admin_token_hash = match &config.server.admin_token {
+            Some(token) => Sha256::digest(token.expose().as_bytes()).into(),
+            None => admin_token_from_file(dir, &mut first)?,
+        };
+        let services = Services { store, ledger, accounts, admin_token_hash };
+        first.recovered_holds = services.recover_holds().await?;
+        if fresh && config.billing.demo_credit.get() > 0 {
+            let (_, key) = services.create_account("demo@tokun.local", config.billing.demo_credit, "demo credit").await?;
+            first.demo_key = Some(key);
+        }
+        Ok((services, first))
+    }
+
+    /// Settles every hold a previous process left open, at its last
+    /// checkpointed usage or in full, marked `recovered`.
+    async fn recover_holds(&self) -> anyhow::Result<usize> {
+        let holds = self.store.open_holds()?;
+        for hold in &holds {
+            self.accounts.recover(hold.account, hold.hold, hold.checkpoint_tokens).await?;
+        }
+        if !holds.is_empty() {
+            tracing::warn!(holds = holds.len(), "settled holds left open by an unclean stop (recovered)");
+        }
+        Ok(holds.len())
+    }
+
+    /// Creates an account with optional starting credit and its first key.
+    pub async fn create_account(&self, email: &str, credit: Nanos, reason: &str) -> anyhow::Result<(AccountRecord, String)> {
+        let id = self.store.next_account_id()?;
+        let record = AccountRecord {
+            id,
+            email: email.trim().to_lowercase(),
+            created_ms: tokun_actors::account::now_ms(),
+            disabled: false,
+            floor: Nanos::ZERO,
+            deleted_ms: None,
+        };
+        self.ledger.append(vec![WriteOp::PutAccount(record.clone())]).await?;
+        if credit.get() > 0 {
+            self.accounts.transfer(id, EntryKind::Topup, credit, reason).await?;
+        }
+        let (_, secret) = self.create_key(id, KeyOptions { name: "default".into(), ..KeyOptions::default() }).await?;
+        Ok((record, secret))
+    }
+
+    /// Creates an API key; returns its record and the secret (shown once).
+    pub async fn create_key(&self, account: AccountId, options: KeyOptions) -> anyhow::Result<(KeyRecord, String)> {
+        let secret = new_key_secret();
+        let record = KeyRecord {
+            id: self.store.next_key_id()?,
+            account,
+            prefix: KeyRecord::prefix_of(&secret),
+            name: options.name,
+            created_ms: tokun_actors::account::now_ms(),
+            last_used_ms: None,
+            revoked_ms: None,
+            spend_limit: options.spend_limit,
+            rpm_limit: options.rpm_limit,
+            allowed_models: options.allowed_models,
+            debug: options.debug,
+        };
+        let hash = hash_secret(&secret);
+        self.ledger.append(vec![WriteOp::PutKey { hash, record: record.clone() }]).await?;
+        Ok((record, secret))
+    }
+
+    /// Revokes a key for good; returns its hash and the updated record.
+    pub async fn revoke_key(&self, key: KeyId) -> anyhow::Result<Option<([u8; 32], KeyRecord)>> {
+        let (Some(hash), Some(mut record)) = (self.store.key_hash(key)?, self.store.key(key)?) else {
+            return Ok(None);
+        };
+        if record.revoked_ms.is_none() {
+            record.revoked_ms = Some(tokun_actors::account::now_ms());
+            self.ledger.append(vec![WriteOp::PutKey { hash, record: record.clone() }]).await?;
+        }
+        Ok(Some((hash, record)))
+    }
+
+    /// Flushes and stops the ledger.
+    pub async fn stop(&self) {
+        let _ = self.ledger.barrier().await;
+        self.ledger.stop().await;
+    }
+}
+
+/// Options of a new API key.
+#[derive(Debug, Clone, Default)]
+pub struct KeyOptions {
+    pub name: String,
+    pub spend_limit: Option<Nanos>,
+    pub rpm_limit: Option<u32>,
+    pub allowed_models: Vec<String>,
+    pub debug: bool,
+}
+
+/// The admin token lives in `DATA/admin_token` (mode 0600), created at first start.
+fn admin_token_from_file(dir: &Path, first: &mut FirstStart) -> anyhow::Result<[u8; 32]> {
+    let path = dir.join("admin_token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(token) => token.trim().to_owned(),
+        Err(_) => {
+            let token = format!("tokun-admin-{}", &new_key_secret()[crate::auth::KEY_PREFIX.len()..]);
+            write_private(&path, &token)?;
+            first.admin_token = Some(token.clone());
+            token
+        }
+    };
+    Ok(Sha256::digest(token.as_bytes()).into())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Shared application state: the validated config turned into ready-to-use
+//! routes (adapters built once, one pooled HTTP client), the stream
+//! supervisor, and the meter. Cheap to clone; handed to every handler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokun_actors::{Route, StreamSupervisorHandle};
+use tokun_providers::echo::{EchoAdapter, EchoConfig};
+use tokun_providers::openai::OpenAiAdapter;
+use tokun_providers::{Adapter, ProviderError};
+
+use crate::auth::KeyCache;
+use crate::config::{Config, ModelConfig, ProviderKind};
+use crate::inflight::{Idempotency, InFlight};
+use crate::services::Services;
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    models: HashMap<String, Model>,
+    streams: StreamSupervisorHandle,
+    services: Services,
+    keys: KeyCache,
+    inflight: InFlight,
+    idempotency: Idempotency,
+}
+
+/// A configured model with its routes resolved to adapters.
+pub struct Model {
+    pub config: ModelConfig,
+    pub routes: Arc<[Route]>,
+}
+
+impl AppState {
+    pub fn new(config: Config, streams: StreamSupervisorHandle, services: Services) -> Result<Self, ProviderError> {
+        let adapters = build_adapters(&config)?;
+        let mut models = HashMap::with_capacity(config.models.len());
+        for model in &config.models {
+            let routes: Vec<Route> = model
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    let (adapter, timeouts) = adapters.get(r.provider.as_str())?;
+                    Some(Route {
+                        provider: r.provider.as_str().into(),
+                        upstream_model: r.model.as_str().into(),
+                        adapter: adapter.clone(),
+                        timeouts: *timeouts,
+                    })
+                })
+                .collect();
+            models.insert(model.id.clone(), Model { config: model.clone(), routes: routes.into() });
+        }
+        let inner = Inner {
+            config,
+            models,
+            streams,
+            services,
+            keys: KeyCache::default(),
+            inflight: InFlight::default(),
+            idempotency: Idempotency::default(),
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn model(&self, id: &str) -> Option<&Model> {
+        self.inner.models.get(id)
+    }
+
+    pub fn streams(&self) -> &StreamSupervisorHandle {
+        &self.inner.streams
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.inner.services
+    }
+
+    pub fn keys(&self) -> &KeyCache {
+        &self.inner.keys
+    }
+
+    pub fn inflight(&self) -> &InFlight {
+        &self.inner.inflight
+    }
+
+    pub fn idempotency(&self) -> &Idempotency {
+        &self.inner.idempotency
+    }
+
+    pub fn billing_enabled(&self) -> bool {
+        self.inner.config.billing.enabled
+    }
+}
+
+type Adapters<'a> = HashMap<&'a str, (Adapter, tokun_actors::Timeouts)>;
+
+fn build_adapters(config: &Config) -> Result<Adapters<'_>, ProviderError> {
+    let mut client: Option<tokun_providers::http::Client> = None;
+    let mut adapters = HashMap::with_capacity(config.providers.len());
+    for provider in &config.providers {
+        let adapter = match provider.kind {
+            ProviderKind::Echo => Adapter::Echo(EchoAdapter::new(EchoConfig {
+                delay: provider.echo_delay,
+                reply_tokens: provider.echo_reply_tokens,
+            })),
+            ProviderKind::OpenAi => {
+                // One pooled client for every OpenAI-compatible route.
+                let client = match &client {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        let built = tokun_providers::http::http_client(provider.connect_timeout)?;
+                        client = Some(built.clone());
+                        built
+                    }
+                };
+                let key = provider.api_key.as_ref().map(|k| k.expose().to_owned());
+                Adapter::OpenAi(OpenAiAdapter::new(&provider.base_url, key, client))
+            }
+        };
+        adapters.insert(provider.name.as_str(), (adapter, provider.timeouts));
+    }
+    Ok(adapters)
+}

@@ -1,0 +1,66 @@
+//! `StorageError`, the one error of this crate's I/O: sled failures, values
+//! that do not decode, writes the writer refused, and a writer that is gone.
+//! It is `Clone` because one flush failure is reported to every ack of its
+//! batch.
+
+use std::sync::Arc;
+
+use crate::ids::{AccountId, KeyId};
+use crate::ledger::LedgerError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("sled failed to {op}: {source}")]
+    Sled {
+        op: &'static str,
+        #[source]
+        source: Arc<sled::Error>,
+    },
+    #[error("stored value in tree {tree} does not decode: {message}")]
+    Decode { tree: &'static str, message: String },
+    #[error("{what} does not encode: {message}")]
+    Encode { what: &'static str, message: String },
+    #[error("cannot start the writer thread: {message}")]
+    Spawn { message: String },
+    #[error("writing the export failed: {message}")]
+    Export { message: String },
+    /// A submission broke a ledger rule; nothing of it was written.
+    #[error("write op {op_index} refused: {source}")]
+    Rejected {
+        op_index: usize,
+        #[source]
+        source: LedgerError,
+    },
+    #[error("write op {op_index} refused: unknown account {account}")]
+    UnknownAccount { op_index: usize, account: AccountId },
+    #[error("write op {op_index} refused: email {email:?} already belongs to {owner}")]
+    EmailTaken {
+        op_index: usize,
+        email: String,
+        owner: AccountId,
+    },
+    #[error("write op {op_index} refused: {key} {reason}")]
+    KeyConflict {
+        op_index: usize,
+        key: KeyId,
+        reason: &'static str,
+    },
+    /// The writer thread has stopped (closed, or every handle dropped).
+    #[error("the ledger writer is closed")]
+    WriterClosed,
+    /// An earlier batch failed to commit or flush; the writer refuses all
+    /// further writes until the process restarts and recovers from disk.
+    #[error("the ledger writer stopped after a storage failure: {cause}")]
+    WriterPoisoned { cause: String },
+    #[error("the id allocator's lock was poisoned by a panic")]
+    IdsPoisoned,
+}
+
+impl StorageError {
+    pub(crate) fn sled(op: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
+        move |source| StorageError::Sled {
+            op,
+            source: Arc::new(source),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The records kept beside the ledger: accounts, API keys (by hash), open
+//! holds, per-account balance rows and request usage metadata. Plain data;
+//! the rules for changing them are in `writer`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{AccountId, HoldId, KeyId};
+use crate::ledger::Books;
+use crate::money::Nanos;
+use crate::price::Price;
+
+/// How many leading characters of a key's secret are kept for listing.
+pub const KEY_PREFIX_CHARS: usize = 12;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub id: AccountId,
+    /// Unique, compared case-insensitively.
+    pub email: String,
+    pub created_ms: u64,
+    pub disabled: bool,
+    /// The lowest `balance − held` holds may leave: 0 for prepaid accounts,
+    /// negative for a credit line. `verify` checks every entry against the
+    /// current floor.
+    pub floor: Nanos,
+    pub deleted_ms: Option<u64>,
+}
+
+/// An API key. Only the SHA-256 of the secret is stored (it is this record's
+/// key in the `keys` tree); revoked keys are kept forever so a revoked secret
+/// never works again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub account: AccountId,
+    /// The first `KEY_PREFIX_CHARS` characters of the secret, for listing.
+    pub prefix: String,
+    pub name: String,
+    pub created_ms: u64,
+    pub last_used_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+    pub spend_limit: Option<Nanos>,
+    pub rpm_limit: Option<u32>,
+    /// Empty: every model.
+    pub allowed_models: Vec<String>,
+    /// Request debugging: bodies kept for 7 days.
+    pub debug: bool,
+}
+
+/// A hold that has not been closed yet. Opened by a `Hold` entry, grown by
+/// `Extend`, shrunk by `Settle`/`Release`/`Recovered`, and removed when an
+/// entry of those three kinds leaves `amount` at zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenHold {
+    pub hold: HoldId,
+    pub account: AccountId,
+    /// What is still reserved: hold + extends − settles − releases − recovered.
+    pub amount: Nanos,
+    pub request_id: Option<String>,
+    pub opened_ms: u64,
+    /// `(prompt, completion)` tokens last checkpointed, for recovery at restart.
+    pub checkpoint_tokens: Option<(u64, u64)>,
+    /// The price the request was admitted at, for recovery at restart.
+    pub price: Price,
+}
+
+/// An account's books as of the last entry applied to it (`last_seq`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BalanceRow {
+    pub books: Books,
+    pub last_seq: u64,
+}
+
+/// Metadata of one request; never its prompt or completion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub at_ms: u64,
+    pub account: AccountId,
+    pub key: Option<KeyId>,
+    pub model: String,
+    pub served_model: String,
+    pub provider: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost: Nanos,
+    pub estimated: bool,
+    pub status: u16,
+    pub transport: String,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub error_kind: Option<String>,
+}
+
+/// The SHA-256 of an API key's secret: how keys are stored and looked up.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+impl KeyRecord {
+    /// The part of a secret kept for listing.
+    pub fn prefix_of(secret: &str) -> String {
+        secret.chars().take(KEY_PREFIX_CHARS).collect()
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_ms.is_some()
+    }
+}

@@ -1,0 +1,363 @@
+//! `Store`: the sled database and its trees, opening it, and every read.
+//! Writes go only through the `writer` (one thread, group commit), except id
+//! allocation (`ids_alloc`). This file owns the tree layout; the writer owns
+//! the rules for changing it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sled::Tree;
+
+use crate::codec::{decode, normalize_email, pair_key, read_u64, usage_key};
+use crate::error::StorageError;
+use crate::ids::{AccountId, HoldId, KeyId};
+use crate::ids_alloc::IdAllocator;
+use crate::ledger::{Books, LedgerEntry};
+use crate::records::{AccountRecord, BalanceRow, KeyRecord, OpenHold, UsageRecord};
+
+/// Key of the last committed ledger seq in the `meta` tree.
+pub(crate) const META_LAST_SEQ: &[u8] = b"last_seq";
+
+/// The embedded store. Cheap to clone; every clone is the same database.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: sled::Db,
+    pub(crate) trees: Trees,
+    /// Shared so every clone hands out ids from the same reserved ranges.
+    ids: Arc<IdAllocator>,
+}
+
+/// How the store is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// sled's page cache. Small by default: the hot data (balances, open
+    /// holds, keys) is tiny and the ledger is appended, not re-read.
+    pub cache_capacity_bytes: u64,
+}
+
+/// The sled trees. See the crate docs for what each one holds.
+#[derive(Clone)]
+pub(crate) struct Trees {
+    /// seq (BE u64) → `LedgerEntry`.
+    pub(crate) entries: Tree,
+    /// account ++ seq → empty: an account's entries in order.
+    pub(crate) account_entries: Tree,
+    /// account ++ at_ms ++ unique → `UsageRecord`.
+    pub(crate) usage: Tree,
+    /// `AccountId` → `AccountRecord`.
+    pub(crate) accounts: Tree,
+    /// normalized email → `AccountId`.
+    pub(crate) emails: Tree,
+    /// SHA-256 of the secret → `KeyRecord`.
+    pub(crate) keys: Tree,
+    /// `KeyId` → SHA-256.
+    pub(crate) key_ids: Tree,
+    /// account ++ key id → SHA-256: an account's keys.
+    pub(crate) account_keys: Tree,
+    /// `AccountId` → `BalanceRow`.
+    pub(crate) balances: Tree,
+    /// `HoldId` → `OpenHold`, open holds only.
+    pub(crate) holds: Tree,
+    /// Writer bookkeeping: the last committed seq.
+    pub(crate) meta: Tree,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Only one process may have it open.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store, StorageError> {
+        Store::open_with(dir, StoreOptions::default())
+    }
+
+    pub fn open_with(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StorageError> {
+        Store::from_config(sled::Config::new().path(dir), options)
+    }
+
+    /// A store in a temporary file, deleted when the last clone is dropped.
+    pub fn temporary() -> Result<Store, StorageError> {
+        Store::from_config(sled::Config::new().temporary(true), StoreOptions::default())
+    }
+
+    fn from_config(config: sled::Config, options: StoreOptions) -> Result<Store, StorageError> {
+        // No background flusher: the writer flushes after every batch, and
+        // that flush is what "durable" means.
+        let db = config
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(StorageError::sled("open the store"))?;
+        let open = |name: &str| {
+            db.open_tree(name)
+                .map_err(StorageError::sled("open a tree"))
+        };
+        let trees = Trees {
+            entries: open("entries")?,
+            account_entries: open("account_entries")?,
+            usage: open("usage")?,
+            accounts: open("accounts")?,
+            emails: open("emails")?,
+            keys: open("keys")?,
+            key_ids: open("key_ids")?,
+            account_keys: open("account_keys")?,
+            balances: open("balances")?,
+            holds: open("holds")?,
+            meta: open("meta")?,
+        };
+        let ids = IdAllocator::open(db.clone(), open("ids")?)?;
+        Ok(Store {
+            db,
+            trees,
+            ids: Arc::new(ids),
+        })
+    }
+
+    /// Whether the store existed before this open (false for a new data dir).
+    pub fn was_recovered(&self) -> bool {
+        self.db.was_recovered()
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        self.db
+            .size_on_disk()
+            .map_err(StorageError::sled("measure the store"))
+    }
+
+    /// The next id of `kind`: unique and increasing, never repeated even
+    /// after a crash (ranges are reserved durably ahead of use, so a restart
+    /// skips the unused rest of a range).
+    pub fn next_id(&self, kind: IdKind) -> Result<u64, StorageError> {
+        self.ids.next(kind)
+    }
+
+    pub fn next_account_id(&self) -> Result<AccountId, StorageError> {
+        self.next_id(IdKind::Account).map(AccountId::new)
+    }
+
+    pub fn next_key_id(&self) -> Result<KeyId, StorageError> {
+        self.next_id(IdKind::Key).map(KeyId::new)
+    }
+
+    pub fn next_hold_id(&self) -> Result<HoldId, StorageError> {
+        self.next_id(IdKind::Hold).map(HoldId::new)
+    }
+
+    /// The seq of the last committed ledger entry, 0 for an empty ledger.
+    pub fn last_seq(&self) -> Result<u64, StorageError> {
+        let stored = self
+            .trees
+            .meta
+            .get(META_LAST_SEQ)
+            .map_err(StorageError::sled("read meta"))?;
+        Ok(stored.and_then(|bytes| read_u64(&bytes, 0)).unwrap_or(0))
+    }
+
+    pub fn account(&self, id: AccountId) -> Result<Option<AccountRecord>, StorageError> {
+        get(&self.trees.accounts, "accounts", id.to_key())
+    }
+
+    /// Looks an account up by email, ignoring case and surrounding spaces.
+    pub fn account_by_email(&self, email: &str) -> Result<Option<AccountRecord>, StorageError> {
+        let found = self.trees.emails.get(normalize_email(email).as_bytes());
+        match found.map_err(StorageError::sled("read emails"))? {
+            Some(id) => match read_u64(&id, 0) {
+                Some(id) => self.account(AccountId::new(id)),
+                None => Err(StorageError::Decode {
+                    tree: "emails",
+                    message: "short id".into(),
+                }),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Accounts in id order whose email contains `search` (ignoring case) or
+    /// whose id is `search` (`acct_7` or `7`); all accounts without a search.
+    pub fn accounts(
+        &self,
+        search: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AccountRecord>, StorageError> {
+        let needle = search.map(normalize_email).filter(|s| !s.is_empty());
+        let mut found = Vec::new();
+        for item in self.trees.accounts.iter().values() {
+            if found.len() >= limit {
+                break;
+            }
+            let bytes = item.map_err(StorageError::sled("scan accounts"))?;
+            let account: AccountRecord = decode("accounts", &bytes)?;
+            if needle
+                .as_deref()
+                .is_none_or(|n| matches_account(&account, n))
+            {
+                found.push(account);
+            }
+        }
+        Ok(found)
+    }
+
+    /// An account's books; zero for an account with no entries.
+    pub fn books(&self, id: AccountId) -> Result<Books, StorageError> {
+        Ok(self
+            .balance_row(id)?
+            .map(|row| row.books)
+            .unwrap_or_default())
+    }
+
+    pub fn balance_row(&self, id: AccountId) -> Result<Option<BalanceRow>, StorageError> {
+        get(&self.trees.balances, "balances", id.to_key())
+    }
+
+    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<KeyRecord>, StorageError> {
+        get(&self.trees.keys, "keys", hash)
+    }
+
+    pub fn key_hash(&self, id: KeyId) -> Result<Option<[u8; 32]>, StorageError> {
+        let found = self
+            .trees
+            .key_ids
+            .get(id.to_key())
+            .map_err(StorageError::sled("read key_ids"))?;
+        found.map(|bytes| to_hash("key_ids", &bytes)).transpose()
+    }
+
+    pub fn key(&self, id: KeyId) -> Result<Option<KeyRecord>, StorageError> {
+        match self.key_hash(id)? {
+            Some(hash) => self.key_by_hash(&hash),
+            None => Ok(None),
+        }
+    }
+
+    /// An account's keys (revoked ones too) in id order.
+    pub fn keys_for(&self, account: AccountId) -> Result<Vec<KeyRecord>, StorageError> {
+        let mut keys = Vec::new();
+        for item in self
+            .trees
+            .account_keys
+            .scan_prefix(account.to_key())
+            .values()
+        {
+            let hash = to_hash(
+                "account_keys",
+                &item.map_err(StorageError::sled("scan keys"))?,
+            )?;
+            keys.extend(self.key_by_hash(&hash)?);
+        }
+        Ok(keys)
+    }
+
+    pub fn open_hold(&self, hold: HoldId) -> Result<Option<OpenHold>, StorageError> {
+        get(&self.trees.holds, "holds", hold.to_key())
+    }
+
+    /// Every hold not yet closed, in id order: what recovery settles at start.
+    pub fn open_holds(&self) -> Result<Vec<OpenHold>, StorageError> {
+        self.trees
+            .holds
+            .iter()
+            .values()
+            .map(|item| decode("holds", &item.map_err(StorageError::sled("scan holds"))?))
+            .collect()
+    }
+
+    /// Ledger entries from `from_seq` on, in seq order.
+    pub fn entries(
+        &self,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<LedgerEntry, StorageError>> + use<> {
+        self.trees
+            .entries
+            .range(from_seq.to_be_bytes()..)
+            .values()
+            .map(|item| {
+                decode(
+                    "entries",
+                    &item.map_err(StorageError::sled("scan entries"))?,
+                )
+            })
+    }
+
+    /// One account's ledger entries from `from_seq` on, in seq order.
+    pub fn entries_for(
+        &self,
+        account: AccountId,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<LedgerEntry, StorageError>> + use<> {
+        let entries = self.trees.entries.clone();
+        let range = pair_key(account.get(), from_seq)..=pair_key(account.get(), u64::MAX);
+        self.trees
+            .account_entries
+            .range(range)
+            .keys()
+            .map(move |item| {
+                let key = item.map_err(StorageError::sled("scan account entries"))?;
+                let seq = read_u64(&key, 8).unwrap_or_default();
+                match entries
+                    .get(seq.to_be_bytes())
+                    .map_err(StorageError::sled("read an entry"))?
+                {
+                    Some(bytes) => decode("entries", &bytes),
+                    None => Err(StorageError::Decode {
+                        tree: "account_entries",
+                        message: format!("index names missing entry {seq}"),
+                    }),
+                }
+            })
+    }
+
+    /// One account's usage with `from_ms <= at_ms < to_ms`, oldest first.
+    pub fn usage_for(
+        &self,
+        account: AccountId,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> impl Iterator<Item = Result<UsageRecord, StorageError>> + use<> {
+        let start = usage_key(account.get(), from_ms, 0);
+        let end = usage_key(account.get(), to_ms, 0);
+        self.trees
+            .usage
+            .range(start..end)
+            .values()
+            .map(|item| decode("usage", &item.map_err(StorageError::sled("scan usage"))?))
+    }
+}
+
+/// What `Store::next_id` hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IdKind {
+    Account,
+    Key,
+    Hold,
+}
+
+fn get<T: serde::de::DeserializeOwned>(
+    tree: &Tree,
+    name: &'static str,
+    key: impl AsRef<[u8]>,
+) -> Result<Option<T>, StorageError> {
+    match tree.get(key).map_err(StorageError::sled("read a record"))? {
+        Some(bytes) => decode(name, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn to_hash(tree: &'static str, bytes: &[u8]) -> Result<[u8; 32], StorageError> {
+    bytes.try_into().map_err(|_| StorageError::Decode {
+        tree,
+        message: format!("{} bytes, not 32", bytes.len()),
+    })
+}
+
+fn matches_account(account: &AccountRecord, needle: &str) -> bool {
+    let id = account.id.get().to_string();
+    account.email.to_lowercase().contains(needle)
+        || needle == id
+        || needle == account.id.to_string()
+}

@@ -1,0 +1,257 @@
+//! `Store::verify`, the audit behind `tokun ledger verify`: replays every
+//! entry (`replay`) and compares the result with the stored balances and
+//! open holds; and `Store::export_jsonl`. Read-only.
+//!
+//! On a quiescent store the check is exact. On a live store it is still
+//! sound: it replays up to the seq recorded in `meta` when it starts, and
+//! skips (and counts) the accounts whose balance row moved past that seq
+//! while it ran. This relies on the writer's commit order (`balances` before
+//! `holds`, `meta` last) and on reading `holds` before `balances`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::codec::{decode, read_u64};
+use crate::error::StorageError;
+use crate::ids::AccountId;
+use crate::ledger::Book;
+use crate::records::{AccountRecord, BalanceRow, OpenHold};
+use crate::replay::Replay;
+use crate::store::Store;
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Entries replayed.
+    pub entries: u64,
+    /// Accounts with at least one entry.
+    pub accounts: u64,
+    pub open_holds: u64,
+    /// The seq the replay stopped at.
+    pub last_seq: u64,
+    /// Accounts written to while verify ran, so not compared.
+    pub skipped_accounts: u64,
+    /// What tokun earned: the sum of settled and recovered amounts.
+    pub revenue: i128,
+    /// Money in from outside (topups and credits − refunds and debits).
+    pub external_in: i128,
+    pub problems: Vec<String>,
+    /// Problems found beyond those listed.
+    pub problems_omitted: u64,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.problems_omitted == 0
+    }
+}
+
+impl Store {
+    /// Recomputes every balance from the entries and checks: seqs are 1, 2,
+    /// 3, … without gaps; every entry's books-after match the replay; every
+    /// entry that lowers an account's available funds keeps them at or
+    /// above the account's floor; stored balance rows match the replay;
+    /// the double-entry postings sum to zero and match each account's
+    /// available and held books; every closed hold took out exactly what
+    /// went in; the `holds` tree holds exactly the unclosed holds with their
+    /// remaining amounts, which add up to each account's held.
+    pub fn verify(&self) -> Result<VerifyReport, StorageError> {
+        let last_seq = self.last_seq()?;
+        let mut replay = Replay::new(self.floors()?);
+        for entry in self.entries(0) {
+            let entry = entry?;
+            if entry.seq > last_seq {
+                break;
+            }
+            replay.step(&entry);
+        }
+        if replay.next_seq != last_seq + 1 {
+            let ends = replay.next_seq.saturating_sub(1);
+            replay
+                .problems
+                .add(format!("ledger ends at seq {ends}, meta says {last_seq}"));
+        }
+        // Order matters: holds, then balances (see the module docs).
+        let holds = self.open_holds()?;
+        let rows = self.balance_rows()?;
+        let skipped: HashSet<AccountId> = rows
+            .iter()
+            .filter(|(_, row)| row.last_seq > last_seq)
+            .map(|(id, _)| *id)
+            .collect();
+        compare_balances(&mut replay, &rows, &skipped);
+        compare_postings(&mut replay, &skipped);
+        compare_holds(&mut replay, &holds, &skipped);
+        Ok(VerifyReport {
+            entries: replay.entries,
+            accounts: replay.accounts.len() as u64,
+            open_holds: holds.len() as u64,
+            last_seq,
+            skipped_accounts: skipped.len() as u64,
+            revenue: replay.postings.get(&Book::Revenue).copied().unwrap_or(0),
+            external_in: -replay.postings.get(&Book::External).copied().unwrap_or(0),
+            problems: replay.problems.kept,
+            problems_omitted: replay.problems.omitted,
+        })
+    }
+
+    /// Writes every ledger entry as one JSON object per line; returns how
+    /// many.
+    pub fn export_jsonl(&self, out: &mut impl Write) -> Result<u64, StorageError> {
+        let failed = |err: &dyn std::fmt::Display| StorageError::Export {
+            message: err.to_string(),
+        };
+        let mut count = 0;
+        for entry in self.entries(0) {
+            serde_json::to_writer(&mut *out, &entry?).map_err(|err| failed(&err))?;
+            out.write_all(b"\n").map_err(|err| failed(&err))?;
+            count += 1;
+        }
+        out.flush().map_err(|err| failed(&err))?;
+        Ok(count)
+    }
+
+    fn floors(&self) -> Result<HashMap<AccountId, crate::money::Nanos>, StorageError> {
+        let mut floors = HashMap::new();
+        for item in self.trees.accounts.iter().values() {
+            let account: AccountRecord = decode(
+                "accounts",
+                &item.map_err(StorageError::sled("scan accounts"))?,
+            )?;
+            floors.insert(account.id, account.floor);
+        }
+        Ok(floors)
+    }
+
+    fn balance_rows(&self) -> Result<BTreeMap<AccountId, BalanceRow>, StorageError> {
+        let mut rows = BTreeMap::new();
+        for item in self.trees.balances.iter() {
+            let (key, value) = item.map_err(StorageError::sled("scan balances"))?;
+            let id = read_u64(&key, 0).map(AccountId::new);
+            let id = id.ok_or_else(|| StorageError::Decode {
+                tree: "balances",
+                message: "short key".into(),
+            })?;
+            rows.insert(id, decode("balances", &value)?);
+        }
+        Ok(rows)
+    }
+}
+
+fn compare_balances(
+    replay: &mut Replay,
+    rows: &BTreeMap<AccountId, BalanceRow>,
+    skipped: &HashSet<AccountId>,
+) {
+    for (id, replayed) in &replay.accounts {
+        if skipped.contains(id) {
+            continue;
+        }
+        match rows.get(id) {
+            None => replay
+                .problems
+                .add(format!("{id} has entries but no balance row")),
+            Some(row) if row != replayed => {
+                replay
+                    .problems
+                    .add(format!("{id}: stored {row:?}, replay gives {replayed:?}"));
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, row) in rows {
+        if !replay.accounts.contains_key(id) && !skipped.contains(id) {
+            replay
+                .problems
+                .add(format!("{id} has a balance row {row:?} but no entries"));
+        }
+    }
+}
+
+fn compare_postings(replay: &mut Replay, skipped: &HashSet<AccountId>) {
+    let total: i128 = replay.postings.values().sum();
+    if total != 0 {
+        replay
+            .problems
+            .add(format!("double-entry postings sum to {total}, not 0"));
+    }
+    for (id, row) in &replay.accounts {
+        if skipped.contains(id) {
+            continue;
+        }
+        let posted = |book| replay.postings.get(&book).copied().unwrap_or(0);
+        let available = i128::from(row.books.available().get());
+        let held = i128::from(row.books.held.get());
+        if posted(Book::Available(*id)) != available || posted(Book::Held(*id)) != held {
+            replay
+                .problems
+                .add(format!("{id}: postings disagree with the replayed books"));
+        }
+    }
+}
+
+fn compare_holds(replay: &mut Replay, stored: &[OpenHold], skipped: &HashSet<AccountId>) {
+    let stored_by_id: HashMap<_, _> = stored.iter().map(|open| (open.hold, open)).collect();
+    let mut open_per_account: HashMap<AccountId, i128> = HashMap::new();
+    let mut problems = Vec::new();
+    for (hold, life) in &replay.holds {
+        if life.closed {
+            if life.reserved != life.taken {
+                problems.push(format!(
+                    "closed {hold}: reserved {} but took {}",
+                    life.reserved, life.taken
+                ));
+            }
+            continue;
+        }
+        *open_per_account.entry(life.account).or_default() += life.remaining();
+        if skipped.contains(&life.account) {
+            continue;
+        }
+        match stored_by_id.get(hold) {
+            None => problems.push(format!(
+                "{hold} is open in the ledger but not in the holds tree"
+            )),
+            Some(open)
+                if open.account != life.account
+                    || i128::from(open.amount.get()) != life.remaining() =>
+            {
+                problems.push(format!(
+                    "{hold}: holds tree says {} for {}, ledger {} for {}",
+                    open.amount,
+                    open.account,
+                    life.remaining(),
+                    life.account
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for open in stored {
+        let closed_or_unknown = replay.holds.get(&open.hold).is_none_or(|life| life.closed);
+        if closed_or_unknown && !skipped.contains(&open.account) {
+            problems.push(format!(
+                "{} is in the holds tree but not open in the ledger",
+                open.hold
+            ));
+        }
+    }
+    for (id, row) in &replay.accounts {
+        let open = open_per_account.get(id).copied().unwrap_or(0);
+        if !skipped.contains(id) && open != i128::from(row.books.held.get()) {
+            problems.push(format!(
+                "{id}: open holds add up to {open}, held is {}",
+                row.books.held
+            ));
+        }
+    }
+    for problem in problems {
+        replay.problems.add(problem);
+    }
+}
+
+#[cfg(test)]
+#[path = "verify_tests.rs"]
+mod tests;

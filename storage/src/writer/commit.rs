@@ -1,0 +1,112 @@
+//! Writing one batch's `Changes` atomically: a single sled transaction over
+//! all the trees it touches. sled seals a transaction's writes in its log as
+//! one unit, so after a crash either all of a batch is there or none of it.
+//!
+//! Trees are committed in a fixed order that `verify` relies on to check a
+//! live store: `balances` before `holds`, and `meta` (the last committed
+//! seq) last, so a reader that sees a seq in `meta` sees everything written
+//! up to it.
+
+use std::convert::Infallible;
+
+use sled::IVec;
+use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
+
+use super::stage::Changes;
+use crate::codec::{encode, pair_key};
+use crate::error::StorageError;
+use crate::store::{META_LAST_SEQ, Store};
+
+const ENTRIES: usize = 0;
+const ACCOUNT_ENTRIES: usize = 1;
+const USAGE: usize = 2;
+const ACCOUNTS: usize = 3;
+const EMAILS: usize = 4;
+const KEYS: usize = 5;
+const KEY_IDS: usize = 6;
+const ACCOUNT_KEYS: usize = 7;
+const BALANCES: usize = 8;
+const HOLDS: usize = 9;
+const META: usize = 10;
+const TREES: usize = 11;
+
+/// A write to one tree: `None` removes the key.
+type Write = (IVec, Option<IVec>);
+
+/// Writes `changes` in one transaction; does not flush.
+pub(super) fn write(store: &Store, changes: &Changes) -> Result<(), StorageError> {
+    let writes = encode_all(changes)?;
+    let t = &store.trees;
+    let trees = [
+        &t.entries,
+        &t.account_entries,
+        &t.usage,
+        &t.accounts,
+        &t.emails,
+        &t.keys,
+        &t.key_ids,
+        &t.account_keys,
+        &t.balances,
+        &t.holds,
+        &t.meta,
+    ];
+    let result = trees[..].transaction(|tx| -> ConflictableTransactionResult<(), Infallible> {
+        for (tree, writes) in tx.iter().zip(&writes) {
+            for (key, value) in writes {
+                match value {
+                    Some(value) => tree.insert(key.clone(), value.clone())?,
+                    None => tree.remove(key.clone())?,
+                };
+            }
+        }
+        Ok(())
+    });
+    result.map_err(|err| match err {
+        TransactionError::Storage(source) => StorageError::sled("commit a batch")(source),
+        TransactionError::Abort(never) => match never {},
+    })
+}
+
+fn encode_all(changes: &Changes) -> Result<[Vec<Write>; TREES], StorageError> {
+    let mut writes: [Vec<Write>; TREES] = Default::default();
+    for entry in &changes.entries {
+        let seq = entry.seq;
+        writes[ENTRIES].push(put(seq.to_be_bytes(), encode("a ledger entry", entry)?));
+        let index = pair_key(entry.account.get(), seq);
+        writes[ACCOUNT_ENTRIES].push((IVec::from(&index[..]), Some(IVec::default())));
+    }
+    if let Some(last) = changes.entries.last() {
+        writes[META].push(put(META_LAST_SEQ, last.seq.to_be_bytes().to_vec()));
+    }
+    for (key, usage) in &changes.usage {
+        writes[USAGE].push(put(key, encode("a usage record", usage)?));
+    }
+    for (id, account) in &changes.accounts {
+        writes[ACCOUNTS].push(put(id.to_key(), encode("an account", account)?));
+    }
+    for (email, owner) in &changes.emails {
+        let owner = owner.map(|id| IVec::from(&id.to_key()[..]));
+        writes[EMAILS].push((IVec::from(email.as_bytes()), owner));
+    }
+    for (hash, key) in &changes.keys {
+        writes[KEYS].push(put(hash, encode("an API key", key)?));
+        writes[KEY_IDS].push(put(key.id.to_key(), hash.to_vec()));
+        let index = pair_key(key.account.get(), key.id.get());
+        writes[ACCOUNT_KEYS].push(put(index, hash.to_vec()));
+    }
+    for (id, row) in &changes.balances {
+        writes[BALANCES].push(put(id.to_key(), encode("a balance row", row)?));
+    }
+    for (id, hold) in &changes.holds {
+        let value = hold
+            .as_ref()
+            .map(|open| encode("an open hold", open))
+            .transpose()?;
+        writes[HOLDS].push((IVec::from(&id.to_key()[..]), value.map(IVec::from)));
+    }
+    Ok(writes)
+}
+
+fn put(key: impl AsRef<[u8]>, value: Vec<u8>) -> Write {
+    (IVec::from(key.as_ref()), Some(IVec::from(value)))
+}

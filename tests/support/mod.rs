@@ -1,0 +1,149 @@
+//! Test harness: a real tokun server on 127.0.0.1:0 with its own data dir,
+//! optionally in front of a fake upstream, and a real HTTP client.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokun::config::Config;
+use tokun::server::RunningServer;
+use tokun_testkit::FakeUpstream;
+
+pub struct Harness {
+    pub server: RunningServer,
+    /// Sends the demo account's API key on every request.
+    pub client: reqwest::Client,
+    /// Sends no credentials.
+    pub anonymous: reqwest::Client,
+    pub api_key: String,
+    pub admin_token: String,
+    pub base: String,
+    pub data_dir: PathBuf,
+}
+
+/// A config serving `fake-model` from the fake upstream (plus the echo defaults' shape).
+pub fn upstream_config(upstream: &FakeUpstream, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+max_body_bytes = 65536
+
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{base}"
+api_key = "sk-upstream-secret"
+first_byte_timeout_ms = 2000
+idle_timeout_ms = 2000
+
+[[providers]]
+name = "echo"
+kind = "echo"
+
+[[models]]
+id = "fake-model"
+price = {{ input = 1.0, output = 2.0 }}
+routes = [{{ provider = "fake", model = "upstream-model" }}]
+
+[[models]]
+id = "echo-mini"
+price = {{ input = 0.15, output = 0.60 }}
+routes = [{{ provider = "echo" }}]
+{extra}
+"#,
+        base = upstream.base_url()
+    )
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokun-test-{tag}-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) ^ (std::ptr::addr_of!(nanos) as u64)
+}
+
+impl Harness {
+    pub async fn start(toml: Option<&str>) -> Harness {
+        let mut config = match toml {
+            Some(text) => Config::parse(text, |name| std::env::var(name).ok()).expect("test config"),
+            None => Config::default(),
+        };
+        let data_dir = temp_dir("srv");
+        config.server.data_dir = data_dir.clone();
+        Self::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> Harness {
+        let data_dir = config.server.data_dir.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let server = RunningServer::start(config, listener).await.expect("server starts");
+        let base = format!("http://{}", server.addr());
+        let api_key = server.first_start().demo_key.clone().unwrap_or_default();
+        let admin_token = std::fs::read_to_string(data_dir.join("admin_token")).unwrap_or_default();
+        let client = client_with_key(&api_key);
+        Harness { server, client, anonymous: reqwest::Client::new(), api_key, admin_token, base, data_dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request")
+    }
+
+    /// Streams a completion and returns every SSE `data` payload, parsed the
+    /// way OpenAI's SDKs do (an SSE parser, stopping at `[DONE]`).
+    pub async fn stream_events(&self, body: &Value) -> (reqwest::header::HeaderMap, Vec<String>) {
+        let response = self.post_json("/v1/chat/completions", body).await;
+        assert_eq!(response.status(), 200, "stream status");
+        let headers = response.headers().clone();
+        let mut events = response.bytes_stream().eventsource();
+        let mut data = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = event.expect("valid SSE");
+            data.push(event.data);
+        }
+        (headers, data)
+    }
+
+    /// Waits (bounded) until no stream actor is alive.
+    pub async fn wait_streams_idle(&self) -> u64 {
+        for _ in 0..500 {
+            let live = self.server.streams().stats().live();
+            if live == 0 {
+                return 0;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.server.streams().stats().live()
+    }
+}
+
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = format!("Bearer {key}").parse() {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder().default_headers(headers).build().expect("client")
+}
+
+pub fn chat(model: &str, stream: bool) -> Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello to tokun"}],
+    })
+}
+
+pub fn json(data: &str) -> Value {
+    serde_json::from_str(data).expect("JSON event")
+}
