@@ -16,6 +16,85 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
+    /// Manage accounts (the store must not be in use by a running server).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check or export the ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account and its first API key (printed once).
+    Create {
+        email: String,
+        /// Starting credit in USD, e.g. 10 or 2.50.
+        #[arg(long)]
+        credit_usd: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List accounts with their balances.
+    List {
+        /// Part of an email, or an account id.
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Credit (or, with a negative amount, debit) an account with a reason.
+    Credit {
+        /// The account id, like acct_1.
+        account: String,
+        #[arg(long, allow_hyphen_values = true)]
+        amount_usd: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key for an account (printed once).
+    Create {
+        account: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key for good.
+    Revoke {
+        /// The key id, like key_3.
+        key: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute every balance from the entries and check conservation.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write every ledger entry as one JSON line.
+    Export {
+        /// Output file; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where the config and data are; shared by every subcommand that reads the store.

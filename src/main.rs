@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use tokun::cli::{Cli, Command, ServeArgs, StoreArgs};
-use tokun::config::Config;
+use tokun::cli::{Cli, Command, ServeArgs};
+use tokun::commands::{self, load_config};
 use tokun::server::RunningServer;
 
 fn main() -> anyhow::Result<()> {
@@ -12,19 +12,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Accounts(command) => commands::accounts(command).await,
+            Command::Keys(command) => commands::keys(command).await,
+            Command::Ledger(command) => commands::ledger(command).await,
         }
     })
-}
-
-fn load_config(store: &StoreArgs) -> anyhow::Result<Config> {
-    let mut config = match &store.config {
-        Some(path) => Config::load(path).with_context(|| format!("invalid config {}", path.display()))?,
-        None => Config::default(),
-    };
-    if let Some(data) = &store.data {
-        config.server.data_dir.clone_from(data);
-    }
-    Ok(config)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

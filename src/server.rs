@@ -21,7 +21,7 @@ use tokun_actors::StreamSupervisorHandle;
 use crate::api;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
-use crate::services::{FirstStart, Services};
+use crate::services::{FirstStart, Services, StartMode};
 use crate::state::AppState;
 
 /// The id of one request, shown to the client as `x-request-id`.
@@ -89,7 +89,7 @@ impl RunningServer {
     /// Binds `listener` and serves `config` until [`RunningServer::shutdown`].
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
         let addr = listener.local_addr()?;
-        let (services, first_start) = Services::start(&config).await?;
+        let (services, first_start) = Services::start(&config, StartMode::Serve).await?;
         let streams = StreamSupervisorHandle::start().await?;
         let grace = config.server.shutdown_grace;
         let state = AppState::new(config, streams.clone(), services.clone())?;

@@ -35,8 +35,16 @@ pub struct FirstStart {
     pub recovered_holds: usize,
 }
 
+/// Why the services start: the server creates the demo account on a fresh
+/// data dir; a one-off command does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    Serve,
+    Command,
+}
+
 impl Services {
-    pub async fn start(config: &Config) -> anyhow::Result<(Services, FirstStart)> {
+    pub async fn start(config: &Config, mode: StartMode) -> anyhow::Result<(Services, FirstStart)> {
         let dir = &config.server.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
         let store = Store::open(dir.join("ledger")).with_context(|| {
@@ -53,11 +61,12 @@ impl Services {
         let mut first = FirstStart::default();
         let admin_token_hash = match &config.server.admin_token {
             Some(token) => Sha256::digest(token.expose().as_bytes()).into(),
-            None => admin_token_from_file(dir, &mut first)?,
+            None if mode == StartMode::Serve => admin_token_from_file(dir, &mut first)?,
+            None => [0; 32],
         };
         let services = Services { store, ledger, accounts, admin_token_hash };
         first.recovered_holds = services.recover_holds().await?;
-        if fresh && config.billing.demo_credit.get() > 0 {
+        if mode == StartMode::Serve && fresh && config.billing.demo_credit.get() > 0 {
             let (_, key) = services.create_account("demo@tokun.local", config.billing.demo_credit, "demo credit").await?;
             first.demo_key = Some(key);
         }

@@ -60,6 +60,21 @@ fn sse(c: &mut Criterion) {
     group.bench_function("parse_64_chunks_read_per_event", |b| {
         b.iter(|| parse(black_box(events.clone())))
     });
+    // Baseline: only the JSON decoding of the same 64 `data:` payloads.
+    let payloads: Vec<&str> = std::str::from_utf8(BODY)
+        .unwrap_or_default()
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| data.starts_with('{'))
+        .collect();
+    group.bench_function("json_only_64_chunks", |b| {
+        b.iter(|| {
+            let parsed = payloads.iter().filter_map(|data| {
+                serde_json::from_str::<ChatCompletionChunk>(black_box(data)).ok()
+            });
+            parsed.count()
+        })
+    });
     let mut out = Vec::with_capacity(BODY.len());
     group.bench_function("encode_64_chunks", |b| {
         b.iter(|| {

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use crate::error::ProviderError;
 
+/// The pooled HTTP client adapters share, re-exported so callers need no
+/// direct `reqwest` dependency.
+pub use reqwest::Client;
+
 /// Idle pooled connections are closed after this long. Shorter than the 2–5
 /// minutes most load balancers allow, so tokun rarely reuses a connection the
 /// far side already dropped.
@@ -19,9 +23,6 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// must not wait for Nagle), pooled keep-alive connections, no redirects (an API
 /// that redirects a POST is misconfigured; following it would turn it into a GET),
 /// and only a connect timeout.
-/// The pooled HTTP client adapters share.
-pub use reqwest::Client;
-
 pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, ProviderError> {
     reqwest::Client::builder()
         .use_rustls_tls()

@@ -98,6 +98,19 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+impl OpenHold {
+    /// What recovery at restart charges for this hold: the cost of the last
+    /// checkpointed usage (all of it as uncached prompt and completion), or
+    /// the whole hold without a checkpoint — never more than the hold.
+    /// Recovery writes `Recovered` for this and `Release` for the rest.
+    pub fn recovery_cost(&self) -> Nanos {
+        match self.checkpoint_tokens {
+            Some((prompt, completion)) => self.price.cost(prompt, 0, completion).min(self.amount),
+            None => self.amount,
+        }
+    }
+}
+
 impl KeyRecord {
     /// The part of a secret kept for listing.
     pub fn prefix_of(secret: &str) -> String {
@@ -106,5 +119,38 @@ impl KeyRecord {
 
     pub fn is_revoked(&self) -> bool {
         self.revoked_ms.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_charges_the_checkpoint_capped_at_the_hold() {
+        let price =
+            Price::per_million(Nanos::new(1_000_000), Nanos::new(2_000_000), Nanos::ZERO).unwrap();
+        let mut open = OpenHold {
+            hold: HoldId::new(1),
+            account: AccountId::new(1),
+            amount: Nanos::new(100),
+            request_id: None,
+            opened_ms: 0,
+            checkpoint_tokens: None,
+            price,
+        };
+        assert_eq!(open.recovery_cost(), Nanos::new(100));
+        open.checkpoint_tokens = Some((10, 20));
+        assert_eq!(open.recovery_cost(), Nanos::new(50));
+        open.checkpoint_tokens = Some((1_000, 0));
+        assert_eq!(open.recovery_cost(), Nanos::new(100));
+    }
+
+    #[test]
+    fn keys_are_hashed_and_prefixed() {
+        let secret = "sk-tokun-0123456789abcdef";
+        assert_eq!(KeyRecord::prefix_of(secret), "sk-tokun-012");
+        assert_eq!(hash_secret(secret), hash_secret(secret));
+        assert_ne!(hash_secret(secret), hash_secret("sk-tokun-other"));
     }
 }

@@ -1,74 +1,17 @@
 //! The writer and the store through their public API: group commit under
-//! concurrent submitters, reopening a store, and the account, key and usage
-//! records beside the ledger.
+//! concurrent submitters, reopening a store, and a closed writer.
 
 mod common;
 
 use std::sync::Arc;
 use std::thread;
 
-use common::TempDir;
+use common::{TempDir, account, books, key, usage};
 use crossbeam_channel::unbounded;
 use tokun_storage::{
-    AccountId, AccountRecord, Ack, Books, EntryKind, HoldId, IdKind, KeyId, KeyRecord,
-    LedgerWriter, Nanos, NewEntry, Price, StorageError, Store, UsageRecord, WriteOp, WriterConfig,
-    WriterHandle, hash_secret,
+    AccountId, AccountRecord, Ack, EntryKind, HoldId, IdKind, LedgerWriter, Nanos, NewEntry, Price,
+    StorageError, Store, WriteOp, WriterConfig, WriterHandle, hash_secret,
 };
-
-fn account(id: u64, email: &str) -> AccountRecord {
-    AccountRecord {
-        id: AccountId::new(id),
-        email: email.into(),
-        created_ms: 1,
-        disabled: false,
-        floor: Nanos::ZERO,
-        deleted_ms: None,
-    }
-}
-
-fn key(id: u64, account: u64, secret: &str) -> KeyRecord {
-    KeyRecord {
-        id: KeyId::new(id),
-        account: AccountId::new(account),
-        prefix: KeyRecord::prefix_of(secret),
-        name: format!("key {id}"),
-        created_ms: 1,
-        last_used_ms: None,
-        revoked_ms: None,
-        spend_limit: None,
-        rpm_limit: Some(60),
-        allowed_models: vec![],
-        debug: false,
-    }
-}
-
-fn usage(account: u64, at_ms: u64, request: &str) -> UsageRecord {
-    UsageRecord {
-        request_id: request.into(),
-        at_ms,
-        account: AccountId::new(account),
-        key: Some(KeyId::new(1)),
-        model: "gpt-4o-mini".into(),
-        served_model: "gpt-4o-mini".into(),
-        provider: "echo".into(),
-        prompt_tokens: 10,
-        completion_tokens: 5,
-        cost: Nanos::new(4_500),
-        estimated: false,
-        status: 200,
-        transport: "sse".into(),
-        latency_ms: 3,
-        ttft_ms: Some(1),
-        error_kind: None,
-    }
-}
-
-fn books(balance: i64, held: i64) -> Books {
-    Books {
-        balance: Nanos::new(balance),
-        held: Nanos::new(held),
-    }
-}
 
 /// One "account actor" thread: tops up, then runs request after request
 /// (hold; then settle + release), pipelined without waiting for acks.
@@ -310,102 +253,6 @@ fn a_reopened_store_has_everything_and_continues_the_ledger() {
         ]
     );
     assert_eq!(store.entries_for(AccountId::new(1), 4).count(), 1);
-}
-
-#[test]
-fn accounts_keys_and_usage_are_indexed() {
-    let store = Store::temporary().unwrap();
-    let (writer, join) = LedgerWriter::start(store.clone(), WriterConfig::default()).unwrap();
-    let put = |ops| writer.submit_wait(ops);
-    put(vec![
-        WriteOp::PutAccount(account(1, "ann@example.com")),
-        WriteOp::PutAccount(account(2, "bob@example.com")),
-    ])
-    .unwrap();
-
-    // Emails are unique, case-insensitively; changing one frees the old.
-    let taken = put(vec![WriteOp::PutAccount(account(3, "ANN@example.com"))]).unwrap_err();
-    assert!(matches!(taken, StorageError::EmailTaken { .. }), "{taken}");
-    put(vec![WriteOp::PutAccount(account(1, "anne@example.com"))]).unwrap();
-    assert!(store.account_by_email("ann@example.com").unwrap().is_none());
-    put(vec![WriteOp::PutAccount(account(3, "ann@example.com"))]).unwrap();
-    assert_eq!(store.accounts(Some("ANN"), 10).unwrap().len(), 2);
-    assert_eq!(
-        store.accounts(Some("acct_2"), 10).unwrap()[0].email,
-        "bob@example.com"
-    );
-    assert_eq!(store.accounts(None, 2).unwrap().len(), 2);
-
-    // Keys: by hash, by id, per account; a key keeps its secret and account.
-    let (first, second) = (
-        "sk-tokun-first-secret-000000000000",
-        "sk-tokun-second-secret-00000000000",
-    );
-    put(vec![
-        WriteOp::PutKey {
-            hash: hash_secret(first),
-            record: key(1, 1, first),
-        },
-        WriteOp::PutKey {
-            hash: hash_secret(second),
-            record: key(2, 1, second),
-        },
-    ])
-    .unwrap();
-    let mut revoked = key(1, 1, first);
-    revoked.revoked_ms = Some(9);
-    put(vec![WriteOp::PutKey {
-        hash: hash_secret(first),
-        record: revoked,
-    }])
-    .unwrap();
-    assert!(store.key(KeyId::new(1)).unwrap().unwrap().is_revoked());
-    assert_eq!(store.keys_for(AccountId::new(1)).unwrap().len(), 2);
-    assert!(store.keys_for(AccountId::new(2)).unwrap().is_empty());
-    let moved = put(vec![WriteOp::PutKey {
-        hash: hash_secret(first),
-        record: key(1, 2, first),
-    }]);
-    assert!(matches!(moved, Err(StorageError::KeyConflict { .. })));
-    let reused = put(vec![WriteOp::PutKey {
-        hash: hash_secret(first),
-        record: key(3, 1, first),
-    }]);
-    assert!(matches!(reused, Err(StorageError::KeyConflict { .. })));
-    let orphan = put(vec![WriteOp::PutKey {
-        hash: hash_secret("x"),
-        record: key(4, 99, "x"),
-    }]);
-    assert!(matches!(orphan, Err(StorageError::UnknownAccount { .. })));
-
-    // Usage: per account, by time, several per millisecond.
-    put((0..5)
-        .map(|i| WriteOp::PutUsage(usage(1, 100 + i / 2, &format!("r{i}"))))
-        .collect())
-    .unwrap();
-    put(vec![WriteOp::PutUsage(usage(2, 101, "other"))]).unwrap();
-    let window: Vec<_> = store
-        .usage_for(AccountId::new(1), 101, 102)
-        .map(|u| u.unwrap().request_id)
-        .collect();
-    assert_eq!(window, ["r2", "r3"]);
-    assert_eq!(store.usage_for(AccountId::new(1), 0, u64::MAX).count(), 5);
-
-    // An entry for an unknown account is refused.
-    let stray = NewEntry::new(
-        1,
-        AccountId::new(42),
-        EntryKind::Topup,
-        Nanos::new(1),
-        books(1, 0),
-    );
-    assert!(matches!(
-        put(vec![WriteOp::Entry(stray)]),
-        Err(StorageError::Rejected { .. })
-    ));
-    writer.close();
-    join.join().unwrap();
-    assert!(matches!(put(vec![]), Err(StorageError::WriterClosed)));
 }
 
 #[test]

@@ -129,16 +129,16 @@ impl AccountBook {
 
     pub fn reserve(&mut self, hold: HoldId, req: &ReserveRequest, now_ms: u64) -> Result<(Reservation, NewEntry), AccountError> {
         let mut budget = self.spendable();
+        let input = req.price.input_cost(req.prompt_tokens);
+        let minimal = input.saturating_add(req.price.output_cost(1));
         if let (Some(key), Some(limit)) = (req.key, req.key_limit) {
             let committed = self.key_committed.get(&key).copied().unwrap_or(Nanos::ZERO);
             let left = limit.saturating_sub(committed);
-            if !left.get().is_positive() {
+            if left < minimal {
                 return Err(AccountError::KeyLimit { limit });
             }
             budget = budget.min(left);
         }
-        let input = req.price.input_cost(req.prompt_tokens);
-        let minimal = input.saturating_add(req.price.output_cost(1));
         if budget < minimal {
             let wanted = req.increment_tokens.min(req.max_output_tokens);
             let needed = input.saturating_add(req.price.output_cost(wanted));

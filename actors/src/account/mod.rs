@@ -99,6 +99,7 @@ impl Actor for AccountActor {
         for hold in args.store.open_holds()?.into_iter().filter(|h| h.account == args.account) {
             book.adopt_hold(hold.hold, hold.amount, hold.price, hold.request_id.unwrap_or_default());
         }
+        seed_key_spend(&args.store, args.account, &mut book)?;
         let tick = (args.idle_after / 2).max(Duration::from_millis(50));
         myself.send_interval(tick, || AccountMsg::IdleCheck);
         Ok(AccountState {
@@ -220,6 +221,27 @@ impl AccountState {
             let _ = reply.send(result.map(|_| value()).map_err(|_| AccountError::LedgerUnavailable));
         });
     }
+}
+
+/// Keys with a spend limit need what they spent so far: summed from the
+/// account's usage records (only when such a key exists).
+fn seed_key_spend(store: &Store, account: AccountId, book: &mut AccountBook) -> Result<(), ActorProcessingErr> {
+    let limited: Vec<_> = store.keys_for(account)?.into_iter().filter(|k| k.spend_limit.is_some()).map(|k| k.id).collect();
+    if limited.is_empty() {
+        return Ok(());
+    }
+    let mut spent = std::collections::HashMap::new();
+    for record in store.usage_for(account, 0, u64::MAX) {
+        let record = record?;
+        if let Some(key) = record.key.filter(|k| limited.contains(k)) {
+            let total = spent.entry(key).or_insert(Nanos::ZERO);
+            *total = total.saturating_add(record.cost);
+        }
+    }
+    for (key, total) in spent {
+        book.set_key_spent(key, total);
+    }
+    Ok(())
 }
 
 pub fn now_ms() -> u64 {

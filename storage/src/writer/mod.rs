@@ -26,6 +26,7 @@ mod stage;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -49,7 +50,7 @@ pub struct WriterConfig {
     /// Stop draining after this long, so a steady stream of submissions
     /// cannot postpone the first one's flush. The writer never waits for
     /// more submissions: under load, what queues during one flush is the
-    /// next batch.
+    /// next batch. Zero makes every submission its own batch.
     pub max_batch_delay: Duration,
     /// Bound of the submission queue; `submit` blocks when it is full.
     pub queue_capacity: usize,
@@ -248,8 +249,14 @@ impl WriterThread {
                 break;
             }
         }
-        // Dropping the receiver drops any stranded submission, whose ack
-        // then fires `WriterClosed`.
+        // Refuse what was queued behind the close. (A submission racing
+        // this drain stays queued until the last handle is dropped; its ack
+        // then fires `WriterClosed` from `Ack::drop`.)
+        for msg in self.rx.try_iter() {
+            if let Msg::Submit(submission) = msg {
+                submission.ack.fire(Err(StorageError::WriterClosed));
+            }
+        }
     }
 
     /// The batch starting with `first`, and whether a close was seen.
@@ -282,6 +289,31 @@ impl WriterThread {
             }
             return;
         }
+        let (changes, accepted, ops) = self.stage_batch(batch);
+        if changes.is_empty() {
+            // Nothing to write (say, only checkpoints of closed holds): all
+            // earlier batches are already flushed, so this is durable too.
+            return self.acknowledge(accepted, None);
+        }
+        match self.commit(&changes) {
+            Ok(flush) => {
+                self.record_batch(&changes, ops, flush);
+                self.acknowledge(accepted, Some(&changes));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "ledger batch failed; refusing all further writes");
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                self.poisoned = Some(err.to_string());
+                for (ack, _) in accepted {
+                    ack.fire(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Stages every submission, acking refused ones at once. Returns the
+    /// batch's changes, the accepted acks with their seqs, and the op count.
+    fn stage_batch(&self, batch: Vec<Submission>) -> (Changes, Vec<(Ack, Range<u64>)>, usize) {
         let mut changes = Changes::default();
         let mut accepted = Vec::with_capacity(batch.len());
         let mut ops = 0;
@@ -305,24 +337,11 @@ impl WriterThread {
                 }
             }
         }
-        match self.commit(&changes) {
-            Ok(flush) => self.acknowledge(accepted, &changes, ops, flush),
-            Err(err) => {
-                tracing::error!(error = %err, "ledger batch failed; refusing all further writes");
-                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                self.poisoned = Some(err.to_string());
-                for (ack, _) in accepted {
-                    ack.fire(Err(err.clone()));
-                }
-            }
-        }
+        (changes, accepted, ops)
     }
 
     /// Commits and flushes; returns how long the flush took.
     fn commit(&self, changes: &Changes) -> Result<Duration, StorageError> {
-        if changes.is_empty() {
-            return Ok(Duration::ZERO);
-        }
         self.inject(Fault::Commit)?;
         commit::write(&self.store, changes)?;
         let started = Instant::now();
@@ -334,27 +353,27 @@ impl WriterThread {
         Ok(started.elapsed())
     }
 
-    fn acknowledge(
-        &mut self,
-        accepted: Vec<(Ack, std::ops::Range<u64>)>,
-        changes: &Changes,
-        ops: usize,
-        flush: Duration,
-    ) {
-        let entries = changes.entries.len() as u64;
-        self.next_seq += entries;
+    fn record_batch(&self, changes: &Changes, ops: usize, flush: Duration) {
         let stats = &self.stats;
         let micros = u64::try_from(flush.as_micros()).unwrap_or(u64::MAX);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
-            .submissions
-            .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        stats.entries.fetch_add(entries, Ordering::Relaxed);
+            .entries
+            .fetch_add(changes.entries.len() as u64, Ordering::Relaxed);
         stats.last_batch_ops.store(ops as u64, Ordering::Relaxed);
         stats.last_flush_micros.store(micros, Ordering::Relaxed);
         stats
             .flush_micros_total
             .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Fires the acks of a durable batch (`None`: nothing was written).
+    fn acknowledge(&mut self, accepted: Vec<(Ack, Range<u64>)>, written: Option<&Changes>) {
+        self.next_seq += written.map_or(0, |changes| changes.entries.len() as u64);
+        let submissions = accepted.len() as u64;
+        self.stats
+            .submissions
+            .fetch_add(submissions, Ordering::Relaxed);
         let last_seq = self.next_seq - 1;
         for (ack, seqs) in accepted {
             ack.fire(Ok(Durable { last_seq, seqs }));

@@ -3,14 +3,17 @@
 //! temporary directory that cleans up after itself.
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
-#![expect(clippy::unwrap_used, reason = "test support: a failure is a test failure")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test support: a failure is a test failure"
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokun_storage::{
-    AccountId, AccountRecord, Books, EntryKind, HoldId, Nanos, NewEntry, Price, WriteOp, apply,
-    apply_within_floor,
+    AccountId, AccountRecord, Books, EntryKind, HoldId, KeyId, KeyRecord, Nanos, NewEntry, Price,
+    UsageRecord, WriteOp, apply, apply_within_floor,
 };
 
 /// What a client, Stripe or an operator might cause. Numbers are raw
@@ -266,6 +269,61 @@ impl Sim {
 impl SimHold {
     pub fn remaining(&self) -> i128 {
         self.reserved - self.taken
+    }
+}
+
+pub fn account(id: u64, email: &str) -> AccountRecord {
+    AccountRecord {
+        id: AccountId::new(id),
+        email: email.into(),
+        created_ms: 1,
+        disabled: false,
+        floor: Nanos::ZERO,
+        deleted_ms: None,
+    }
+}
+
+pub fn key(id: u64, account: u64, secret: &str) -> KeyRecord {
+    KeyRecord {
+        id: KeyId::new(id),
+        account: AccountId::new(account),
+        prefix: KeyRecord::prefix_of(secret),
+        name: format!("key {id}"),
+        created_ms: 1,
+        last_used_ms: None,
+        revoked_ms: None,
+        spend_limit: None,
+        rpm_limit: Some(60),
+        allowed_models: vec![],
+        debug: false,
+    }
+}
+
+pub fn usage(account: u64, at_ms: u64, request: &str) -> UsageRecord {
+    UsageRecord {
+        request_id: request.into(),
+        at_ms,
+        account: AccountId::new(account),
+        key: Some(KeyId::new(1)),
+        model: "gpt-4o-mini".into(),
+        served_model: "gpt-4o-mini".into(),
+        provider: "echo".into(),
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cost: Nanos::new(4_500),
+        estimated: false,
+        status: 200,
+        transport: "sse".into(),
+        latency_ms: 3,
+        ttft_ms: Some(1),
+        error_kind: None,
+    }
+}
+
+pub fn books(balance: i64, held: i64) -> Books {
+    Books {
+        balance: Nanos::new(balance),
+        held: Nanos::new(held),
     }
 }
 

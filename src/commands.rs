@@ -1,0 +1,155 @@
+//! The operator subcommands that work on the store directly: `accounts`,
+//! `keys` and `ledger`. They start the same ledger and account actors as the
+//! server (so every balance change takes the same path) and stop them again.
+//! sled allows one process per store: with a server running, use the admin API.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use tokun_storage::{AccountId, EntryKind, KeyId, Nanos};
+
+use crate::cli::{AccountsCommand, KeysCommand, LedgerCommand, StoreArgs};
+use crate::config::Config;
+use crate::services::{KeyOptions, Services, StartMode};
+
+pub fn load_config(store: &StoreArgs) -> anyhow::Result<Config> {
+    let mut config = match &store.config {
+        Some(path) => Config::load(path).with_context(|| format!("invalid config {}", path.display()))?,
+        None => Config::default(),
+    };
+    if let Some(data) = &store.data {
+        config.server.data_dir.clone_from(data);
+    }
+    Ok(config)
+}
+
+async fn open(store: &StoreArgs) -> anyhow::Result<Services> {
+    let config = load_config(store)?;
+    let (services, _) = Services::start(&config, StartMode::Command).await?;
+    Ok(services)
+}
+
+fn out(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    writeln!(std::io::stdout(), "{line}")?;
+    Ok(())
+}
+
+fn usd(value: &str) -> anyhow::Result<Nanos> {
+    Nanos::parse_usd(value).map_err(|e| anyhow::anyhow!("invalid USD amount `{value}`: {e}"))
+}
+
+pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
+    match command {
+        AccountsCommand::Create { email, credit_usd, store } => {
+            let credit = credit_usd.as_deref().map(usd).transpose()?.unwrap_or(Nanos::ZERO);
+            if credit.is_negative() {
+                bail!("--credit-usd must not be negative");
+            }
+            let services = open(&store).await?;
+            if services.store.account_by_email(&email)?.is_some() {
+                services.stop().await;
+                bail!("an account with email {email} exists");
+            }
+            let result = services.create_account(&email, credit, "initial credit").await;
+            services.stop().await;
+            let (record, key) = result?;
+            out(format!("{}\t{}\tbalance ${credit}\napi key (shown once): {key}", record.id, record.email))
+        }
+        AccountsCommand::List { search, limit, store } => {
+            let services = open(&store).await?;
+            let accounts = services.store.accounts(search.as_deref(), limit);
+            let mut lines = Vec::new();
+            for account in accounts.unwrap_or_default() {
+                let books = services.store.books(account.id)?;
+                let state = if account.disabled { "disabled" } else { "active" };
+                lines.push(format!("{}\t{}\t{state}\tbalance ${}\theld ${}", account.id, account.email, books.balance, books.held));
+            }
+            services.stop().await;
+            for line in lines {
+                out(line)?;
+            }
+            Ok(())
+        }
+        AccountsCommand::Credit { account, amount_usd, reason, store } => {
+            let id: AccountId = account.parse().map_err(|_| anyhow::anyhow!("`{account}` is not an account id like acct_1"))?;
+            let amount = usd(&amount_usd)?;
+            if amount.get() == 0 || reason.trim().is_empty() {
+                bail!("the amount must not be zero and a reason is required");
+            }
+            let services = open(&store).await?;
+            if services.store.account(id)?.is_none() {
+                services.stop().await;
+                bail!("no account {id}");
+            }
+            let result = services.accounts.transfer(id, EntryKind::Adjustment, amount, reason.trim()).await;
+            services.stop().await;
+            let balance = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+            out(format!("{id}\tbalance ${balance}"))
+        }
+    }
+}
+
+pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { account, name, store } => {
+            let id: AccountId = account.parse().map_err(|_| anyhow::anyhow!("`{account}` is not an account id like acct_1"))?;
+            let services = open(&store).await?;
+            if services.store.account(id)?.is_none() {
+                services.stop().await;
+                bail!("no account {id}");
+            }
+            let result = services.create_key(id, KeyOptions { name, ..KeyOptions::default() }).await;
+            services.stop().await;
+            let (record, secret) = result?;
+            out(format!("{}\t{}\napi key (shown once): {secret}", record.id, record.name))
+        }
+        KeysCommand::Revoke { key, store } => {
+            let id: KeyId = key.parse().map_err(|_| anyhow::anyhow!("`{key}` is not a key id like key_3"))?;
+            let services = open(&store).await?;
+            let result = services.revoke_key(id).await;
+            services.stop().await;
+            match result? {
+                Some(_) => out(format!("{id}\trevoked")),
+                None => bail!("no key {id}"),
+            }
+        }
+    }
+}
+
+pub async fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
+    match command {
+        LedgerCommand::Verify { store } => {
+            let services = open(&store).await?;
+            let report = services.store.verify();
+            services.stop().await;
+            let report = report?;
+            out(format!(
+                "entries {}\taccounts {}\topen holds {}\tproblems {}",
+                report.entries,
+                report.accounts,
+                report.open_holds,
+                report.problems.len()
+            ))?;
+            for problem in &report.problems {
+                out(format!("problem: {problem}"))?;
+            }
+            if !report.is_clean() {
+                bail!("the ledger is not consistent");
+            }
+            out("ledger verified: clean")
+        }
+        LedgerCommand::Export { out: path, store } => {
+            let services = open(&store).await?;
+            let result = match &path {
+                Some(path) => {
+                    let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+                    let mut writer = std::io::BufWriter::new(file);
+                    services.store.export_jsonl(&mut writer).map(|_| ())
+                }
+                None => services.store.export_jsonl(&mut std::io::stdout().lock()).map(|_| ()),
+            };
+            services.stop().await;
+            result.map_err(Into::into)
+        }
+    }
+}
