@@ -45,6 +45,8 @@ pub enum StartMode {
 
 impl Services {
     pub async fn start(config: &Config, mode: StartMode) -> anyhow::Result<(Services, FirstStart)> {
+        // Load the tokenizer now, not on the first request.
+        tokio::task::spawn_blocking(tokun_providers::tokens::warm_up).await?;
         let dir = &config.server.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
         let store = Store::open(dir.join("ledger")).with_context(|| {

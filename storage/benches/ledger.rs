@@ -184,12 +184,14 @@ fn writer_throughput(c: &mut Criterion) {
             },
         );
         let stats = writer.stats().snapshot();
+        let batches = stats.batches.max(1);
         eprintln!(
-            "max_batch {max_batch}: {} entries in {} batches ({:.0} per batch), mean flush {} µs",
+            "max_batch {max_batch}: {} entries in {} batches ({:.0} per batch), mean commit {} µs, mean flush {} µs",
             stats.entries,
             stats.batches,
-            stats.entries as f64 / stats.batches.max(1) as f64,
-            stats.flush_micros_total / stats.batches.max(1),
+            stats.entries as f64 / batches as f64,
+            stats.commit_micros_total / batches,
+            stats.flush_micros_total / batches,
         );
         writer.close();
         join.join().unwrap();

@@ -75,6 +75,8 @@ pub struct WriterStats {
     last_batch_ops: AtomicU64,
     last_flush_micros: AtomicU64,
     flush_micros_total: AtomicU64,
+    last_commit_micros: AtomicU64,
+    commit_micros_total: AtomicU64,
 }
 
 /// A copy of `WriterStats` at one moment.
@@ -93,6 +95,10 @@ pub struct WriterStatsSnapshot {
     pub last_batch_ops: u64,
     pub last_flush_micros: u64,
     pub flush_micros_total: u64,
+    /// Time applying the last batch in memory. sled blocks every read in
+    /// the process (its global concurrency-control lock) for this long.
+    pub last_commit_micros: u64,
+    pub commit_micros_total: u64,
 }
 
 impl Default for WriterConfig {
@@ -213,6 +219,8 @@ impl WriterStats {
             last_batch_ops: read(&self.last_batch_ops),
             last_flush_micros: read(&self.last_flush_micros),
             flush_micros_total: read(&self.flush_micros_total),
+            last_commit_micros: read(&self.last_commit_micros),
+            commit_micros_total: read(&self.commit_micros_total),
         }
     }
 }
@@ -296,8 +304,8 @@ impl WriterThread {
             return self.acknowledge(accepted, None);
         }
         match self.commit(&changes) {
-            Ok(flush) => {
-                self.record_batch(&changes, ops, flush);
+            Ok(timings) => {
+                self.record_batch(&changes, ops, timings);
                 self.acknowledge(accepted, Some(&changes));
             }
             Err(err) => {
@@ -340,31 +348,36 @@ impl WriterThread {
         (changes, accepted, ops)
     }
 
-    /// Commits and flushes; returns how long the flush took.
-    fn commit(&self, changes: &Changes) -> Result<Duration, StorageError> {
+    /// Commits and flushes; returns how long each took.
+    fn commit(&self, changes: &Changes) -> Result<Timings, StorageError> {
+        let started = Instant::now();
         self.inject(Fault::Commit)?;
         commit::write(&self.store, changes)?;
-        let started = Instant::now();
+        let committed = Instant::now();
         self.inject(Fault::Flush)?;
-        self.store
-            .db
-            .flush()
-            .map_err(StorageError::sled("flush the ledger"))?;
-        Ok(started.elapsed())
+        let flushed = self.store.db.flush();
+        flushed.map_err(StorageError::sled("flush the ledger"))?;
+        Ok(Timings {
+            commit: committed - started,
+            flush: committed.elapsed(),
+        })
     }
 
-    fn record_batch(&self, changes: &Changes, ops: usize, flush: Duration) {
+    fn record_batch(&self, changes: &Changes, ops: usize, timings: Timings) {
         let stats = &self.stats;
-        let micros = u64::try_from(flush.as_micros()).unwrap_or(u64::MAX);
+        let micros = |time: Duration| u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
+        let (commit, flush) = (micros(timings.commit), micros(timings.flush));
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
             .entries
             .fetch_add(changes.entries.len() as u64, Ordering::Relaxed);
         stats.last_batch_ops.store(ops as u64, Ordering::Relaxed);
-        stats.last_flush_micros.store(micros, Ordering::Relaxed);
+        stats.last_flush_micros.store(flush, Ordering::Relaxed);
+        stats.flush_micros_total.fetch_add(flush, Ordering::Relaxed);
+        stats.last_commit_micros.store(commit, Ordering::Relaxed);
         stats
-            .flush_micros_total
-            .fetch_add(micros, Ordering::Relaxed);
+            .commit_micros_total
+            .fetch_add(commit, Ordering::Relaxed);
     }
 
     /// Fires the acks of a durable batch (`None`: nothing was written).
@@ -389,6 +402,13 @@ impl WriterThread {
     fn inject(&self, _fault: Fault) -> Result<(), StorageError> {
         Ok(())
     }
+}
+
+/// How long a batch took to apply in memory and to flush.
+#[derive(Clone, Copy)]
+struct Timings {
+    commit: Duration,
+    flush: Duration,
 }
 
 /// Points where tests can make the writer fail.

@@ -235,3 +235,14 @@ fn hold_rules_are_enforced() {
     handle.close();
     join.join().unwrap();
 }
+
+#[test]
+fn handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send_sync::<WriterHandle>();
+    send_sync::<WriterStats>();
+    send::<Ack>();
+    send::<WriteOp>();
+}
