@@ -30,7 +30,9 @@ pub fn new_key_secret() -> String {
     let mut rng = rand::rng();
     let mut secret = String::with_capacity(KEY_PREFIX.len() + KEY_RANDOM_CHARS);
     secret.push_str(KEY_PREFIX);
-    secret.extend((0..KEY_RANDOM_CHARS).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])));
+    secret.extend(
+        (0..KEY_RANDOM_CHARS).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])),
+    );
     secret
 }
 
@@ -52,37 +54,61 @@ impl KeyCache {
     /// Resolves a bearer token to a live key.
     pub fn authenticate(&self, store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized {
-            message: "You didn't provide an API key. Send `Authorization: Bearer sk-tokun-…`.".into(),
+            message: "You didn't provide an API key. Send `Authorization: Bearer sk-tokun-…`."
+                .into(),
         })?;
-        let invalid = || ApiError::Unauthorized { message: "Incorrect API key provided.".into() };
+        let invalid = || ApiError::Unauthorized {
+            message: "Incorrect API key provided.".into(),
+        };
         if !token.starts_with(KEY_PREFIX) || token.len() > 128 {
             return Err(invalid());
         }
         let hash = hash_secret(token);
-        let cached = self.keys.lock().unwrap_or_else(PoisonError::into_inner).get(&hash).cloned();
+        let cached = self
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&hash)
+            .cloned();
         let key = match cached {
             Some(key) => key,
             None => {
-                let record = store.key_by_hash(&hash).map_err(|_| ApiError::Internal)?.ok_or_else(invalid)?;
+                let record = store
+                    .key_by_hash(&hash)
+                    .map_err(|_| ApiError::Internal)?
+                    .ok_or_else(invalid)?;
                 let record = Arc::new(record);
-                self.keys.lock().unwrap_or_else(PoisonError::into_inner).insert(hash, record.clone());
+                self.keys
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(hash, record.clone());
                 record
             }
         };
         if key.is_revoked() {
-            return Err(ApiError::Unauthorized { message: "This API key has been revoked.".into() });
+            return Err(ApiError::Unauthorized {
+                message: "This API key has been revoked.".into(),
+            });
         }
-        Ok(Caller { account: key.account, key })
+        Ok(Caller {
+            account: key.account,
+            key,
+        })
     }
 
     /// Replaces or drops the cached record of a key (after revoke or update).
     pub fn update(&self, hash: [u8; 32], record: KeyRecord) {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner).insert(hash, Arc::new(record));
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(hash, Arc::new(record));
     }
 
     /// Counts a request against the key's RPM limit (fixed one-minute windows).
     pub fn check_rpm(&self, key: &KeyRecord) -> Result<(), ApiError> {
-        let Some(limit) = key.rpm_limit else { return Ok(()) };
+        let Some(limit) = key.rpm_limit else {
+            return Ok(());
+        };
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let window = windows.entry(key.id.get()).or_insert((now, 0));
@@ -103,10 +129,22 @@ impl KeyCache {
 
 /// Checks the admin token (compared by hash, so timing says nothing about it).
 pub fn check_admin(headers: &HeaderMap, admin_token_hash: &[u8; 32]) -> Result<(), ApiError> {
-    let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized { message: "Admin token required.".into() })?;
+    let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized {
+        message: "Admin token required.".into(),
+    })?;
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let same = hash.iter().zip(admin_token_hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same { Ok(()) } else { Err(ApiError::Unauthorized { message: "Invalid admin token.".into() }) }
+    let same = hash
+        .iter()
+        .zip(admin_token_hash)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized {
+            message: "Invalid admin token.".into(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -120,14 +158,21 @@ mod tests {
         assert!(a.starts_with(KEY_PREFIX));
         assert_eq!(a.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
         assert_ne!(a, b);
-        assert!(a[KEY_PREFIX.len()..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert!(
+            a[KEY_PREFIX.len()..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric())
+        );
     }
 
     #[test]
     fn bearer_parsing() {
         let mut headers = HeaderMap::new();
         assert_eq!(bearer(&headers), None);
-        headers.insert(header::AUTHORIZATION, "Bearer sk-tokun-abc".parse().unwrap());
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer sk-tokun-abc".parse().unwrap(),
+        );
         assert_eq!(bearer(&headers), Some("sk-tokun-abc"));
         headers.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
         assert_eq!(bearer(&headers), None);

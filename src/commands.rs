@@ -14,7 +14,9 @@ use crate::services::{KeyOptions, Services, StartMode};
 
 pub fn load_config(store: &StoreArgs) -> anyhow::Result<Config> {
     let mut config = match &store.config {
-        Some(path) => Config::load(path).with_context(|| format!("invalid config {}", path.display()))?,
+        Some(path) => {
+            Config::load(path).with_context(|| format!("invalid config {}", path.display()))?
+        }
         None => Config::default(),
     };
     if let Some(data) = &store.data {
@@ -40,8 +42,16 @@ fn usd(value: &str) -> anyhow::Result<Nanos> {
 
 pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
     match command {
-        AccountsCommand::Create { email, credit_usd, store } => {
-            let credit = credit_usd.as_deref().map(usd).transpose()?.unwrap_or(Nanos::ZERO);
+        AccountsCommand::Create {
+            email,
+            credit_usd,
+            store,
+        } => {
+            let credit = credit_usd
+                .as_deref()
+                .map(usd)
+                .transpose()?
+                .unwrap_or(Nanos::ZERO);
             if credit.is_negative() {
                 bail!("--credit-usd must not be negative");
             }
@@ -50,19 +60,35 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 services.stop().await;
                 bail!("an account with email {email} exists");
             }
-            let result = services.create_account(&email, credit, "initial credit").await;
+            let result = services
+                .create_account(&email, credit, "initial credit")
+                .await;
             services.stop().await;
             let (record, key) = result?;
-            out(format!("{}\t{}\tbalance ${credit}\napi key (shown once): {key}", record.id, record.email))
+            out(format!(
+                "{}\t{}\tbalance ${credit}\napi key (shown once): {key}",
+                record.id, record.email
+            ))
         }
-        AccountsCommand::List { search, limit, store } => {
+        AccountsCommand::List {
+            search,
+            limit,
+            store,
+        } => {
             let services = open(&store).await?;
             let accounts = services.store.accounts(search.as_deref(), limit);
             let mut lines = Vec::new();
             for account in accounts.unwrap_or_default() {
                 let books = services.store.books(account.id)?;
-                let state = if account.disabled { "disabled" } else { "active" };
-                lines.push(format!("{}\t{}\t{state}\tbalance ${}\theld ${}", account.id, account.email, books.balance, books.held));
+                let state = if account.disabled {
+                    "disabled"
+                } else {
+                    "active"
+                };
+                lines.push(format!(
+                    "{}\t{}\t{state}\tbalance ${}\theld ${}",
+                    account.id, account.email, books.balance, books.held
+                ));
             }
             services.stop().await;
             for line in lines {
@@ -70,8 +96,15 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AccountsCommand::Credit { account, amount_usd, reason, store } => {
-            let id: AccountId = account.parse().map_err(|_| anyhow::anyhow!("`{account}` is not an account id like acct_1"))?;
+        AccountsCommand::Credit {
+            account,
+            amount_usd,
+            reason,
+            store,
+        } => {
+            let id: AccountId = account
+                .parse()
+                .map_err(|_| anyhow::anyhow!("`{account}` is not an account id like acct_1"))?;
             let amount = usd(&amount_usd)?;
             if amount.get() == 0 || reason.trim().is_empty() {
                 bail!("the amount must not be zero and a reason is required");
@@ -81,7 +114,10 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 services.stop().await;
                 bail!("no account {id}");
             }
-            let result = services.accounts.transfer(id, EntryKind::Adjustment, amount, reason.trim()).await;
+            let result = services
+                .accounts
+                .transfer(id, EntryKind::Adjustment, amount, reason.trim())
+                .await;
             services.stop().await;
             let balance = result.map_err(|e| anyhow::anyhow!("{e}"))?;
             out(format!("{id}\tbalance ${balance}"))
@@ -91,20 +127,39 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
 
 pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Create { account, name, store } => {
-            let id: AccountId = account.parse().map_err(|_| anyhow::anyhow!("`{account}` is not an account id like acct_1"))?;
+        KeysCommand::Create {
+            account,
+            name,
+            store,
+        } => {
+            let id: AccountId = account
+                .parse()
+                .map_err(|_| anyhow::anyhow!("`{account}` is not an account id like acct_1"))?;
             let services = open(&store).await?;
             if services.store.account(id)?.is_none() {
                 services.stop().await;
                 bail!("no account {id}");
             }
-            let result = services.create_key(id, KeyOptions { name, ..KeyOptions::default() }).await;
+            let result = services
+                .create_key(
+                    id,
+                    KeyOptions {
+                        name,
+                        ..KeyOptions::default()
+                    },
+                )
+                .await;
             services.stop().await;
             let (record, secret) = result?;
-            out(format!("{}\t{}\napi key (shown once): {secret}", record.id, record.name))
+            out(format!(
+                "{}\t{}\napi key (shown once): {secret}",
+                record.id, record.name
+            ))
         }
         KeysCommand::Revoke { key, store } => {
-            let id: KeyId = key.parse().map_err(|_| anyhow::anyhow!("`{key}` is not a key id like key_3"))?;
+            let id: KeyId = key
+                .parse()
+                .map_err(|_| anyhow::anyhow!("`{key}` is not a key id like key_3"))?;
             let services = open(&store).await?;
             let result = services.revoke_key(id).await;
             services.stop().await;
@@ -142,11 +197,15 @@ pub async fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
             let services = open(&store).await?;
             let result = match &path {
                 Some(path) => {
-                    let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
                     let mut writer = std::io::BufWriter::new(file);
                     services.store.export_jsonl(&mut writer).map(|_| ())
                 }
-                None => services.store.export_jsonl(&mut std::io::stdout().lock()).map(|_| ()),
+                None => services
+                    .store
+                    .export_jsonl(&mut std::io::stdout().lock())
+                    .map(|_| ()),
             };
             services.stop().await;
             result.map_err(Into::into)

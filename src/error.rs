@@ -14,7 +14,11 @@ use tokun_providers::{ErrorSource, ProviderError, TimeoutPhase};
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    BadRequest { message: String, param: Option<String>, code: Option<&'static str> },
+    BadRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
     #[error("{message}")]
     Unauthorized { message: String },
     #[error("insufficient credits: balance ${balance}, this request needs at least ${estimate}")]
@@ -32,7 +36,10 @@ pub enum ApiError {
     #[error("unsupported content type; send application/json")]
     UnsupportedMediaType,
     #[error("{message}")]
-    RateLimited { message: String, retry_after: Duration },
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("{0}")]
     Upstream(ProviderError),
     #[error("{message}")]
@@ -60,7 +67,11 @@ pub struct ErrorObject<'a> {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
-        ApiError::BadRequest { message: message.into(), param: param.map(str::to_owned), code: None }
+        ApiError::BadRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+            code: None,
+        }
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -92,25 +103,46 @@ impl ApiError {
     /// The OpenAI error object for this error (also used for SSE error events).
     pub fn object(&self) -> ErrorObject<'static> {
         let (kind, code, param) = match self {
-            ApiError::BadRequest { param, code, .. } => ("invalid_request_error", *code, param.clone()),
-            ApiError::Unauthorized { .. } => ("invalid_request_error", Some("invalid_api_key"), None),
-            ApiError::InsufficientCredits { .. } => ("insufficient_credits", Some("insufficient_credits"), None),
+            ApiError::BadRequest { param, code, .. } => {
+                ("invalid_request_error", *code, param.clone())
+            }
+            ApiError::Unauthorized { .. } => {
+                ("invalid_request_error", Some("invalid_api_key"), None)
+            }
+            ApiError::InsufficientCredits { .. } => {
+                ("insufficient_credits", Some("insufficient_credits"), None)
+            }
             ApiError::Forbidden { .. } => ("permission_error", Some("forbidden"), None),
             ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code), None),
-            ApiError::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed"), None),
+            ApiError::MethodNotAllowed => {
+                ("invalid_request_error", Some("method_not_allowed"), None)
+            }
             ApiError::Conflict { .. } => ("invalid_request_error", Some("conflict"), None),
-            ApiError::PayloadTooLarge { .. } => ("invalid_request_error", Some("payload_too_large"), None),
-            ApiError::UnsupportedMediaType => ("invalid_request_error", Some("unsupported_media_type"), None),
+            ApiError::PayloadTooLarge { .. } => {
+                ("invalid_request_error", Some("payload_too_large"), None)
+            }
+            ApiError::UnsupportedMediaType => (
+                "invalid_request_error",
+                Some("unsupported_media_type"),
+                None,
+            ),
             ApiError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded"), None),
             ApiError::Upstream(error) => match error.source() {
                 ErrorSource::Client => ("invalid_request_error", Some(error.kind()), None),
                 _ => ("upstream_error", Some(error.kind()), None),
             },
             ApiError::Unavailable { .. } => ("service_unavailable", Some("unavailable"), None),
-            ApiError::NotImplemented { .. } => ("invalid_request_error", Some("not_implemented"), None),
+            ApiError::NotImplemented { .. } => {
+                ("invalid_request_error", Some("not_implemented"), None)
+            }
             ApiError::Internal => ("server_error", None, None),
         };
-        ErrorObject { message: self.public_message(), kind, param, code }
+        ErrorObject {
+            message: self.public_message(),
+            kind,
+            param,
+            code,
+        }
     }
 
     /// What the client reads. Upstream errors are described by kind, so an
@@ -119,7 +151,9 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             ApiError::Upstream(error) => match error {
-                ProviderError::Status { status, message, .. } if error.source() == ErrorSource::Client => {
+                ProviderError::Status {
+                    status, message, ..
+                } if error.source() == ErrorSource::Client => {
                     format!("The upstream provider rejected the request (HTTP {status}): {message}")
                 }
                 ProviderError::Status { status, .. } => {
@@ -138,9 +172,9 @@ impl ApiError {
 
 fn upstream_status(error: &ProviderError) -> StatusCode {
     match error {
-        ProviderError::Timeout { phase: TimeoutPhase::FirstByte | TimeoutPhase::Total | TimeoutPhase::Idle } => {
-            StatusCode::GATEWAY_TIMEOUT
-        }
+        ProviderError::Timeout {
+            phase: TimeoutPhase::FirstByte | TimeoutPhase::Total | TimeoutPhase::Idle,
+        } => StatusCode::GATEWAY_TIMEOUT,
         ProviderError::Status { status: 429, .. } => StatusCode::TOO_MANY_REQUESTS,
         ProviderError::Status { status, .. } if error.source() == ErrorSource::Client => {
             StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
@@ -157,15 +191,23 @@ impl IntoResponse for ApiError {
             ApiError::Upstream(error) => error.retry_after(),
             _ => None,
         };
-        let body = serde_json::to_vec(&Body { error: self.object() }).unwrap_or_default();
+        let body = serde_json::to_vec(&Body {
+            error: self.object(),
+        })
+        .unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(wait) = retry_after {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        response.extensions_mut().insert(ErrorKind(self.kind_label()));
+        response
+            .extensions_mut()
+            .insert(ErrorKind(self.kind_label()));
         response
     }
 }
@@ -188,16 +230,19 @@ impl From<RequestError> for ApiError {
     fn from(error: RequestError) -> Self {
         match error {
             RequestError::Upstream(error) => ApiError::Upstream(error),
-            RequestError::InsufficientCredits { balance_nanos, estimate_nanos } => {
-                ApiError::InsufficientCredits {
-                    balance: usd(balance_nanos),
-                    estimate: usd(estimate_nanos),
-                }
-            }
-            RequestError::LedgerUnavailable => {
-                ApiError::Unavailable { message: "The ledger is unavailable; nothing was charged. Retry later.".into() }
-            }
-            RequestError::ShuttingDown => ApiError::Unavailable { message: "tokun is shutting down.".into() },
+            RequestError::InsufficientCredits {
+                balance_nanos,
+                estimate_nanos,
+            } => ApiError::InsufficientCredits {
+                balance: usd(balance_nanos),
+                estimate: usd(estimate_nanos),
+            },
+            RequestError::LedgerUnavailable => ApiError::Unavailable {
+                message: "The ledger is unavailable; nothing was charged. Retry later.".into(),
+            },
+            RequestError::ShuttingDown => ApiError::Unavailable {
+                message: "tokun is shutting down.".into(),
+            },
         }
     }
 }
@@ -222,15 +267,23 @@ impl From<tokun_actors::account::AccountError> for ApiError {
     fn from(error: tokun_actors::account::AccountError) -> Self {
         use tokun_actors::account::AccountError;
         match error {
-            AccountError::Insufficient { available, needed } => {
-                ApiError::InsufficientCredits { balance: available.to_string(), estimate: needed.to_string() }
-            }
+            AccountError::Insufficient { available, needed } => ApiError::InsufficientCredits {
+                balance: available.to_string(),
+                estimate: needed.to_string(),
+            },
             AccountError::KeyLimit { limit } => ApiError::Forbidden {
                 message: format!("This API key reached its spend limit of ${limit}."),
             },
-            AccountError::Disabled => ApiError::Forbidden { message: "This account is disabled.".into() },
-            AccountError::UnknownAccount => ApiError::NotFound { message: "Unknown account.".into(), code: "account_not_found" },
-            AccountError::InvalidAmount(message) => ApiError::bad_request(message, Some("amount_usd")),
+            AccountError::Disabled => ApiError::Forbidden {
+                message: "This account is disabled.".into(),
+            },
+            AccountError::UnknownAccount => ApiError::NotFound {
+                message: "Unknown account.".into(),
+                code: "account_not_found",
+            },
+            AccountError::InvalidAmount(message) => {
+                ApiError::bad_request(message, Some("amount_usd"))
+            }
             AccountError::LedgerUnavailable => ApiError::Unavailable {
                 message: "The ledger is unavailable; nothing was charged. Retry later.".into(),
             },

@@ -15,15 +15,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Running requests by id: the owning account and the cancel signal.
+type Requests = Arc<Mutex<HashMap<Arc<str>, (Option<AccountId>, Arc<Notify>)>>>;
+
 /// Cancel signals of running requests, by request id.
 #[derive(Default)]
 pub struct InFlight {
-    requests: Arc<Mutex<HashMap<Arc<str>, (Option<AccountId>, Arc<Notify>)>>>,
+    requests: Requests,
 }
 
 /// Removes its request from [`InFlight`] when dropped (the response ended).
 pub struct InFlightGuard {
-    requests: Arc<Mutex<HashMap<Arc<str>, (Option<AccountId>, Arc<Notify>)>>>,
+    requests: Requests,
     id: Arc<str>,
 }
 
@@ -34,10 +37,20 @@ impl Drop for InFlightGuard {
 }
 
 impl InFlight {
-    pub fn register(&self, id: Arc<str>, account: Option<AccountId>) -> (Arc<Notify>, InFlightGuard) {
+    pub fn register(
+        &self,
+        id: Arc<str>,
+        account: Option<AccountId>,
+    ) -> (Arc<Notify>, InFlightGuard) {
         let cancel = Arc::new(Notify::new());
         lock(&self.requests).insert(id.clone(), (account, cancel.clone()));
-        (cancel, InFlightGuard { requests: self.requests.clone(), id })
+        (
+            cancel,
+            InFlightGuard {
+                requests: self.requests.clone(),
+                id,
+            },
+        )
     }
 
     /// Fires the cancel signal of `id` if it belongs to `account`.
@@ -104,7 +117,10 @@ impl Idempotency {
             Some((_, Slot::Streamed)) => Claim::AlreadyStreamed,
             None => {
                 table.insert(id.clone(), (now, Slot::Running));
-                Claim::Proceed(IdempotencyTicket { table: self.table.clone(), key: Some(id) })
+                Claim::Proceed(IdempotencyTicket {
+                    table: self.table.clone(),
+                    key: Some(id),
+                })
             }
         }
     }

@@ -8,7 +8,9 @@ use tokun::server::RunningServer;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
@@ -28,7 +30,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let first_model = config.models.first().map(|m| m.id.clone()).unwrap_or_default();
+    let first_model = config
+        .models
+        .first()
+        .map(|m| m.id.clone())
+        .unwrap_or_default();
     let server = RunningServer::start(config, listener).await?;
     announce(&server, &first_model);
     shutdown_signal().await;
@@ -44,7 +50,9 @@ fn announce(server: &RunningServer, model: &str) {
     }
     let key = match &first.demo_key {
         Some(key) => {
-            eprintln!("Demo account demo@tokun.local created with its API key (shown once):\n  {key}\n");
+            eprintln!(
+                "Demo account demo@tokun.local created with its API key (shown once):\n  {key}\n"
+            );
             key.as_str()
         }
         None => "$TOKUN_API_KEY",
@@ -58,10 +66,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -38,7 +38,10 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound { message: "Unknown request URL.".into(), code: "unknown_url" }
+    ApiError::NotFound {
+        message: "Unknown request URL.".into(),
+        code: "unknown_url",
+    }
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -57,7 +60,10 @@ async fn request_context(mut request: Request, next: Next) -> Response {
     }
     let status = response.status();
     if status.is_server_error() || status.is_client_error() {
-        let kind = response.extensions().get::<ErrorKind>().map_or("-", |k| k.0);
+        let kind = response
+            .extensions()
+            .get::<ErrorKind>()
+            .map_or("-", |k| k.0);
         if status.is_server_error() {
             tracing::warn!(request_id = %id.0, %method, path, status = status.as_u16(), kind, "request failed");
         } else {
@@ -71,7 +77,9 @@ async fn request_context(mut request: Request, next: Next) -> Response {
 fn new_request_id() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
-    (0..16).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
+    (0..16)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
 }
 
 /// A server running in this process (used by `tokun serve` and by tests).
@@ -106,7 +114,15 @@ impl RunningServer {
                 })
                 .await
         });
-        Ok(RunningServer { addr, shutdown: Some(shutdown), task, streams, services, first_start, grace })
+        Ok(RunningServer {
+            addr,
+            shutdown: Some(shutdown),
+            task,
+            streams,
+            services,
+            first_start,
+            grace,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

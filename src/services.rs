@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tokun_actors::{AccountsHandle, LedgerHandle};
-use tokun_storage::{AccountId, AccountRecord, EntryKind, KeyId, KeyRecord, Nanos, Store, WriteOp, WriterConfig, hash_secret};
+use tokun_storage::{
+    AccountId, AccountRecord, EntryKind, KeyId, KeyRecord, Nanos, Store, WriteOp, WriterConfig,
+    hash_secret,
+};
 
 use crate::auth::new_key_secret;
 use crate::config::Config;
@@ -45,12 +48,18 @@ pub enum StartMode {
 
 impl Services {
     pub async fn start(config: &Config, mode: StartMode) -> anyhow::Result<(Services, FirstStart)> {
-        // Load the tokenizer now, not on the first request.
-        tokio::task::spawn_blocking(tokun_providers::tokens::warm_up).await?;
+        if mode == StartMode::Serve {
+            // Load the tokenizer now, not on the first request.
+            tokio::task::spawn_blocking(tokun_providers::tokens::warm_up).await?;
+        }
         let dir = &config.server.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
         let store = Store::open(dir.join("ledger")).with_context(|| {
-            format!("cannot open the store in {} (is another tokun using it?)", dir.display())
+            format!(
+                "cannot open the store in {} (is another tokun using it?)",
+                dir.display()
+            )
         })?;
         let fresh = store.last_seq()? == 0 && store.accounts(None, 1)?.is_empty();
         let writer = WriterConfig {
@@ -66,10 +75,21 @@ impl Services {
             None if mode == StartMode::Serve => admin_token_from_file(dir, &mut first)?,
             None => [0; 32],
         };
-        let services = Services { store, ledger, accounts, admin_token_hash };
+        let services = Services {
+            store,
+            ledger,
+            accounts,
+            admin_token_hash,
+        };
         first.recovered_holds = services.recover_holds().await?;
         if mode == StartMode::Serve && fresh && config.billing.demo_credit.get() > 0 {
-            let (_, key) = services.create_account("demo@tokun.local", config.billing.demo_credit, "demo credit").await?;
+            let (_, key) = services
+                .create_account(
+                    "demo@tokun.local",
+                    config.billing.demo_credit,
+                    "demo credit",
+                )
+                .await?;
             first.demo_key = Some(key);
         }
         Ok((services, first))
@@ -80,16 +100,26 @@ impl Services {
     async fn recover_holds(&self) -> anyhow::Result<usize> {
         let holds = self.store.open_holds()?;
         for hold in &holds {
-            self.accounts.recover(hold.account, hold.hold, hold.checkpoint_tokens).await?;
+            self.accounts
+                .recover(hold.account, hold.hold, hold.checkpoint_tokens)
+                .await?;
         }
         if !holds.is_empty() {
-            tracing::warn!(holds = holds.len(), "settled holds left open by an unclean stop (recovered)");
+            tracing::warn!(
+                holds = holds.len(),
+                "settled holds left open by an unclean stop (recovered)"
+            );
         }
         Ok(holds.len())
     }
 
     /// Creates an account with optional starting credit and its first key.
-    pub async fn create_account(&self, email: &str, credit: Nanos, reason: &str) -> anyhow::Result<(AccountRecord, String)> {
+    pub async fn create_account(
+        &self,
+        email: &str,
+        credit: Nanos,
+        reason: &str,
+    ) -> anyhow::Result<(AccountRecord, String)> {
         let id = self.store.next_account_id()?;
         let record = AccountRecord {
             id,
@@ -99,16 +129,32 @@ impl Services {
             floor: Nanos::ZERO,
             deleted_ms: None,
         };
-        self.ledger.append(vec![WriteOp::PutAccount(record.clone())]).await?;
+        self.ledger
+            .append(vec![WriteOp::PutAccount(record.clone())])
+            .await?;
         if credit.get() > 0 {
-            self.accounts.transfer(id, EntryKind::Topup, credit, reason).await?;
+            self.accounts
+                .transfer(id, EntryKind::Topup, credit, reason)
+                .await?;
         }
-        let (_, secret) = self.create_key(id, KeyOptions { name: "default".into(), ..KeyOptions::default() }).await?;
+        let (_, secret) = self
+            .create_key(
+                id,
+                KeyOptions {
+                    name: "default".into(),
+                    ..KeyOptions::default()
+                },
+            )
+            .await?;
         Ok((record, secret))
     }
 
     /// Creates an API key; returns its record and the secret (shown once).
-    pub async fn create_key(&self, account: AccountId, options: KeyOptions) -> anyhow::Result<(KeyRecord, String)> {
+    pub async fn create_key(
+        &self,
+        account: AccountId,
+        options: KeyOptions,
+    ) -> anyhow::Result<(KeyRecord, String)> {
         let secret = new_key_secret();
         let record = KeyRecord {
             id: self.store.next_key_id()?,
@@ -124,18 +170,29 @@ impl Services {
             debug: options.debug,
         };
         let hash = hash_secret(&secret);
-        self.ledger.append(vec![WriteOp::PutKey { hash, record: record.clone() }]).await?;
+        self.ledger
+            .append(vec![WriteOp::PutKey {
+                hash,
+                record: record.clone(),
+            }])
+            .await?;
         Ok((record, secret))
     }
 
     /// Revokes a key for good; returns its hash and the updated record.
     pub async fn revoke_key(&self, key: KeyId) -> anyhow::Result<Option<([u8; 32], KeyRecord)>> {
-        let (Some(hash), Some(mut record)) = (self.store.key_hash(key)?, self.store.key(key)?) else {
+        let (Some(hash), Some(mut record)) = (self.store.key_hash(key)?, self.store.key(key)?)
+        else {
             return Ok(None);
         };
         if record.revoked_ms.is_none() {
             record.revoked_ms = Some(tokun_actors::account::now_ms());
-            self.ledger.append(vec![WriteOp::PutKey { hash, record: record.clone() }]).await?;
+            self.ledger
+                .append(vec![WriteOp::PutKey {
+                    hash,
+                    record: record.clone(),
+                }])
+                .await?;
         }
         Ok(Some((hash, record)))
     }
@@ -163,7 +220,10 @@ fn admin_token_from_file(dir: &Path, first: &mut FirstStart) -> anyhow::Result<[
     let token = match std::fs::read_to_string(&path) {
         Ok(token) => token.trim().to_owned(),
         Err(_) => {
-            let token = format!("tokun-admin-{}", &new_key_secret()[crate::auth::KEY_PREFIX.len()..]);
+            let token = format!(
+                "tokun-admin-{}",
+                &new_key_secret()[crate::auth::KEY_PREFIX.len()..]
+            );
             write_private(&path, &token)?;
             first.admin_token = Some(token.clone());
             token
@@ -181,7 +241,9 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()?;
     Ok(())

@@ -37,7 +37,11 @@ pub struct Model {
 }
 
 impl AppState {
-    pub fn new(config: Config, streams: StreamSupervisorHandle, services: Services) -> Result<Self, ProviderError> {
+    pub fn new(
+        config: Config,
+        streams: StreamSupervisorHandle,
+        services: Services,
+    ) -> Result<Self, ProviderError> {
         let adapters = build_adapters(&config)?;
         let mut models = HashMap::with_capacity(config.models.len());
         for model in &config.models {
@@ -54,7 +58,13 @@ impl AppState {
                     })
                 })
                 .collect();
-            models.insert(model.id.clone(), Model { config: model.clone(), routes: routes.into() });
+            models.insert(
+                model.id.clone(),
+                Model {
+                    config: model.clone(),
+                    routes: routes.into(),
+                },
+            );
         }
         let inner = Inner {
             config,
@@ -65,7 +75,9 @@ impl AppState {
             inflight: InFlight::default(),
             idempotency: Idempotency::default(),
         };
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn config(&self) -> &Config {

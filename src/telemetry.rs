@@ -7,7 +7,13 @@ use crate::config::LogConfig;
 
 pub fn init(log: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests) is harmless; keep the first subscriber.
-    let _ = if log.json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if log.json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

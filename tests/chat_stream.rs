@@ -1,11 +1,18 @@
 //! Streaming and non-streaming chat completions through a real listener,
 //! against the built-in echo provider and a fake OpenAI upstream.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
+
 mod support;
 
 use serde_json::{Value, json};
 use support::{Harness, chat, upstream_config};
-use tokun_testkit::{FakeUpstream, Script};
+use tokun_testkit::FakeUpstream;
 
 #[tokio::test]
 async fn echo_stream_has_openai_chunk_shapes_and_usage_chunk() {
@@ -16,7 +23,10 @@ async fn echo_stream_has_openai_chunk_shapes_and_usage_chunk() {
     assert_eq!(headers["content-type"], "text/event-stream");
     assert!(headers.contains_key("x-request-id"));
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| support::json(d)).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| support::json(d))
+        .collect();
     let first = &chunks[0];
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!(first["model"], "echo-mini");
@@ -36,7 +46,11 @@ async fn echo_stream_has_openai_chunk_shapes_and_usage_chunk() {
         .collect();
     let content_chunks = chunks
         .iter()
-        .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
         .count() as u64;
     assert!(!text.is_empty());
     assert_eq!(usage["completion_tokens"], content_chunks);
@@ -46,7 +60,10 @@ async fn echo_stream_has_openai_chunk_shapes_and_usage_chunk() {
         usage["prompt_tokens"].as_u64().unwrap() + content_chunks
     );
     assert!(usage["cost"].is_string());
-    let finish = chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str()).collect::<Vec<_>>();
+    let finish = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect::<Vec<_>>();
     assert_eq!(finish, ["stop"]);
 }
 
@@ -57,10 +74,24 @@ async fn usage_chunk_is_stripped_when_the_client_did_not_ask() {
     let (headers, data) = h.stream_events(&chat("fake-model", true)).await;
     assert_eq!(headers["x-tokun-route"], "fake");
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| support::json(d)).collect();
-    assert!(chunks.iter().all(|c| !c.as_object().unwrap().contains_key("usage")));
-    assert!(chunks.iter().all(|c| !c["choices"].as_array().unwrap().is_empty()));
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| support::json(d))
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| !c.as_object().unwrap().contains_key("usage"))
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| !c["choices"].as_array().unwrap().is_empty())
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text, "Hello from the fake upstream.");
     assert!(chunks.iter().all(|c| c["model"] == "fake-model"));
     // tokun always asks the upstream for usage, with the upstream's model name.
@@ -74,7 +105,9 @@ async fn usage_chunk_is_stripped_when_the_client_did_not_ask() {
 async fn non_streaming_completion_has_openai_shape_cost_and_headers() {
     let upstream = FakeUpstream::start().await.unwrap();
     let h = Harness::start(Some(&upstream_config(&upstream, ""))).await;
-    let response = h.post_json("/v1/chat/completions", &chat("fake-model", false)).await;
+    let response = h
+        .post_json("/v1/chat/completions", &chat("fake-model", false))
+        .await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
     assert!(response.headers().contains_key("x-tokun-cost"));
@@ -82,7 +115,10 @@ async fn non_streaming_completion_has_openai_shape_cost_and_headers() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "fake-model");
-    assert_eq!(body["choices"][0]["message"]["content"], "Hello from the fake upstream.");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from the fake upstream."
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     assert_eq!(body["usage"]["prompt_tokens"], 10);
     assert_eq!(body["usage"]["completion_tokens"], 6);
@@ -96,7 +132,12 @@ async fn echo_non_streaming_respects_max_tokens() {
     let h = Harness::start(None).await;
     let mut body = chat("echo-mini", false);
     body["max_tokens"] = json!(3);
-    let response: Value = h.post_json("/v1/chat/completions", &body).await.json().await.unwrap();
+    let response: Value = h
+        .post_json("/v1/chat/completions", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(response["usage"]["completion_tokens"], 3);
     assert_eq!(response["choices"][0]["finish_reason"], "length");
 }
@@ -111,13 +152,24 @@ async fn many_concurrent_streams_each_get_their_own_tokens() {
         tasks.push(tokio::spawn(async move {
             let body = json!({"model": "echo-mini", "stream": true, "max_tokens": 5 + i % 7,
                 "messages": [{"role": "user", "content": format!("request number {i}")}]});
-            let text = client.post(url).json(&body).send().await.unwrap().text().await.unwrap();
+            let text = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             (i, text)
         }));
     }
     for task in tasks {
         let (i, text) = task.await.unwrap();
-        assert!(text.ends_with("data: [DONE]\n\n"), "stream {i} ended cleanly");
+        assert!(
+            text.ends_with("data: [DONE]\n\n"),
+            "stream {i} ended cleanly"
+        );
         let chunks = text.matches("chat.completion.chunk").count();
         // role chunk + (5 + i % 7) tokens + finish chunk
         assert_eq!(chunks, 5 + i % 7 + 2, "stream {i}");

@@ -2,6 +2,13 @@
 //! request whose client saw `[DONE]` settled exactly once, every hold left
 //! open settled as `recovered`, and `tokun ledger verify` clean.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
+
 mod support;
 
 use std::collections::HashMap;
@@ -51,7 +58,11 @@ async fn serve(config: &Path, data: &Path) -> (Child, String, Option<String>) {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (mut key, mut base) = (None, None);
     while base.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().expect("tokun printed its address");
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("tokun printed its address");
         if let Some(at) = line.find("sk-tokun-") {
             key.get_or_insert_with(|| line[at..].split_whitespace().next().unwrap().to_owned());
         }
@@ -64,7 +75,12 @@ async fn serve(config: &Path, data: &Path) -> (Child, String, Option<String>) {
 }
 
 fn cli(args: &[&str], data: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tokun")).args(args).arg("--data").arg(data).output().expect("run tokun")
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokun"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("run tokun")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,12 +97,21 @@ async fn sigkill_under_streaming_load_loses_and_duplicates_nothing() {
     let mut slow = Vec::new();
     let mut fast = Vec::new();
     for i in 0..40 {
-        let (client, url, started) = (client.clone(), format!("{base}/v1/chat/completions"), started_tx.clone());
+        let (client, url, started) = (
+            client.clone(),
+            format!("{base}/v1/chat/completions"),
+            started_tx.clone(),
+        );
         let model = if i % 2 == 0 { "slow" } else { "fast" };
         let task = tokio::spawn(async move {
             let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": format!("crash test {i}")}]});
-            let Ok(response) = client.post(url).json(&body).send().await else { return (None, false) };
-            let id = response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+            let Ok(response) = client.post(url).json(&body).send().await else {
+                return (None, false);
+            };
+            let id = response
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_owned());
             let mut body = response.bytes_stream();
             let mut text = Vec::new();
             while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
@@ -97,7 +122,11 @@ async fn sigkill_under_streaming_load_loses_and_duplicates_nothing() {
             }
             (id, text.ends_with(b"data: [DONE]\n\n"))
         });
-        if model == "slow" { slow.push(task) } else { fast.push(task) }
+        if model == "slow" {
+            slow.push(task)
+        } else {
+            fast.push(task)
+        }
     }
     let mut done_ids = Vec::new();
     for task in fast {
@@ -115,23 +144,50 @@ async fn sigkill_under_streaming_load_loses_and_duplicates_nothing() {
             done_ids.push(id);
         }
     }
-    assert_eq!(done_ids.len(), 20, "exactly the fast requests completed before the kill");
+    assert_eq!(
+        done_ids.len(),
+        20,
+        "exactly the fast requests completed before the kill"
+    );
 
     // Restart: recovery settles what was left open; then it serves again.
     let (mut child, base, second_key) = serve(&config, &data).await;
     assert!(second_key.is_none(), "no second demo account on restart");
-    let account: Value = client.get(format!("{base}/v1/account")).send().await.unwrap().json().await.unwrap();
+    let account: Value = client
+        .get(format!("{base}/v1/account"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(account["held_nanos"], 0, "no hold left open after recovery");
-    let ok = client.post(format!("{base}/v1/chat/completions")).json(&json!({"model": "fast", "messages": [{"role": "user", "content": "after"}]})).send().await.unwrap();
+    let ok = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "fast", "messages": [{"role": "user", "content": "after"}]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     child.kill().await.unwrap();
     child.wait().await.unwrap();
 
     let export = cli(&["ledger", "export"], &data);
-    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
-    let entries: Vec<Value> = String::from_utf8(export.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let entries: Vec<Value> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "contiguous, no duplicated entry");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous, no duplicated entry"
+    );
     let mut closes: HashMap<String, usize> = HashMap::new();
     let mut holds = 0;
     let mut recovered = 0;
@@ -149,12 +205,23 @@ async fn sigkill_under_streaming_load_loses_and_duplicates_nothing() {
     }
     assert!(recovered > 0, "holds open at the kill were recovered");
     assert_eq!(closes.len(), holds, "every hold closed");
-    assert!(closes.values().all(|n| *n == 1), "each hold settled exactly once");
+    assert!(
+        closes.values().all(|n| *n == 1),
+        "each hold settled exactly once"
+    );
     for id in &done_ids {
-        let settles = entries.iter().filter(|e| e["kind"] == "settle" && e["request_id"] == id.as_str()).count();
+        let settles = entries
+            .iter()
+            .filter(|e| e["kind"] == "settle" && e["request_id"] == id.as_str())
+            .count();
         assert_eq!(settles, 1, "request {id} saw [DONE] and settled once");
     }
     let verify = cli(&["ledger", "verify"], &data);
-    assert!(verify.status.success(), "{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
     assert!(String::from_utf8_lossy(&verify.stdout).contains("clean"));
 }

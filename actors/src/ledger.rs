@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 use tokun_storage::{Ack, Durable, WriteOp};
 use tokun_storage::{LedgerWriter, WriterConfig, WriterHandle, WriterStats};
-use tokun_storage::{Store, StorageError};
+use tokun_storage::{StorageError, Store};
 
 pub struct LedgerActor;
 
@@ -27,7 +27,10 @@ pub type OnDurable = Box<dyn FnOnce(Result<Durable, StorageError>) + Send>;
 
 pub enum LedgerMsg {
     /// Write `ops` atomically; `done` (if any) hears once they are durable.
-    Append { ops: Vec<WriteOp>, done: Option<OnDurable> },
+    Append {
+        ops: Vec<WriteOp>,
+        done: Option<OnDurable>,
+    },
 }
 
 pub struct LedgerState {
@@ -41,12 +44,25 @@ impl Actor for LedgerActor {
     type State = LedgerState;
     type Arguments = LedgerArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<LedgerMsg>, args: LedgerArgs) -> Result<LedgerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<LedgerMsg>,
+        args: LedgerArgs,
+    ) -> Result<LedgerState, ActorProcessingErr> {
         args.healthy.store(true, Ordering::Relaxed);
-        Ok(LedgerState { writer: Some(args.writer), thread: Some(args.thread), healthy: args.healthy })
+        Ok(LedgerState {
+            writer: Some(args.writer),
+            thread: Some(args.thread),
+            healthy: args.healthy,
+        })
     }
 
-    async fn handle(&self, _myself: ActorRef<LedgerMsg>, message: LedgerMsg, state: &mut LedgerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<LedgerMsg>,
+        message: LedgerMsg,
+        state: &mut LedgerState,
+    ) -> Result<(), ActorProcessingErr> {
         let LedgerMsg::Append { ops, done } = message;
         let healthy = state.healthy.clone();
         let ack = Ack::new(move |result: Result<Durable, StorageError>| {
@@ -65,7 +81,11 @@ impl Actor for LedgerActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<LedgerMsg>, state: &mut LedgerState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<LedgerMsg>,
+        state: &mut LedgerState,
+    ) -> Result<(), ActorProcessingErr> {
         // The writer drains what is queued, flushes, and exits.
         if let Some(writer) = state.writer.take() {
             writer.close();
@@ -95,13 +115,25 @@ pub struct LedgerHandle {
 }
 
 impl LedgerHandle {
-    pub async fn start(store: Store, config: WriterConfig) -> Result<LedgerHandle, LedgerStartError> {
+    pub async fn start(
+        store: Store,
+        config: WriterConfig,
+    ) -> Result<LedgerHandle, LedgerStartError> {
         let (writer, thread) = LedgerWriter::start(store.clone(), config)?;
         let stats = writer.stats().clone();
         let healthy = Arc::new(AtomicBool::new(false));
-        let args = LedgerArgs { writer, thread, healthy: healthy.clone() };
+        let args = LedgerArgs {
+            writer,
+            thread,
+            healthy: healthy.clone(),
+        };
         let (actor, _join) = Actor::spawn(None, LedgerActor, args).await?;
-        Ok(LedgerHandle { actor, store, healthy, stats })
+        Ok(LedgerHandle {
+            actor,
+            store,
+            healthy,
+            stats,
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -128,10 +160,18 @@ impl LedgerHandle {
 
     /// Writes `ops`; `done` runs on the writer thread once they are durable
     /// (or failed). The caller does not wait, and no task is spawned.
-    pub fn append_then(&self, ops: Vec<WriteOp>, done: impl FnOnce(Result<Durable, StorageError>) + Send + 'static) {
-        let message = LedgerMsg::Append { ops, done: Some(Box::new(done)) };
-        if let Err(ractor::MessagingErr::SendErr(LedgerMsg::Append { done: Some(done), .. })) =
-            self.actor.send_message(message)
+    pub fn append_then(
+        &self,
+        ops: Vec<WriteOp>,
+        done: impl FnOnce(Result<Durable, StorageError>) + Send + 'static,
+    ) {
+        let message = LedgerMsg::Append {
+            ops,
+            done: Some(Box::new(done)),
+        };
+        if let Err(ractor::MessagingErr::SendErr(LedgerMsg::Append {
+            done: Some(done), ..
+        })) = self.actor.send_message(message)
         {
             done(Err(StorageError::WriterClosed));
         }
@@ -139,7 +179,9 @@ impl LedgerHandle {
 
     /// Writes `ops` without anyone waiting (holds, checkpoints, usage records).
     pub fn append_nowait(&self, ops: Vec<WriteOp>) {
-        let _ = self.actor.send_message(LedgerMsg::Append { ops, done: None });
+        let _ = self
+            .actor
+            .send_message(LedgerMsg::Append { ops, done: None });
     }
 
     /// Waits until everything sent before is durable.
@@ -149,6 +191,9 @@ impl LedgerHandle {
 
     /// Drains the writer and stops the actor.
     pub async fn stop(&self) {
-        let _ = self.actor.stop_and_wait(Some("shutdown".into()), None).await;
+        let _ = self
+            .actor
+            .stop_and_wait(Some("shutdown".into()), None)
+            .await;
     }
 }

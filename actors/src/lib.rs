@@ -15,6 +15,8 @@ pub mod stream_supervisor;
 pub use account::registry::AccountsHandle;
 pub use ledger::LedgerHandle;
 pub use meter::{AccountMeter, Meter, MeterRecord};
-pub use relay::{RelayEvent, RequestError, Route, Settlement, StreamFailure, Timeouts, UsageSource};
+pub use relay::{
+    RelayEvent, RequestError, Route, Settlement, StreamFailure, Timeouts, UsageSource,
+};
 pub use stream::StreamArgs;
 pub use stream_supervisor::StreamSupervisorHandle;

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use tokun_providers::Usage;
-use tokun_storage::{AccountId, KeyId};
 use tokun_storage::UsageRecord;
+use tokun_storage::{AccountId, KeyId};
 
 use crate::account::registry::AccountsHandle;
 use crate::account::{AccountError, Billed, Reservation};
@@ -51,7 +51,10 @@ pub struct AccountMeter {
 
 impl std::fmt::Debug for AccountMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccountMeter").field("account", &self.account).field("hold", &self.reservation.hold).finish()
+        f.debug_struct("AccountMeter")
+            .field("account", &self.account)
+            .field("hold", &self.reservation.hold)
+            .finish()
     }
 }
 
@@ -69,7 +72,10 @@ impl Meter {
         match self {
             Meter::Log => Ok(u64::MAX),
             Meter::Account(meter) => {
-                let allowance = meter.accounts.extend(meter.account, meter.reservation.hold).await?;
+                let allowance = meter
+                    .accounts
+                    .extend(meter.account, meter.reservation.hold)
+                    .await?;
                 meter.reservation.allowance_tokens = allowance;
                 Ok(allowance)
             }
@@ -79,14 +85,25 @@ impl Meter {
     /// Records usage reached so far, for settlement after a crash.
     pub async fn checkpoint(&self, prompt_tokens: u64, completion_tokens: u64) {
         if let Meter::Account(meter) = self {
-            meter.accounts.checkpoint(meter.account, meter.reservation.hold, prompt_tokens, completion_tokens).await;
+            meter
+                .accounts
+                .checkpoint(
+                    meter.account,
+                    meter.reservation.hold,
+                    prompt_tokens,
+                    completion_tokens,
+                )
+                .await;
         }
     }
 
     /// Gives the whole hold back: nothing was generated.
     pub async fn release(&self) {
         if let Meter::Account(meter) = self {
-            meter.accounts.release(meter.account, meter.reservation.hold).await;
+            meter
+                .accounts
+                .release(meter.account, meter.reservation.hold)
+                .await;
         }
     }
 
@@ -104,7 +121,12 @@ impl Meter {
                     outcome = record.outcome,
                     "metered"
                 );
-                Ok(Settlement { usage: record.usage, source: record.source, cost_nanos: 0, balance_nanos: None })
+                Ok(Settlement {
+                    usage: record.usage,
+                    source: record.source,
+                    cost_nanos: 0,
+                    balance_nanos: None,
+                })
             }
             Meter::Account(meter) => {
                 let billed = Billed {

@@ -92,8 +92,13 @@ pub enum RelayEvent {
 pub enum RequestError {
     #[error(transparent)]
     Upstream(#[from] ProviderError),
-    #[error("insufficient credits: balance {balance_nanos} nanos, estimated cost {estimate_nanos} nanos")]
-    InsufficientCredits { balance_nanos: i64, estimate_nanos: i64 },
+    #[error(
+        "insufficient credits: balance {balance_nanos} nanos, estimated cost {estimate_nanos} nanos"
+    )]
+    InsufficientCredits {
+        balance_nanos: i64,
+        estimate_nanos: i64,
+    },
     #[error("the ledger could not record this request")]
     LedgerUnavailable,
     #[error("tokun is shutting down")]

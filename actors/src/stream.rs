@@ -93,7 +93,11 @@ impl Actor for StreamActor {
         args: StreamArgs,
     ) -> Result<StreamState, ActorProcessingErr> {
         args.stats.started();
-        let total = args.routes.first().map(|r| r.timeouts.total).unwrap_or_default();
+        let total = args
+            .routes
+            .first()
+            .map(|r| r.timeouts.total)
+            .unwrap_or_default();
         myself.send_message(StreamMsg::Start)?;
         Ok(StreamState {
             created: unix_seconds(),
@@ -169,13 +173,19 @@ impl StreamState {
                 Ok(Ok((stream, first))) => {
                     self.route = Some(route.clone());
                     self.upstream = Some(stream);
-                    if self.send(RelayEvent::Routed(route.provider.clone())).await.is_err() {
+                    if self
+                        .send(RelayEvent::Routed(route.provider.clone()))
+                        .await
+                        .is_err()
+                    {
                         return Some(Err(End::ClientGone));
                     }
                     return Some(self.accept(first).await);
                 }
                 Ok(Err(error)) => error,
-                Err(_) => ProviderError::Timeout { phase: TimeoutPhase::FirstByte },
+                Err(_) => ProviderError::Timeout {
+                    phase: TimeoutPhase::FirstByte,
+                },
             };
             let retry = error.retryable();
             tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed before the first chunk");
@@ -194,7 +204,11 @@ impl StreamState {
     /// Relays the next chunk, or says why the stream ended.
     async fn pump(&mut self) -> Option<Result<(), End>> {
         let stream = self.upstream.as_mut()?;
-        let idle = self.route.as_ref().map(|r| r.timeouts.idle).unwrap_or_default();
+        let idle = self
+            .route
+            .as_ref()
+            .map(|r| r.timeouts.idle)
+            .unwrap_or_default();
         let wait = idle.min(self.deadline.saturating_duration_since(Instant::now()));
         let next = tokio::select! {
             biased;
@@ -204,8 +218,14 @@ impl StreamState {
         };
         let result = match next {
             Err(_) => {
-                let phase = if Instant::now() >= self.deadline { TimeoutPhase::Total } else { TimeoutPhase::Idle };
-                Err(End::Failed(StreamFailure::Upstream(ProviderError::Timeout { phase })))
+                let phase = if Instant::now() >= self.deadline {
+                    TimeoutPhase::Total
+                } else {
+                    TimeoutPhase::Idle
+                };
+                Err(End::Failed(StreamFailure::Upstream(
+                    ProviderError::Timeout { phase },
+                )))
             }
             Ok(None) => Err(End::Completed),
             Ok(Some(Err(error))) => Err(End::Failed(StreamFailure::Upstream(error))),
@@ -233,7 +253,9 @@ impl StreamState {
         chunk.id.clone_from(&self.chunk_id);
         chunk.model = self.args.model.to_string();
         chunk.created = self.created;
-        self.send(RelayEvent::Chunk(chunk)).await.map_err(|()| End::ClientGone)?;
+        self.send(RelayEvent::Chunk(chunk))
+            .await
+            .map_err(|()| End::ClientGone)?;
         if tokens > 0 {
             self.first_token_at.get_or_insert_with(Instant::now);
             self.relayed_tokens += tokens;
@@ -244,12 +266,17 @@ impl StreamState {
 
     /// Extends the hold once the relayed tokens reach it; checkpoints usage.
     async fn keep_budget(&mut self) -> Result<(), End> {
-        if self.relayed_tokens >= self.args.meter.allowance() && self.args.meter.extend().await.is_err() {
+        if self.relayed_tokens >= self.args.meter.allowance()
+            && self.args.meter.extend().await.is_err()
+        {
             return Err(End::Budget);
         }
         if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.last_checkpoint = Instant::now();
-            self.args.meter.checkpoint(self.args.prompt_tokens_estimate, self.relayed_tokens).await;
+            self.args
+                .meter
+                .checkpoint(self.args.prompt_tokens_estimate, self.relayed_tokens)
+                .await;
         }
         Ok(())
     }
@@ -278,7 +305,10 @@ impl StreamState {
             let _ = self.send(RelayEvent::Chunk(chunk)).await;
         }
         let outcome = matches!(end, End::Completed).then_some("completed");
-        match self.settle(outcome.unwrap_or("interrupted"), error_kind).await {
+        match self
+            .settle(outcome.unwrap_or("interrupted"), error_kind)
+            .await
+        {
             Ok(settlement) => {
                 let _ = self.send(RelayEvent::Finished(settlement)).await;
             }
@@ -315,7 +345,11 @@ impl StreamState {
                         break;
                     }
                 }
-                Err(_) => last_error = Some(ProviderError::Timeout { phase: TimeoutPhase::Total }),
+                Err(_) => {
+                    last_error = Some(ProviderError::Timeout {
+                        phase: TimeoutPhase::Total,
+                    })
+                }
             }
         }
         let error = last_error.unwrap_or(ProviderError::Request {
@@ -338,7 +372,9 @@ impl StreamState {
         match self.settle("completed", None).await {
             Ok(settlement) => {
                 completion.usage = Some(settlement.usage);
-                let _ = self.send(RelayEvent::Completion(Box::new(completion), settlement)).await;
+                let _ = self
+                    .send(RelayEvent::Completion(Box::new(completion), settlement))
+                    .await;
             }
             Err(error) => self.reject(error).await,
         }
@@ -361,7 +397,10 @@ impl StreamState {
             None => {
                 // tokun's own count: the relayed text, never fewer than the chunks relayed.
                 let completion = tokens::count_text(&self.relayed_text).max(self.relayed_tokens);
-                (Usage::new(self.args.prompt_tokens_estimate, completion), UsageSource::Estimated)
+                (
+                    Usage::new(self.args.prompt_tokens_estimate, completion),
+                    UsageSource::Estimated,
+                )
             }
         };
         self.settled = true;
@@ -375,7 +414,9 @@ impl StreamState {
             status: 200,
             error_kind,
             latency_ms: self.started.elapsed().as_millis() as u64,
-            ttft_ms: self.first_token_at.map(|t| t.duration_since(self.started).as_millis() as u64),
+            ttft_ms: self
+                .first_token_at
+                .map(|t| t.duration_since(self.started).as_millis() as u64),
         };
         self.args.meter.settle(record).await
     }

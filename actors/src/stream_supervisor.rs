@@ -61,7 +61,10 @@ impl StreamSupervisorHandle {
     pub async fn start() -> Result<Self, ractor::SpawnErr> {
         let stats = Arc::new(StreamStats::default());
         let (actor, _join) = Actor::spawn(None, StreamSupervisor, stats.clone()).await?;
-        Ok(Self { cell: actor.get_cell(), stats })
+        Ok(Self {
+            cell: actor.get_cell(),
+            stats,
+        })
     }
 
     pub fn stats(&self) -> &Arc<StreamStats> {
@@ -84,9 +87,14 @@ impl StreamSupervisorHandle {
         }
         let children = self.cell.get_children();
         if !children.is_empty() {
-            tracing::warn!(streams = children.len(), "cancelling streams still running at shutdown");
+            tracing::warn!(
+                streams = children.len(),
+                "cancelling streams still running at shutdown"
+            );
         }
-        self.cell.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        self.cell
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
         self.cell.stop(Some("shutdown".into()));
     }
 }

@@ -21,7 +21,10 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     state.keys().authenticate(&state.services().store, headers)
 }
 
-pub async fn account(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let caller = caller(&state, &headers)?;
     Ok(Json(account_json(&state, caller.account).await?))
 }
@@ -58,29 +61,54 @@ pub struct UsageQuery {
     limit: Option<usize>,
 }
 
-pub async fn usage(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<UsageQuery>) -> Result<Response, ApiError> {
+pub async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<UsageQuery>,
+) -> Result<Response, ApiError> {
     let caller = caller(&state, &headers)?;
     let records = usage_records(&state, caller.account, &query)?;
     let csv = query.format.as_deref() == Some("csv")
-        || headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/csv"));
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/csv"));
     if csv {
         let mut response = Response::new(Body::from(usage_csv(&records)));
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
         return Ok(response);
     }
-    let total: Nanos = records.iter().fold(Nanos::ZERO, |sum, r| sum.saturating_add(r.cost));
+    let total: Nanos = records
+        .iter()
+        .fold(Nanos::ZERO, |sum, r| sum.saturating_add(r.cost));
     let data: Vec<Value> = records.iter().map(usage_json).collect();
-    Ok(Json(json!({"object": "list", "data": data, "total_cost": total.to_string()})).into_response())
+    Ok(
+        Json(json!({"object": "list", "data": data, "total_cost": total.to_string()}))
+            .into_response(),
+    )
 }
 
-pub fn usage_records(state: &AppState, account: AccountId, query: &UsageQuery) -> Result<Vec<UsageRecord>, ApiError> {
+pub fn usage_records(
+    state: &AppState,
+    account: AccountId,
+    query: &UsageQuery,
+) -> Result<Vec<UsageRecord>, ApiError> {
     let from_ms = query.from.unwrap_or(0).saturating_mul(1000);
     let to_ms = query.to.map_or(u64::MAX, |t| t.saturating_mul(1000));
     if from_ms > to_ms {
-        return Err(ApiError::bad_request("`from` must not be after `to`.", Some("from")));
+        return Err(ApiError::bad_request(
+            "`from` must not be after `to`.",
+            Some("from"),
+        ));
     }
     let key = match &query.key {
-        Some(key) => Some(key.parse::<KeyId>().map_err(|_| ApiError::bad_request("`key` must look like key_123.", Some("key")))?),
+        Some(key) => Some(
+            key.parse::<KeyId>()
+                .map_err(|_| ApiError::bad_request("`key` must look like key_123.", Some("key")))?,
+        ),
         None => None,
     };
     let limit = query.limit.unwrap_or(10_000).min(100_000);
@@ -119,21 +147,38 @@ fn usage_json(record: &UsageRecord) -> Value {
 }
 
 fn usage_csv(records: &[UsageRecord]) -> String {
-    let mut out = String::from("request_id,created,key,model,provider,prompt_tokens,completion_tokens,cost_usd,estimated,status,transport,latency_ms,ttft_ms\n");
+    let mut out = String::from(
+        "request_id,created,key,model,provider,prompt_tokens,completion_tokens,cost_usd,estimated,status,transport,latency_ms,ttft_ms\n",
+    );
     for r in records {
         let key = r.key.map(|k| k.to_string()).unwrap_or_default();
         let ttft = r.ttft_ms.map(|t| t.to_string()).unwrap_or_default();
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            csv_field(&r.request_id), r.at_ms / 1000, key, csv_field(&r.model), csv_field(&r.provider),
-            r.prompt_tokens, r.completion_tokens, r.cost, r.estimated, r.status, r.transport, r.latency_ms, ttft
+            csv_field(&r.request_id),
+            r.at_ms / 1000,
+            key,
+            csv_field(&r.model),
+            csv_field(&r.provider),
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cost,
+            r.estimated,
+            r.status,
+            r.transport,
+            r.latency_ms,
+            ttft
         ));
     }
     out
 }
 
 fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n']) { format!("\"{}\"", value.replace('"', "\"\"")) } else { value.to_owned() }
+    if value.contains([',', '"', '\n']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -173,9 +218,16 @@ impl KeyView {
     }
 }
 
-pub async fn list_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let caller = caller(&state, &headers)?;
-    let keys = state.services().store.keys_for(caller.account).map_err(|_| ApiError::Internal)?;
+    let keys = state
+        .services()
+        .store
+        .keys_for(caller.account)
+        .map_err(|_| ApiError::Internal)?;
     let data: Vec<KeyView> = keys.iter().map(|k| KeyView::new(k, None)).collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
@@ -199,39 +251,87 @@ impl NewKey {
     pub fn into_options(self, state: &AppState) -> Result<KeyOptions, ApiError> {
         let name = self.name.unwrap_or_else(|| "unnamed".into());
         if name.len() > 100 {
-            return Err(ApiError::bad_request("`name` is longer than 100 characters.", Some("name")));
+            return Err(ApiError::bad_request(
+                "`name` is longer than 100 characters.",
+                Some("name"),
+            ));
         }
         let spend_limit = match self.spend_limit_usd {
             Some(usd) => {
-                let limit = Nanos::parse_usd(&usd).map_err(|e| ApiError::bad_request(e.to_string(), Some("spend_limit_usd")))?;
+                let limit = Nanos::parse_usd(&usd)
+                    .map_err(|e| ApiError::bad_request(e.to_string(), Some("spend_limit_usd")))?;
                 if limit.get() <= 0 {
-                    return Err(ApiError::bad_request("`spend_limit_usd` must be positive.", Some("spend_limit_usd")));
+                    return Err(ApiError::bad_request(
+                        "`spend_limit_usd` must be positive.",
+                        Some("spend_limit_usd"),
+                    ));
                 }
                 Some(limit)
             }
             None => None,
         };
-        if let Some(unknown) = self.allowed_models.iter().find(|m| state.model(m).is_none()) {
-            return Err(ApiError::bad_request(format!("Unknown model `{unknown}`."), Some("allowed_models")));
+        if let Some(unknown) = self
+            .allowed_models
+            .iter()
+            .find(|m| state.model(m).is_none())
+        {
+            return Err(ApiError::bad_request(
+                format!("Unknown model `{unknown}`."),
+                Some("allowed_models"),
+            ));
         }
-        Ok(KeyOptions { name, spend_limit, rpm_limit: self.rpm_limit.filter(|r| *r > 0), allowed_models: self.allowed_models, debug: self.debug })
+        Ok(KeyOptions {
+            name,
+            spend_limit,
+            rpm_limit: self.rpm_limit.filter(|r| *r > 0),
+            allowed_models: self.allowed_models,
+            debug: self.debug,
+        })
     }
 }
 
-pub async fn create_key(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn create_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let caller = caller(&state, &headers)?;
     let bytes = read_json_body(&headers, body, 64 * 1024).await?;
-    let request: NewKey = if bytes.is_empty() { NewKey::default() } else { parse_json(&bytes)? };
+    let request: NewKey = if bytes.is_empty() {
+        NewKey::default()
+    } else {
+        parse_json(&bytes)?
+    };
     let options = request.into_options(&state)?;
-    let (record, secret) = state.services().create_key(caller.account, options).await.map_err(|_| ApiError::Internal)?;
-    Ok((axum::http::StatusCode::CREATED, Json(KeyView::new(&record, Some(secret)))).into_response())
+    let (record, secret) = state
+        .services()
+        .create_key(caller.account, options)
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(KeyView::new(&record, Some(secret))),
+    )
+        .into_response())
 }
 
-pub async fn revoke_key(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
     let caller = caller(&state, &headers)?;
-    let not_found = || ApiError::NotFound { message: format!("No key `{id}`."), code: "key_not_found" };
+    let not_found = || ApiError::NotFound {
+        message: format!("No key `{id}`."),
+        code: "key_not_found",
+    };
     let key: KeyId = id.parse().map_err(|_| not_found())?;
-    let owned = state.services().store.key(key).map_err(|_| ApiError::Internal)?.is_some_and(|k| k.account == caller.account);
+    let owned = state
+        .services()
+        .store
+        .key(key)
+        .map_err(|_| ApiError::Internal)?
+        .is_some_and(|k| k.account == caller.account);
     if !owned {
         return Err(not_found());
     }
@@ -240,7 +340,12 @@ pub async fn revoke_key(State(state): State<AppState>, headers: HeaderMap, Path(
 
 /// Revokes a key and drops it from the auth cache at once.
 pub async fn revoke(state: &AppState, key: KeyId) -> Result<Option<KeyView>, ApiError> {
-    match state.services().revoke_key(key).await.map_err(|_| ApiError::Internal)? {
+    match state
+        .services()
+        .revoke_key(key)
+        .await
+        .map_err(|_| ApiError::Internal)?
+    {
         Some((hash, record)) => {
             let view = KeyView::new(&record, None);
             state.keys().update(hash, record);
@@ -250,15 +355,24 @@ pub async fn revoke(state: &AppState, key: KeyId) -> Result<Option<KeyView>, Api
     }
 }
 
-pub async fn cancel(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let account = if state.billing_enabled() || crate::auth::bearer(&headers).is_some() {
         Some(caller(&state, &headers)?.account)
     } else {
         None
     };
     if state.inflight().cancel(&id, account) {
-        Ok(Json(json!({"id": id, "object": "request.cancel", "cancelled": true})))
+        Ok(Json(
+            json!({"id": id, "object": "request.cancel", "cancelled": true}),
+        ))
     } else {
-        Err(ApiError::NotFound { message: format!("No running request `{id}`."), code: "request_not_found" })
+        Err(ApiError::NotFound {
+            message: format!("No running request `{id}`."),
+            code: "request_not_found",
+        })
     }
 }

@@ -24,10 +24,16 @@ fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn account_id(id: &str) -> Result<AccountId, ApiError> {
-    id.parse().map_err(|_| ApiError::NotFound { message: format!("No account `{id}`."), code: "account_not_found" })
+    id.parse().map_err(|_| ApiError::NotFound {
+        message: format!("No account `{id}`."),
+        code: "account_not_found",
+    })
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     let bytes = read_json_body(headers, body, ADMIN_BODY_LIMIT).await?;
     parse_json(&bytes)
 }
@@ -38,10 +44,16 @@ pub struct Search {
     limit: Option<usize>,
 }
 
-pub async fn list_accounts(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<Search>) -> Result<Json<Value>, ApiError> {
+pub async fn list_accounts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Search>,
+) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers)?;
     let store = &state.services().store;
-    let accounts = store.accounts(q.search.as_deref(), q.limit.unwrap_or(100).min(1000)).map_err(|_| ApiError::Internal)?;
+    let accounts = store
+        .accounts(q.search.as_deref(), q.limit.unwrap_or(100).min(1000))
+        .map_err(|_| ApiError::Internal)?;
     let mut data = Vec::with_capacity(accounts.len());
     for account in accounts {
         let books = store.books(account.id).map_err(|_| ApiError::Internal)?;
@@ -61,28 +73,49 @@ pub struct NewAccount {
     credit_usd: Option<String>,
 }
 
-pub async fn create_account(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn create_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     admin(&state, &headers)?;
     let request: NewAccount = json_body(&headers, body).await?;
     let email = request.email.trim();
     if email.len() < 3 || !email.contains('@') || email.len() > 254 {
-        return Err(ApiError::bad_request("`email` is not an email address.", Some("email")));
+        return Err(ApiError::bad_request(
+            "`email` is not an email address.",
+            Some("email"),
+        ));
     }
     let services = state.services();
-    if services.store.account_by_email(email).map_err(|_| ApiError::Internal)?.is_some() {
-        return Err(ApiError::Conflict { message: format!("An account with email `{email}` exists.") });
+    if services
+        .store
+        .account_by_email(email)
+        .map_err(|_| ApiError::Internal)?
+        .is_some()
+    {
+        return Err(ApiError::Conflict {
+            message: format!("An account with email `{email}` exists."),
+        });
     }
     let credit = match request.credit_usd {
         Some(usd) => positive_usd(&usd, "credit_usd")?,
         None => state.config().billing.signup_credit,
     };
-    let (record, secret) = services.create_account(email, credit, "signup credit").await.map_err(|_| ApiError::Internal)?;
+    let (record, secret) = services
+        .create_account(email, credit, "signup credit")
+        .await
+        .map_err(|_| ApiError::Internal)?;
     let mut body = account_json(&state, record.id).await?;
     body["api_key"] = json!(secret);
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub async fn get_account(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers)?;
     Ok(Json(account_json(&state, account_id(&id)?).await?))
 }
@@ -98,12 +131,25 @@ fn yes() -> bool {
     true
 }
 
-pub async fn disable_account(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn disable_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers)?;
     let id = account_id(&id)?;
     let bytes = read_json_body(&headers, body, ADMIN_BODY_LIMIT).await?;
-    let request: Disable = if bytes.is_empty() { Disable { disabled: true } } else { parse_json(&bytes)? };
-    state.services().accounts.set_disabled(id, request.disabled).await?;
+    let request: Disable = if bytes.is_empty() {
+        Disable { disabled: true }
+    } else {
+        parse_json(&bytes)?
+    };
+    state
+        .services()
+        .accounts
+        .set_disabled(id, request.disabled)
+        .await?;
     Ok(Json(account_json(&state, id).await?))
 }
 
@@ -114,64 +160,129 @@ pub struct Adjust {
     reason: String,
 }
 
-pub async fn credit(state: State<AppState>, headers: HeaderMap, id: Path<String>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn credit(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     adjust(state, headers, id, body, 1).await
 }
 
-pub async fn debit(state: State<AppState>, headers: HeaderMap, id: Path<String>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn debit(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     adjust(state, headers, id, body, -1).await
 }
 
-async fn adjust(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, body: Body, sign: i64) -> Result<Json<Value>, ApiError> {
+async fn adjust(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+    sign: i64,
+) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers)?;
     let id = account_id(&id)?;
     let request: Adjust = json_body(&headers, body).await?;
     let reason = request.reason.trim();
     if reason.is_empty() || reason.len() > 500 {
-        return Err(ApiError::bad_request("`reason` must be 1 to 500 characters.", Some("reason")));
+        return Err(ApiError::bad_request(
+            "`reason` must be 1 to 500 characters.",
+            Some("reason"),
+        ));
     }
     let amount = positive_usd(&request.amount_usd, "amount_usd")?;
     let signed = Nanos::new(amount.get().saturating_mul(sign));
-    state.services().accounts.transfer(id, EntryKind::Adjustment, signed, reason).await.map_err(|error| match error {
-        tokun_actors::account::AccountError::Ledger(_) => {
-            ApiError::bad_request("The debit would take the account below its floor.", Some("amount_usd"))
-        }
-        other => other.into(),
-    })?;
+    state
+        .services()
+        .accounts
+        .transfer(id, EntryKind::Adjustment, signed, reason)
+        .await
+        .map_err(|error| match error {
+            tokun_actors::account::AccountError::Ledger(_) => ApiError::bad_request(
+                "The debit would take the account below its floor.",
+                Some("amount_usd"),
+            ),
+            other => other.into(),
+        })?;
     Ok(Json(account_json(&state, id).await?))
 }
 
 /// A positive USD amount with at most nano precision and at most $1,000,000.
 fn positive_usd(usd: &str, field: &str) -> Result<Nanos, ApiError> {
-    let amount = Nanos::parse_usd(usd).map_err(|e| ApiError::bad_request(e.to_string(), Some(field)))?;
+    let amount =
+        Nanos::parse_usd(usd).map_err(|e| ApiError::bad_request(e.to_string(), Some(field)))?;
     let max = Nanos::from_whole_usd(1_000_000).unwrap_or(Nanos::ZERO);
     if amount.get() <= 0 || amount > max {
-        return Err(ApiError::bad_request(format!("`{field}` must be more than 0 and at most 1000000."), Some(field)));
+        return Err(ApiError::bad_request(
+            format!("`{field}` must be more than 0 and at most 1000000."),
+            Some(field),
+        ));
     }
     Ok(amount)
 }
 
-pub async fn create_key(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+pub async fn create_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     admin(&state, &headers)?;
     let id = account_id(&id)?;
-    if state.services().store.account(id).map_err(|_| ApiError::Internal)?.is_none() {
-        return Err(ApiError::NotFound { message: format!("No account `{id}`."), code: "account_not_found" });
+    if state
+        .services()
+        .store
+        .account(id)
+        .map_err(|_| ApiError::Internal)?
+        .is_none()
+    {
+        return Err(ApiError::NotFound {
+            message: format!("No account `{id}`."),
+            code: "account_not_found",
+        });
     }
     let bytes = read_json_body(&headers, body, ADMIN_BODY_LIMIT).await?;
-    let request: NewKey = if bytes.is_empty() { NewKey::default() } else { parse_json(&bytes)? };
+    let request: NewKey = if bytes.is_empty() {
+        NewKey::default()
+    } else {
+        parse_json(&bytes)?
+    };
     let options = request.into_options(&state)?;
-    let (record, secret) = state.services().create_key(id, options).await.map_err(|_| ApiError::Internal)?;
-    Ok((StatusCode::CREATED, Json(KeyView::new(&record, Some(secret)))).into_response())
+    let (record, secret) = state
+        .services()
+        .create_key(id, options)
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyView::new(&record, Some(secret))),
+    )
+        .into_response())
 }
 
-pub async fn revoke_key(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
     admin(&state, &headers)?;
-    let not_found = || ApiError::NotFound { message: format!("No key `{id}`."), code: "key_not_found" };
+    let not_found = || ApiError::NotFound {
+        message: format!("No key `{id}`."),
+        code: "key_not_found",
+    };
     let key: KeyId = id.parse().map_err(|_| not_found())?;
     revoke(&state, key).await?.ok_or_else(not_found).map(Json)
 }
 
-pub async fn verify_ledger(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn verify_ledger(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers)?;
     let services = state.services().clone();
     // Everything sent so far is on disk before the replay starts.

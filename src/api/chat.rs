@@ -2,20 +2,20 @@
 //! actor, and answer with the first event it sends — an error status, a JSON
 //! completion, or an SSE stream that relays the rest.
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use bytes::BytesMut;
 use futures_util::stream;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokun_actors::account::ReserveRequest;
 use tokun_actors::{AccountMeter, Meter, RelayEvent, Settlement, StreamArgs};
-use tokun_storage::AccountId;
 use tokun_providers::types::Choice;
 use tokun_providers::{ChatCompletion, ChatRequest, tokens};
+use tokun_storage::AccountId;
 
 use super::sse::{SseEncoder, UsageWithCost};
 use super::{parse_json, read_json_body};
@@ -41,7 +41,9 @@ pub async fn completions(
     let bytes = read_json_body(&headers, body, state.config().server.max_body_bytes).await?;
     let mut request: ChatRequest = parse_json(&bytes)?;
     validate(&request)?;
-    let model = state.model(&request.model).ok_or_else(|| ApiError::model_not_found(&request.model))?;
+    let model = state
+        .model(&request.model)
+        .ok_or_else(|| ApiError::model_not_found(&request.model))?;
     if let Some(caller) = &caller {
         check_key_allows(caller, &model.config.id)?;
     }
@@ -49,7 +51,9 @@ pub async fn completions(
         Some(key) => match (&caller, state.idempotency().claim(account_of(&caller), key)) {
             (_, Claim::Proceed(ticket)) => Some(ticket),
             (_, Claim::InFlight) => {
-                return Err(ApiError::Conflict { message: "A request with this Idempotency-Key is still running.".into() });
+                return Err(ApiError::Conflict {
+                    message: "A request with this Idempotency-Key is still running.".into(),
+                });
             }
             (_, Claim::Replay(stored)) => return Ok(replay(stored)),
             (_, Claim::AlreadyStreamed) => {
@@ -62,12 +66,24 @@ pub async fn completions(
     };
     let prompt_tokens = tokens::estimate_prompt(&request);
     let meter = match &caller {
-        Some(caller) => reserve(&state, caller, &request_id, model, &mut request, prompt_tokens).await?,
+        Some(caller) => {
+            reserve(
+                &state,
+                caller,
+                &request_id,
+                model,
+                &mut request,
+                prompt_tokens,
+            )
+            .await?
+        }
         None => Meter::Log,
     };
     let streaming = request.stream;
     let wants_usage = request.wants_usage_chunk();
-    let (cancel, guard) = state.inflight().register(request_id.0.clone(), caller.as_ref().map(|c| c.account));
+    let (cancel, guard) = state
+        .inflight()
+        .register(request_id.0.clone(), caller.as_ref().map(|c| c.account));
     let (out, mut events) = mpsc::channel(RELAY_BUFFER);
     let args = StreamArgs {
         request_id: request_id.0.clone(),
@@ -80,7 +96,11 @@ pub async fn completions(
         meter,
         stats: state.streams().stats().clone(),
     };
-    state.streams().spawn(args).await.map_err(|_| ApiError::Internal)?;
+    state
+        .streams()
+        .spawn(args)
+        .await
+        .map_err(|_| ApiError::Internal)?;
 
     let mut route = None;
     loop {
@@ -95,7 +115,13 @@ pub async fn completions(
                 if let Some(ticket) = ticket {
                     ticket.finish(None);
                 }
-                return Ok(sse_response(first, events, wants_usage, route.as_deref(), guard));
+                return Ok(sse_response(
+                    first,
+                    events,
+                    wants_usage,
+                    route.as_deref(),
+                    guard,
+                ));
             }
             Some(_) | None => return Err(ApiError::Internal),
         }
@@ -107,7 +133,9 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>,
     if !state.billing_enabled() && crate::auth::bearer(headers).is_none() {
         return Ok(None);
     }
-    let caller = state.keys().authenticate(&state.services().store, headers)?;
+    let caller = state
+        .keys()
+        .authenticate(&state.services().store, headers)?;
     state.keys().check_rpm(&caller.key)?;
     Ok(Some(caller))
 }
@@ -121,15 +149,24 @@ fn check_key_allows(caller: &Caller, model: &str) -> Result<(), ApiError> {
     if allowed.is_empty() || allowed.iter().any(|m| m == model) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden { message: format!("This API key may not use the model `{model}`.") })
+        Err(ApiError::Forbidden {
+            message: format!("This API key may not use the model `{model}`."),
+        })
     }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = value.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII.", None))?;
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII.", None))?;
     if key.is_empty() || key.len() > 255 {
-        return Err(ApiError::bad_request("Idempotency-Key must be 1 to 255 characters.", None));
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 characters.",
+            None,
+        ));
     }
     Ok(Some(key))
 }
@@ -144,9 +181,17 @@ async fn reserve(
     prompt_tokens: u64,
 ) -> Result<Meter, ApiError> {
     let billing = &state.config().billing;
-    let context_left = u64::from(model.config.context_window).saturating_sub(prompt_tokens).max(1);
-    let max_output = request.requested_max_tokens().map_or(context_left, u64::from);
-    let increment = if request.stream { u64::from(billing.hold_increment_tokens) } else { max_output };
+    let context_left = u64::from(model.config.context_window)
+        .saturating_sub(prompt_tokens)
+        .max(1);
+    let max_output = request
+        .requested_max_tokens()
+        .map_or(context_left, u64::from);
+    let increment = if request.stream {
+        u64::from(billing.hold_increment_tokens)
+    } else {
+        max_output
+    };
     let reserve = ReserveRequest {
         request_id: request_id.0.to_string(),
         key: Some(caller.key.id),
@@ -157,7 +202,11 @@ async fn reserve(
         max_output_tokens: max_output,
     };
     let services = state.services();
-    let reservation = services.accounts.reserve(caller.account, reserve).await.map_err(ApiError::from)?;
+    let reservation = services
+        .accounts
+        .reserve(caller.account, reserve)
+        .await
+        .map_err(ApiError::from)?;
     if reservation.max_tokens < max_output || request.requested_max_tokens().is_some() {
         let cap = u32::try_from(reservation.max_tokens).unwrap_or(u32::MAX);
         if request.max_completion_tokens.is_some() {
@@ -176,16 +225,24 @@ async fn reserve(
 }
 
 async fn remember(ticket: Option<IdempotencyTicket>, response: Response) -> Response {
-    let Some(ticket) = ticket else { return response };
+    let Some(ticket) = ticket else {
+        return response;
+    };
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     let headers = parts
         .headers
         .iter()
         .filter(|(name, _)| name.as_str().starts_with("x-tokun") || *name == header::CONTENT_TYPE)
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
         .collect();
-    ticket.finish(Some(StoredResponse { status: parts.status.as_u16(), body: bytes.clone(), headers }));
+    ticket.finish(Some(StoredResponse {
+        status: parts.status.as_u16(),
+        body: bytes.clone(),
+        headers,
+    }));
     Response::from_parts(parts, Body::from(bytes))
 }
 
@@ -193,17 +250,25 @@ fn replay(stored: StoredResponse) -> Response {
     let mut response = Response::new(Body::from(stored.body));
     *response.status_mut() = axum::http::StatusCode::from_u16(stored.status).unwrap_or_default();
     for (name, value) in &stored.headers {
-        if let (Ok(name), Ok(value)) = (header::HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
             response.headers_mut().insert(name, value);
         }
     }
-    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
 }
 
 fn validate(request: &ChatRequest) -> Result<(), ApiError> {
     if request.model.is_empty() {
-        return Err(ApiError::bad_request("`model` must not be empty.", Some("model")));
+        return Err(ApiError::bad_request(
+            "`model` must not be empty.",
+            Some("model"),
+        ));
     }
     if request.messages.is_empty() {
         return Err(ApiError::bad_request(
@@ -212,7 +277,10 @@ fn validate(request: &ChatRequest) -> Result<(), ApiError> {
         ));
     }
     if request.requested_max_tokens() == Some(0) {
-        return Err(ApiError::bad_request("`max_tokens` must be at least 1.", Some("max_tokens")));
+        return Err(ApiError::bad_request(
+            "`max_tokens` must be at least 1.",
+            Some("max_tokens"),
+        ));
     }
     if request.stream_options.is_some() && !request.stream {
         return Err(ApiError::bad_request(
@@ -237,7 +305,11 @@ struct CompletionBody<'a> {
     extra: &'a serde_json::Map<String, serde_json::Value>,
 }
 
-fn json_response(completion: &ChatCompletion, settlement: &Settlement, route: Option<&str>) -> Response {
+fn json_response(
+    completion: &ChatCompletion,
+    settlement: &Settlement,
+    route: Option<&str>,
+) -> Response {
     let body = CompletionBody {
         id: &completion.id,
         object: "chat.completion",
@@ -251,7 +323,10 @@ fn json_response(completion: &ChatCompletion, settlement: &Settlement, route: Op
     let json = serde_json::to_vec(&body).unwrap_or_default();
     let mut response = json.into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     let cost = tokun_storage::Nanos::new(settlement.cost_nanos).to_string();
     insert_header(headers, "x-tokun-cost", &cost);
     billing_headers(headers, settlement, route);
@@ -284,30 +359,39 @@ fn sse_response(
     let encoder = SseEncoder::new(wants_usage);
     // The guard lives as long as the body: the request can be cancelled until it ends.
     let state = (Some(first), events, encoder, false, guard);
-    let body = stream::unfold(state, |(pending, mut events, mut encoder, done, guard)| async move {
-        if done {
-            return None;
-        }
-        let first = match pending {
-            Some(event) => event,
-            None => events.recv().await?,
-        };
-        let mut out = BytesMut::with_capacity(512);
-        let mut finished = encoder.encode(first, &mut out);
-        // Coalesce what is already waiting into one write.
-        let mut taken = 1;
-        while !finished && taken < COALESCE {
-            match events.try_recv() {
-                Ok(event) => finished = encoder.encode(event, &mut out),
-                Err(_) => break,
+    let body = stream::unfold(
+        state,
+        |(pending, mut events, mut encoder, done, guard)| async move {
+            if done {
+                return None;
             }
-            taken += 1;
-        }
-        Some((Ok::<_, std::convert::Infallible>(out.freeze()), (None, events, encoder, finished, guard)))
-    });
+            let first = match pending {
+                Some(event) => event,
+                None => events.recv().await?,
+            };
+            let mut out = BytesMut::with_capacity(512);
+            let mut finished = encoder.encode(first, &mut out);
+            // Coalesce what is already waiting into one write.
+            let mut taken = 1;
+            while !finished && taken < COALESCE {
+                match events.try_recv() {
+                    Ok(event) => finished = encoder.encode(event, &mut out),
+                    Err(_) => break,
+                }
+                taken += 1;
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(out.freeze()),
+                (None, events, encoder, finished, guard),
+            ))
+        },
+    );
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(route) = route {

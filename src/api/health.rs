@@ -17,6 +17,15 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let streams = state.streams().stats().live();
     let ledger = state.services().ledger.is_healthy();
     let ready = models > 0 && ledger;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "models": models, "ledger_writable": ledger, "live_streams": streams })))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(
+            json!({ "ready": ready, "models": models, "ledger_writable": ledger, "live_streams": streams }),
+        ),
+    )
 }

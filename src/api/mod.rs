@@ -25,25 +25,41 @@ pub fn router() -> Router<AppState> {
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/account", get(account::account))
         .route("/v1/usage", get(account::usage))
-        .route("/v1/keys", get(account::list_keys).post(account::create_key))
+        .route(
+            "/v1/keys",
+            get(account::list_keys).post(account::create_key),
+        )
         .route("/v1/keys/{id}", axum::routing::delete(account::revoke_key))
         .route("/v1/requests/{id}/cancel", post(account::cancel))
-        .route("/admin/accounts", get(admin::list_accounts).post(admin::create_account))
+        .route(
+            "/admin/accounts",
+            get(admin::list_accounts).post(admin::create_account),
+        )
         .route("/admin/accounts/{id}", get(admin::get_account))
         .route("/admin/accounts/{id}/disable", post(admin::disable_account))
         .route("/admin/accounts/{id}/credit", post(admin::credit))
         .route("/admin/accounts/{id}/debit", post(admin::debit))
         .route("/admin/accounts/{id}/keys", post(admin::create_key))
         .route("/admin/keys/{id}/revoke", post(admin::revoke_key))
-        .route("/admin/ledger/verify", get(admin::verify_ledger).post(admin::verify_ledger))
+        .route(
+            "/admin/ledger/verify",
+            get(admin::verify_ledger).post(admin::verify_ledger),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
 }
 
 /// Reads a JSON request body up to `limit` bytes.
-pub async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        let content_type = content_type.to_str().unwrap_or_default().to_ascii_lowercase();
+        let content_type = content_type
+            .to_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         // curl's `-d` sends form-urlencoded by default; accept it as JSON text.
         let acceptable = content_type.starts_with("application/json")
             || content_type.contains("+json")

@@ -35,11 +35,20 @@ pub struct ModelList {
 
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     let data = state.config().models.iter().map(model_object).collect();
-    Json(ModelList { object: "list", data })
+    Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
-pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelObject>, ApiError> {
-    let model = state.config().model(&id).ok_or_else(|| ApiError::model_not_found(&id))?;
+pub async fn retrieve(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    let model = state
+        .config()
+        .model(&id)
+        .ok_or_else(|| ApiError::model_not_found(&id))?;
     Ok(Json(model_object(model)))
 }
 
@@ -48,7 +57,11 @@ fn model_object(model: &ModelConfig) -> ModelObject {
         id: model.id.clone(),
         object: "model",
         created: 0,
-        owned_by: model.routes.first().map(|r| r.provider.clone()).unwrap_or_default(),
+        owned_by: model
+            .routes
+            .first()
+            .map(|r| r.provider.clone())
+            .unwrap_or_default(),
         context_window: model.context_window,
         pricing: Pricing {
             input: model.price.input().to_string(),

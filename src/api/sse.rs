@@ -59,7 +59,13 @@ pub struct SseEncoder {
 
 impl SseEncoder {
     pub fn new(wants_usage: bool) -> Self {
-        Self { wants_usage, id: String::new(), model: String::new(), created: 0, system_fingerprint: None }
+        Self {
+            wants_usage,
+            id: String::new(),
+            model: String::new(),
+            created: 0,
+            system_fingerprint: None,
+        }
     }
 
     /// Appends the bytes for `event`; returns true when the stream is complete.
@@ -99,11 +105,17 @@ impl SseEncoder {
             self.created = chunk.created;
         }
         if chunk.system_fingerprint.is_some() {
-            self.system_fingerprint.clone_from(&chunk.system_fingerprint);
+            self.system_fingerprint
+                .clone_from(&chunk.system_fingerprint);
         }
     }
 
-    fn write_chunk(&self, out: &mut BytesMut, choices: &[ChunkChoice], usage: Option<Option<UsageWithCost<'_>>>) {
+    fn write_chunk(
+        &self,
+        out: &mut BytesMut,
+        choices: &[ChunkChoice],
+        usage: Option<Option<UsageWithCost<'_>>>,
+    ) {
         let wire = WireChunk {
             id: &self.id,
             object: "chat.completion.chunk",

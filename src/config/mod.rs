@@ -20,7 +20,10 @@ pub use secret::{Secret, expand_env};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{field}: {message}")]
@@ -28,7 +31,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), message: message.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +101,6 @@ pub struct BillingConfig {
     pub demo_credit: Nanos,
     pub signup_credit: Nanos,
     pub hold_increment_tokens: u32,
-    pub default_max_tokens: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -107,8 +112,10 @@ pub struct LedgerConfig {
 impl Config {
     /// Reads and validates a TOML file; `${ENV}` references in secrets come from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, |name| std::env::var(name).ok())
     }
 
@@ -117,16 +124,25 @@ impl Config {
             path: "(file)".into(),
             message: e.message().to_string(),
         })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            ConfigError::Parse { path: e.path().to_string(), message: e.inner().message().to_string() }
-        })?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| ConfigError::Parse {
+                path: e.path().to_string(),
+                message: e.inner().message().to_string(),
+            })?;
         Self::from_raw(raw, &env)
     }
 
-    pub fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_raw(
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let secret = |field: &str, value: Option<String>| -> Result<Option<Secret>, ConfigError> {
             value
-                .map(|v| expand_env(&v, env).map(Secret::new).map_err(|m| invalid(field, m)))
+                .map(|v| {
+                    expand_env(&v, env)
+                        .map(Secret::new)
+                        .map_err(|m| invalid(field, m))
+                })
                 .transpose()
         };
         let server = server_config(raw.server, &secret)?;
@@ -151,7 +167,12 @@ impl Config {
                 json: match raw.log.format.as_deref() {
                     None | Some("text") => false,
                     Some("json") => true,
-                    Some(other) => return Err(invalid("log.format", format!("`{other}` is not `text` or `json`"))),
+                    Some(other) => {
+                        return Err(invalid(
+                            "log.format",
+                            format!("`{other}` is not `text` or `json`"),
+                        ));
+                    }
                 },
             },
             providers,
@@ -159,7 +180,9 @@ impl Config {
             billing: billing_config(raw.billing)?,
             ledger: LedgerConfig {
                 max_batch: raw.ledger.max_batch.unwrap_or(1024).max(1) as usize,
-                max_batch_delay: Duration::from_micros(raw.ledger.max_batch_delay_us.unwrap_or(500)),
+                max_batch_delay: Duration::from_micros(
+                    raw.ledger.max_batch_delay_us.unwrap_or(500),
+                ),
             },
         })
     }
@@ -175,7 +198,10 @@ impl Default for Config {
     }
 }
 
-#[expect(clippy::panic, reason = "the built-in defaults are checked by a unit test")]
+#[expect(
+    clippy::panic,
+    reason = "the built-in defaults are checked by a unit test"
+)]
 fn unreachable_default() -> Config {
     panic!("the built-in default configuration is invalid")
 }
@@ -184,9 +210,12 @@ type SecretFn<'a> = dyn Fn(&str, Option<String>) -> Result<Option<Secret>, Confi
 
 fn server_config(raw: raw::RawServer, secret: &SecretFn<'_>) -> Result<ServerConfig, ConfigError> {
     let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
-    let listen = listen
-        .parse()
-        .map_err(|_| invalid("server.listen", format!("`{listen}` is not an address like 127.0.0.1:8080")))?;
+    let listen = listen.parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("`{listen}` is not an address like 127.0.0.1:8080"),
+        )
+    })?;
     let max_body_bytes = raw.max_body_bytes.unwrap_or(4 * 1024 * 1024);
     if max_body_bytes < 1024 {
         return Err(invalid("server.max_body_bytes", "must be at least 1024"));
@@ -211,13 +240,19 @@ fn provider_config(
         "openai" => ProviderKind::OpenAi,
         "echo" => ProviderKind::Echo,
         other => {
-            return Err(invalid(field("kind"), format!("`{other}` is not one of: openai, echo")));
+            return Err(invalid(
+                field("kind"),
+                format!("`{other}` is not one of: openai, echo"),
+            ));
         }
     };
     let base_url = match (kind, p.base_url) {
         (ProviderKind::OpenAi, None) => "https://api.openai.com/v1".to_string(),
         (_, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-            return Err(invalid(field("base_url"), "must start with http:// or https://"));
+            return Err(invalid(
+                field("base_url"),
+                "must start with http:// or https://",
+            ));
         }
         (_, url) => url.unwrap_or_default(),
     };
@@ -240,22 +275,39 @@ fn provider_config(
 
 fn model_config(i: usize, m: raw::RawModel) -> Result<ModelConfig, ConfigError> {
     let usd = |name: &str, v: f64| {
-        Nanos::from_usd_f64(v).map_err(|e| invalid(format!("models[{i}].price.{name}"), e.to_string()))
+        Nanos::from_usd_f64(v)
+            .map_err(|e| invalid(format!("models[{i}].price.{name}"), e.to_string()))
     };
     let input = usd("input", m.price.input)?;
     let output = usd("output", m.price.output)?;
-    let cached_input = m.price.cached_input.map(|v| usd("cached_input", v)).transpose()?.unwrap_or(input);
+    let cached_input = m
+        .price
+        .cached_input
+        .map(|v| usd("cached_input", v))
+        .transpose()?
+        .unwrap_or(input);
     let price = Price::per_million(input, output, cached_input)
         .map_err(|e| invalid(format!("models[{i}].price"), e.to_string()))?;
     if m.routes.is_empty() {
-        return Err(invalid(format!("models[{i}].routes"), "a model needs at least one route"));
+        return Err(invalid(
+            format!("models[{i}].routes"),
+            "a model needs at least one route",
+        ));
     }
     let routes = m
         .routes
         .into_iter()
-        .map(|r| RouteConfig { model: r.model.unwrap_or_else(|| m.id.clone()), provider: r.provider })
+        .map(|r| RouteConfig {
+            model: r.model.unwrap_or_else(|| m.id.clone()),
+            provider: r.provider,
+        })
         .collect();
-    Ok(ModelConfig { id: m.id, context_window: m.context_window.unwrap_or(128_000), price, routes })
+    Ok(ModelConfig {
+        id: m.id,
+        context_window: m.context_window.unwrap_or(128_000),
+        price,
+        routes,
+    })
 }
 
 fn billing_config(raw: raw::RawBilling) -> Result<BillingConfig, ConfigError> {
@@ -267,21 +319,29 @@ fn billing_config(raw: raw::RawBilling) -> Result<BillingConfig, ConfigError> {
         demo_credit: usd("billing.demo_credit_usd", raw.demo_credit_usd, 5.0)?,
         signup_credit: usd("billing.signup_credit_usd", raw.signup_credit_usd, 0.0)?,
         hold_increment_tokens: raw.hold_increment_tokens.unwrap_or(256).max(1),
-        default_max_tokens: raw.default_max_tokens.unwrap_or(4096).max(1),
     })
 }
 
-fn check_references(providers: &[ProviderConfig], models: &[ModelConfig]) -> Result<(), ConfigError> {
+fn check_references(
+    providers: &[ProviderConfig],
+    models: &[ModelConfig],
+) -> Result<(), ConfigError> {
     let mut names = HashSet::new();
     for (i, p) in providers.iter().enumerate() {
         if !names.insert(p.name.as_str()) {
-            return Err(invalid(format!("providers[{i}].name"), format!("`{}` is used twice", p.name)));
+            return Err(invalid(
+                format!("providers[{i}].name"),
+                format!("`{}` is used twice", p.name),
+            ));
         }
     }
     let mut ids = HashSet::new();
     for (i, m) in models.iter().enumerate() {
         if !ids.insert(m.id.as_str()) || m.id == "auto" {
-            return Err(invalid(format!("models[{i}].id"), format!("`{}` is used twice or reserved", m.id)));
+            return Err(invalid(
+                format!("models[{i}].id"),
+                format!("`{}` is used twice or reserved", m.id),
+            ));
         }
         for (j, r) in m.routes.iter().enumerate() {
             if !names.contains(r.provider.as_str()) {
@@ -310,16 +370,20 @@ fn default_providers() -> Vec<ProviderConfig> {
 }
 
 fn default_models() -> Result<Vec<ModelConfig>, ConfigError> {
-    let model = |id: &str, provider: &str, input: f64, output: f64| -> Result<ModelConfig, ConfigError> {
-        let usd = |v: f64| Nanos::from_usd_f64(v).map_err(|e| invalid("models", e.to_string()));
-        Ok(ModelConfig {
-            id: id.into(),
-            context_window: 128_000,
-            price: Price::per_million(usd(input)?, usd(output)?, usd(input / 2.0)?)
-                .map_err(|e| invalid("models", e.to_string()))?,
-            routes: vec![RouteConfig { provider: provider.into(), model: id.into() }],
-        })
-    };
+    let model =
+        |id: &str, provider: &str, input: f64, output: f64| -> Result<ModelConfig, ConfigError> {
+            let usd = |v: f64| Nanos::from_usd_f64(v).map_err(|e| invalid("models", e.to_string()));
+            Ok(ModelConfig {
+                id: id.into(),
+                context_window: 128_000,
+                price: Price::per_million(usd(input)?, usd(output)?, usd(input / 2.0)?)
+                    .map_err(|e| invalid("models", e.to_string()))?,
+                routes: vec![RouteConfig {
+                    provider: provider.into(),
+                    model: id.into(),
+                }],
+            })
+        };
     Ok(vec![
         model("echo-mini", "echo", 0.15, 0.60)?,
         model("echo-large", "echo", 2.50, 10.00)?,

@@ -89,7 +89,6 @@ pub struct RawBilling {
     pub demo_credit_usd: Option<f64>,
     pub signup_credit_usd: Option<f64>,
     pub hold_increment_tokens: Option<u32>,
-    pub default_max_tokens: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

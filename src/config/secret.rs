@@ -41,10 +41,12 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
             out.push('$');
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| "unclosed `${` in value".to_string())?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| "unclosed `${` in value".to_string())?;
             let name = &body[..end];
-            let value = lookup(name)
-                .ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            let value =
+                lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {

@@ -1,1 +1,123 @@
 use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, |name| {
+        (name == "TEST_KEY").then(|| "sk-from-env".to_string())
+    })
+}
+
+#[test]
+fn the_builtin_default_serves_echo() {
+    let config = Config::default();
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.data_dir, PathBuf::from("./data"));
+    assert_eq!(config.server.max_body_bytes, 4 * 1024 * 1024);
+    assert!(config.models.iter().any(|m| m.id == "echo-mini"));
+    assert!(
+        config
+            .providers
+            .iter()
+            .all(|p| p.kind == ProviderKind::Echo)
+    );
+    assert_eq!(config.billing.demo_credit, Nanos::new(5_000_000_000));
+}
+
+#[test]
+fn the_example_file_is_valid_and_documents_every_key() {
+    let text = include_str!("../../tokun.example.toml");
+    let config = Config::parse(text, |_| Some("x".into())).expect("example parses");
+    assert_eq!(config.models.len(), 2);
+    let price = config.model("gpt-4o-mini").unwrap().price;
+    assert_eq!(price.input(), Nanos::new(150_000_000));
+    assert_eq!(price.cached_input(), Nanos::new(75_000_000));
+    // Every raw field name appears in the example.
+    for key in [
+        "listen",
+        "data_dir",
+        "max_body_bytes",
+        "admin_token",
+        "public_url",
+        "shutdown_grace_secs",
+        "level",
+        "format",
+        "name",
+        "kind",
+        "base_url",
+        "api_key",
+        "connect_timeout_ms",
+        "first_byte_timeout_ms",
+        "idle_timeout_ms",
+        "total_timeout_ms",
+        "delay_ms",
+        "reply_tokens",
+        "context_window",
+        "cached_input",
+        "routes",
+        "enabled",
+        "demo_credit_usd",
+        "signup_credit_usd",
+        "hold_increment_tokens",
+        "max_batch",
+        "max_batch_delay_us",
+    ] {
+        assert!(
+            text.contains(&format!("{key} =")) || text.contains(&format!("{key} = ")),
+            "{key} undocumented"
+        );
+    }
+}
+
+#[test]
+fn unknown_fields_are_errors_naming_the_path() {
+    let error = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("server") && error.contains("lisen"),
+        "{error}"
+    );
+    let error = parse("[[providers]]\nname = \"a\"\nkind = \"echo\"\ncolour = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("providers[0]") && error.contains("colour"),
+        "{error}"
+    );
+}
+
+#[test]
+fn wrong_values_name_the_field() {
+    let error = parse("[server]\nlisten = \"nope\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("server.listen"), "{error}");
+    let error = parse("[[providers]]\nname = \"a\"\nkind = \"bard\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("providers[0].kind"), "{error}");
+    let models = "[[providers]]\nname = \"a\"\nkind = \"echo\"\n[[models]]\nid = \"m\"\nprice = { input = 1.0, output = 1.0 }\nroutes = [{ provider = \"b\" }]\n";
+    let error = parse(models).unwrap_err().to_string();
+    assert!(error.starts_with("models[0].routes[0].provider"), "{error}");
+    let negative = "[[providers]]\nname = \"a\"\nkind = \"echo\"\n[[models]]\nid = \"m\"\nprice = { input = -1.0, output = 1.0 }\nroutes = [{ provider = \"a\" }]\n";
+    assert!(
+        parse(negative)
+            .unwrap_err()
+            .to_string()
+            .starts_with("models[0].price.input")
+    );
+}
+
+#[test]
+fn secrets_come_from_the_environment_and_never_print() {
+    let text = "[[providers]]\nname = \"o\"\nkind = \"openai\"\napi_key = \"${TEST_KEY}\"\n[[models]]\nid = \"m\"\nprice = { input = 1.0, output = 1.0 }\nroutes = [{ provider = \"o\" }]\n";
+    let config = parse(text).unwrap();
+    let key = config.providers[0].api_key.as_ref().unwrap();
+    assert_eq!(key.expose(), "sk-from-env");
+    assert!(!format!("{config:?}").contains("sk-from-env"));
+    let missing = text.replace("TEST_KEY", "MISSING_KEY");
+    let error = parse(&missing).unwrap_err().to_string();
+    assert!(
+        error.contains("providers[0].api_key") && error.contains("MISSING_KEY"),
+        "{error}"
+    );
+}

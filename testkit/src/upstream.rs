@@ -48,7 +48,9 @@ pub struct Script {
 impl Default for Script {
     fn default() -> Self {
         Self {
-            tokens: ["Hello", " from", " the", " fake", " upstream", "."].map(String::from).to_vec(),
+            tokens: ["Hello", " from", " the", " fake", " upstream", "."]
+                .map(String::from)
+                .to_vec(),
             first_byte_delay: Duration::ZERO,
             delay: Duration::ZERO,
             status: None,
@@ -65,11 +67,17 @@ impl Default for Script {
 
 impl Script {
     pub fn tokens(n: usize) -> Self {
-        Self { tokens: (0..n).map(|i| format!(" t{i}")).collect(), ..Self::default() }
+        Self {
+            tokens: (0..n).map(|i| format!(" t{i}")).collect(),
+            ..Self::default()
+        }
     }
 
     pub fn status(status: u16) -> Self {
-        Self { status: Some(status), ..Self::default() }
+        Self {
+            status: Some(status),
+            ..Self::default()
+        }
     }
 }
 
@@ -134,7 +142,9 @@ impl Drop for FakeUpstream {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -152,7 +162,11 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     if let Some(status) = script.status {
         return error_response(status, script.retry_after_secs);
     }
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("fake").to_string();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("fake")
+        .to_string();
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         stream_response(script, model)
     } else {
@@ -165,7 +179,9 @@ fn error_response(status: u16, retry_after: Option<u64>) -> Response {
     let body = json!({"error": {"message": format!("fake upstream says {}", status.as_u16()), "type": "server_error", "param": null, "code": null}});
     let mut response = (status, body.to_string()).into_response();
     if let Some(secs) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -185,7 +201,11 @@ fn completion_response(script: &Script, model: &str) -> Response {
     if !script.omit_usage {
         body["usage"] = usage_of(script);
     }
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
@@ -199,37 +219,54 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
 }
 
 fn stream_response(script: Script, model: String) -> Response {
-    let frames = futures_util::stream::unfold((0usize, script, model), |(step, script, model)| async move {
-        let n = script.tokens.len();
-        if step > 0 && step <= n + 2 {
-            tokio::time::sleep(script.delay).await;
-        }
-        let content_sent = step.saturating_sub(1);
-        let frame = if step == 0 {
-            chunk(&model, json!({"role": "assistant", "content": "", "refusal": null}), None)
-        } else if script.drop_after == Some(content_sent) {
-            return Some((Err(std::io::Error::other("dropped")), (usize::MAX, script, model)));
-        } else if script.garbage_after == Some(content_sent) {
-            "data: {\"id\": not json\n\n".to_string()
-        } else if script.error_event_after == Some(content_sent) {
-            "data: {\"error\":{\"message\":\"fake mid-stream failure\",\"type\":\"server_error\"}}\n\n".to_string()
-        } else if step <= n {
-            chunk(&model, json!({"content": script.tokens[step - 1]}), None)
-        } else if step == n + 1 {
-            chunk(&model, json!({}), Some("stop"))
-        } else if step == n + 2 && !script.omit_usage {
-            let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model, "choices": [], "usage": usage_of(&script)});
-            format!(": keep-alive\n\ndata: {usage}\n\n")
-        } else if step <= n + 3 {
-            "data: [DONE]\n\n".to_string()
-        } else {
-            return None;
-        };
-        let next = if step == n + 1 && script.omit_usage { step + 2 } else { step + 1 };
-        Some((Ok(Bytes::from(frame)), (next, script, model)))
-    });
+    let frames = futures_util::stream::unfold(
+        (0usize, script, model),
+        |(step, script, model)| async move {
+            let n = script.tokens.len();
+            if step > 0 && step <= n + 2 {
+                tokio::time::sleep(script.delay).await;
+            }
+            let content_sent = step.saturating_sub(1);
+            let frame = if step == 0 {
+                chunk(
+                    &model,
+                    json!({"role": "assistant", "content": "", "refusal": null}),
+                    None,
+                )
+            } else if script.drop_after == Some(content_sent) {
+                return Some((
+                    Err(std::io::Error::other("dropped")),
+                    (usize::MAX, script, model),
+                ));
+            } else if script.garbage_after == Some(content_sent) {
+                "data: {\"id\": not json\n\n".to_string()
+            } else if script.error_event_after == Some(content_sent) {
+                "data: {\"error\":{\"message\":\"fake mid-stream failure\",\"type\":\"server_error\"}}\n\n".to_string()
+            } else if step <= n {
+                chunk(&model, json!({"content": script.tokens[step - 1]}), None)
+            } else if step == n + 1 {
+                chunk(&model, json!({}), Some("stop"))
+            } else if step == n + 2 && !script.omit_usage {
+                let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model, "choices": [], "usage": usage_of(&script)});
+                format!(": keep-alive\n\ndata: {usage}\n\n")
+            } else if step <= n + 3 {
+                "data: [DONE]\n\n".to_string()
+            } else {
+                return None;
+            };
+            let next = if step == n + 1 && script.omit_usage {
+                step + 2
+            } else {
+                step + 1
+            };
+            Some((Ok(Bytes::from(frame)), (next, script, model)))
+        },
+    );
     // An `Err` item makes hyper abort the connection mid-body: a real drop.
     let mut response = Response::new(Body::from_stream(frames));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     response
 }

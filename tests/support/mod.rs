@@ -2,6 +2,12 @@
 //! optionally in front of a fake upstream, and a real HTTP client.
 
 #![allow(dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
 
 use std::path::PathBuf;
 
@@ -59,21 +65,29 @@ routes = [{{ provider = "echo" }}]
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tokun-test-{tag}-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "tokun-test-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     u64::from(nanos) ^ (std::ptr::addr_of!(nanos) as u64)
 }
 
 impl Harness {
     pub async fn start(toml: Option<&str>) -> Harness {
         let mut config = match toml {
-            Some(text) => Config::parse(text, |name| std::env::var(name).ok()).expect("test config"),
+            Some(text) => {
+                Config::parse(text, |name| std::env::var(name).ok()).expect("test config")
+            }
             None => Config::default(),
         };
         let data_dir = temp_dir("srv");
@@ -83,13 +97,25 @@ impl Harness {
 
     pub async fn start_with(config: Config) -> Harness {
         let data_dir = config.server.data_dir.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let server = RunningServer::start(config, listener).await.expect("server starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = RunningServer::start(config, listener)
+            .await
+            .expect("server starts");
         let base = format!("http://{}", server.addr());
         let api_key = server.first_start().demo_key.clone().unwrap_or_default();
         let admin_token = std::fs::read_to_string(data_dir.join("admin_token")).unwrap_or_default();
         let client = client_with_key(&api_key);
-        Harness { server, client, anonymous: reqwest::Client::new(), api_key, admin_token, base, data_dir }
+        Harness {
+            server,
+            client,
+            anonymous: reqwest::Client::new(),
+            api_key,
+            admin_token,
+            base,
+            data_dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -97,7 +123,12 @@ impl Harness {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client.post(self.url(path)).json(body).send().await.expect("request")
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
     }
 
     /// Streams a completion and returns every SSE `data` payload, parsed the
@@ -133,7 +164,10 @@ pub fn client_with_key(key: &str) -> reqwest::Client {
     if let Ok(value) = format!("Bearer {key}").parse() {
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder().default_headers(headers).build().expect("client")
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 pub fn chat(model: &str, stream: bool) -> Value {

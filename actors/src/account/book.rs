@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 
-use tokun_storage::{AccountId, HoldId, KeyId};
-use tokun_storage::ledger::{Books, EntryKind, LedgerError, apply_within_floor};
 use tokun_storage::Nanos;
 use tokun_storage::NewEntry;
 use tokun_storage::Price;
+use tokun_storage::ledger::{Books, EntryKind, LedgerError, apply_within_floor};
+use tokun_storage::{AccountId, HoldId, KeyId};
 
 /// What a request asks to reserve before its upstream call.
 #[derive(Debug, Clone)]
@@ -97,7 +97,13 @@ pub struct AccountBook {
 
 impl AccountBook {
     pub fn new(account: AccountId, floor: Nanos, books: Books) -> Self {
-        Self { account, floor, books, holds: HashMap::new(), key_committed: HashMap::new() }
+        Self {
+            account,
+            floor,
+            books,
+            holds: HashMap::new(),
+            key_committed: HashMap::new(),
+        }
     }
 
     pub fn books(&self) -> Books {
@@ -111,7 +117,11 @@ impl AccountBook {
     /// What holds may still take: `balance − held − floor`, never negative.
     pub fn spendable(&self) -> Nanos {
         let spendable = self.books.available().saturating_sub(self.floor);
-        if spendable.is_negative() { Nanos::ZERO } else { spendable }
+        if spendable.is_negative() {
+            Nanos::ZERO
+        } else {
+            spendable
+        }
     }
 
     /// Seeds a key's settled spend (loaded at start).
@@ -123,11 +133,24 @@ impl AccountBook {
     pub fn adopt_hold(&mut self, hold: HoldId, remaining: Nanos, price: Price, request_id: String) {
         self.holds.insert(
             hold,
-            HoldState { remaining, price, request_id, key: None, allowance_tokens: u64::MAX, max_tokens: u64::MAX, increment_tokens: 0 },
+            HoldState {
+                remaining,
+                price,
+                request_id,
+                key: None,
+                allowance_tokens: u64::MAX,
+                max_tokens: u64::MAX,
+                increment_tokens: 0,
+            },
         );
     }
 
-    pub fn reserve(&mut self, hold: HoldId, req: &ReserveRequest, now_ms: u64) -> Result<(Reservation, NewEntry), AccountError> {
+    pub fn reserve(
+        &mut self,
+        hold: HoldId,
+        req: &ReserveRequest,
+        now_ms: u64,
+    ) -> Result<(Reservation, NewEntry), AccountError> {
         let mut budget = self.spendable();
         let input = req.price.input_cost(req.prompt_tokens);
         let minimal = input.saturating_add(req.price.output_cost(1));
@@ -142,9 +165,14 @@ impl AccountBook {
         if budget < minimal {
             let wanted = req.increment_tokens.min(req.max_output_tokens);
             let needed = input.saturating_add(req.price.output_cost(wanted));
-            return Err(AccountError::Insufficient { available: self.spendable(), needed });
+            return Err(AccountError::Insufficient {
+                available: self.spendable(),
+                needed,
+            });
         }
-        let affordable = req.price.output_tokens_affordable(budget.saturating_sub(input));
+        let affordable = req
+            .price
+            .output_tokens_affordable(budget.saturating_sub(input));
         let max_tokens = req.max_output_tokens.min(affordable).max(1);
         let allowance_tokens = max_tokens.min(req.increment_tokens.max(1));
         let amount = input.saturating_add(req.price.output_cost(allowance_tokens));
@@ -170,7 +198,13 @@ impl AccountBook {
             .with_hold(hold)
             .with_request_id(req.request_id.clone())
             .with_price(req.price);
-        let reservation = Reservation { hold, amount, allowance_tokens, max_tokens, available_after: self.spendable() };
+        let reservation = Reservation {
+            hold,
+            amount,
+            allowance_tokens,
+            max_tokens,
+            available_after: self.spendable(),
+        };
         Ok((reservation, entry))
     }
 
@@ -178,16 +212,27 @@ impl AccountBook {
     /// Refused (`Insufficient`) when not even one more token is affordable.
     pub fn extend(&mut self, hold: HoldId, now_ms: u64) -> Result<(u64, NewEntry), AccountError> {
         let spendable = self.spendable();
-        let state = self.holds.get(&hold).ok_or(AccountError::UnknownHold(hold))?;
-        let wanted = state.increment_tokens.min(state.max_tokens.saturating_sub(state.allowance_tokens));
+        let state = self
+            .holds
+            .get(&hold)
+            .ok_or(AccountError::UnknownHold(hold))?;
+        let wanted = state
+            .increment_tokens
+            .min(state.max_tokens.saturating_sub(state.allowance_tokens));
         let tokens = wanted.min(state.price.output_tokens_affordable(spendable));
         if tokens == 0 {
-            return Err(AccountError::Insufficient { available: spendable, needed: state.price.output_cost(1) });
+            return Err(AccountError::Insufficient {
+                available: spendable,
+                needed: state.price.output_cost(1),
+            });
         }
         let amount = state.price.output_cost(tokens);
         let books = apply_within_floor(self.books, EntryKind::Extend, amount, self.floor)?;
         self.books = books;
-        let state = self.holds.get_mut(&hold).ok_or(AccountError::UnknownHold(hold))?;
+        let state = self
+            .holds
+            .get_mut(&hold)
+            .ok_or(AccountError::UnknownHold(hold))?;
         state.remaining = state.remaining.saturating_add(amount);
         state.allowance_tokens += tokens;
         if let Some(key) = state.key {
@@ -210,7 +255,10 @@ impl AccountBook {
         kind: EntryKind,
         now_ms: u64,
     ) -> Result<(Settled, Vec<NewEntry>), AccountError> {
-        let state = self.holds.get(&hold).ok_or(AccountError::UnknownHold(hold))?;
+        let state = self
+            .holds
+            .get(&hold)
+            .ok_or(AccountError::UnknownHold(hold))?;
         let (prompt, cached, completion) = usage;
         let cost = state.price.cost(prompt, cached, completion);
         self.close(hold, cost, estimated, kind, now_ms)
@@ -218,8 +266,18 @@ impl AccountBook {
 
     /// Charges `cost` to the hold (taking any excess from what is spendable,
     /// never below the floor), releases the rest and forgets the hold.
-    fn close(&mut self, hold: HoldId, cost: Nanos, estimated: bool, kind: EntryKind, now_ms: u64) -> Result<(Settled, Vec<NewEntry>), AccountError> {
-        let state = self.holds.remove(&hold).ok_or(AccountError::UnknownHold(hold))?;
+    fn close(
+        &mut self,
+        hold: HoldId,
+        cost: Nanos,
+        estimated: bool,
+        kind: EntryKind,
+        now_ms: u64,
+    ) -> Result<(Settled, Vec<NewEntry>), AccountError> {
+        let state = self
+            .holds
+            .remove(&hold)
+            .ok_or(AccountError::UnknownHold(hold))?;
         let mut entries = Vec::with_capacity(3);
         let mut remaining = state.remaining;
         if cost > remaining {
@@ -248,17 +306,31 @@ impl AccountBook {
             let committed = self.key_committed.entry(key).or_insert(Nanos::ZERO);
             *committed = committed.saturating_sub(state.remaining.saturating_sub(charged));
         }
-        let settled = Settled { cost: charged, shortfall: cost.saturating_sub(charged), balance_after: self.books.balance };
+        let settled = Settled {
+            cost: charged,
+            shortfall: cost.saturating_sub(charged),
+            balance_after: self.books.balance,
+        };
         Ok((settled, entries))
     }
 
     /// Settles a hold its request never settled (the process died): at the
     /// checkpointed usage if there is one, else the whole hold, as `Recovered`.
     /// Never charges more than was held.
-    pub fn recover(&mut self, hold: HoldId, checkpoint: Option<(u64, u64)>, now_ms: u64) -> Result<(Settled, Vec<NewEntry>), AccountError> {
-        let state = self.holds.get(&hold).ok_or(AccountError::UnknownHold(hold))?;
+    pub fn recover(
+        &mut self,
+        hold: HoldId,
+        checkpoint: Option<(u64, u64)>,
+        now_ms: u64,
+    ) -> Result<(Settled, Vec<NewEntry>), AccountError> {
+        let state = self
+            .holds
+            .get(&hold)
+            .ok_or(AccountError::UnknownHold(hold))?;
         let cost = match checkpoint {
-            Some((prompt, completion)) => state.price.cost(prompt, 0, completion).min(state.remaining),
+            Some((prompt, completion)) => {
+                state.price.cost(prompt, 0, completion).min(state.remaining)
+            }
             None => state.remaining,
         };
         self.close(hold, cost, true, EntryKind::Recovered, now_ms)
@@ -266,30 +338,58 @@ impl AccountBook {
 
     /// Releases a whole hold: the request was refused before any token.
     pub fn release(&mut self, hold: HoldId, now_ms: u64) -> Result<NewEntry, AccountError> {
-        let state = self.holds.remove(&hold).ok_or(AccountError::UnknownHold(hold))?;
-        self.books = apply_within_floor(self.books, EntryKind::Release, state.remaining, self.floor)?;
+        let state = self
+            .holds
+            .remove(&hold)
+            .ok_or(AccountError::UnknownHold(hold))?;
+        self.books =
+            apply_within_floor(self.books, EntryKind::Release, state.remaining, self.floor)?;
         if let Some(key) = state.key {
             let committed = self.key_committed.entry(key).or_insert(Nanos::ZERO);
             *committed = committed.saturating_sub(state.remaining);
         }
-        Ok(self.entry(EntryKind::Release, state.remaining, hold, &state.request_id, now_ms))
+        Ok(self.entry(
+            EntryKind::Release,
+            state.remaining,
+            hold,
+            &state.request_id,
+            now_ms,
+        ))
     }
 
     /// Money in or out that is not a request: `Topup`, `Adjustment` (signed),
     /// `Refund`. Debits never take the spendable funds below the floor,
     /// except a `Refund`, which is clamped to what is there.
-    pub fn transfer(&mut self, kind: EntryKind, amount: Nanos, reference: &str, now_ms: u64) -> Result<NewEntry, AccountError> {
+    pub fn transfer(
+        &mut self,
+        kind: EntryKind,
+        amount: Nanos,
+        reference: &str,
+        now_ms: u64,
+    ) -> Result<NewEntry, AccountError> {
         let amount = match kind {
             EntryKind::Refund => amount.min(self.spendable()),
             EntryKind::Topup | EntryKind::Adjustment => amount,
-            _ => return Err(AccountError::InvalidAmount(format!("{} is not a transfer", kind.as_str()))),
+            _ => {
+                return Err(AccountError::InvalidAmount(format!(
+                    "{} is not a transfer",
+                    kind.as_str()
+                )));
+            }
         };
         let books = apply_within_floor(self.books, kind, amount, self.floor)?;
         self.books = books;
         Ok(NewEntry::new(now_ms, self.account, kind, amount, books).with_reference(reference))
     }
 
-    fn entry(&self, kind: EntryKind, amount: Nanos, hold: HoldId, request_id: &str, now_ms: u64) -> NewEntry {
+    fn entry(
+        &self,
+        kind: EntryKind,
+        amount: Nanos,
+        hold: HoldId,
+        request_id: &str,
+        now_ms: u64,
+    ) -> NewEntry {
         NewEntry::new(now_ms, self.account, kind, amount, self.books)
             .with_hold(hold)
             .with_request_id(request_id)

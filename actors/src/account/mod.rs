@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
-use tokun_storage::Store;
-use tokun_storage::{AccountId, HoldId};
-use tokun_storage::ledger::EntryKind;
 use tokun_storage::Nanos;
+use tokun_storage::Store;
 use tokun_storage::WriteOp;
+use tokun_storage::ledger::EntryKind;
+use tokun_storage::{AccountId, HoldId};
 use tokun_storage::{AccountRecord, UsageRecord};
 
-pub use book::{AccountBook, AccountError, ReserveRequest, Reservation, Settled};
+pub use book::{AccountBook, AccountError, Reservation, ReserveRequest, Settled};
 
 use crate::ledger::LedgerHandle;
 
@@ -61,16 +61,37 @@ pub struct AccountView {
 pub type Durably<T> = oneshot::Sender<Result<T, AccountError>>;
 
 pub enum AccountMsg {
-    Reserve(ReserveRequest, RpcReplyPort<Result<Reservation, AccountError>>),
+    Reserve(
+        ReserveRequest,
+        RpcReplyPort<Result<Reservation, AccountError>>,
+    ),
     Extend(HoldId, RpcReplyPort<Result<u64, AccountError>>),
     /// Replies once the settlement (and the usage record) are durable.
-    Settle { hold: HoldId, billed: Billed, usage: Option<Box<UsageRecord>>, reply: Durably<Settled> },
+    Settle {
+        hold: HoldId,
+        billed: Billed,
+        usage: Option<Box<UsageRecord>>,
+        reply: Durably<Settled>,
+    },
     Release(HoldId),
     /// Settles a hold left open by a crash; replies once durable.
-    Recover { hold: HoldId, checkpoint: Option<(u64, u64)>, reply: Durably<Settled> },
-    Checkpoint { hold: HoldId, prompt_tokens: u64, completion_tokens: u64 },
+    Recover {
+        hold: HoldId,
+        checkpoint: Option<(u64, u64)>,
+        reply: Durably<Settled>,
+    },
+    Checkpoint {
+        hold: HoldId,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    },
     /// `Topup`, `Adjustment` or `Refund`; replies with the balance once durable.
-    Transfer { kind: EntryKind, amount: Nanos, reference: String, reply: Durably<Nanos> },
+    Transfer {
+        kind: EntryKind,
+        amount: Nanos,
+        reference: String,
+        reply: Durably<Nanos>,
+    },
     SetDisabled(bool, Durably<AccountRecord>),
     View(RpcReplyPort<Result<AccountView, AccountError>>),
     IdleCheck,
@@ -90,14 +111,32 @@ impl Actor for AccountActor {
     type State = AccountState;
     type Arguments = AccountArgs;
 
-    async fn pre_start(&self, myself: ActorRef<AccountMsg>, args: AccountArgs) -> Result<AccountState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        args: AccountArgs,
+    ) -> Result<AccountState, ActorProcessingErr> {
         if args.after_crash {
             args.ledger.barrier().await?;
         }
-        let record = args.store.account(args.account)?.ok_or_else(|| format!("unknown account {}", args.account))?;
-        let mut book = AccountBook::new(args.account, record.floor, args.store.books(args.account)?);
-        for hold in args.store.open_holds()?.into_iter().filter(|h| h.account == args.account) {
-            book.adopt_hold(hold.hold, hold.amount, hold.price, hold.request_id.unwrap_or_default());
+        let record = args
+            .store
+            .account(args.account)?
+            .ok_or_else(|| format!("unknown account {}", args.account))?;
+        let mut book =
+            AccountBook::new(args.account, record.floor, args.store.books(args.account)?);
+        for hold in args
+            .store
+            .open_holds()?
+            .into_iter()
+            .filter(|h| h.account == args.account)
+        {
+            book.adopt_hold(
+                hold.hold,
+                hold.amount,
+                hold.price,
+                hold.request_id.unwrap_or_default(),
+            );
         }
         seed_key_spend(&args.store, args.account, &mut book)?;
         let tick = (args.idle_after / 2).max(Duration::from_millis(50));
@@ -112,7 +151,12 @@ impl Actor for AccountActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<AccountMsg>, message: AccountMsg, state: &mut AccountState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        message: AccountMsg,
+        state: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
         if !matches!(message, AccountMsg::IdleCheck) {
             state.last_activity = tokio::time::Instant::now();
         }
@@ -129,13 +173,22 @@ impl Actor for AccountActor {
                 });
                 let _ = reply.send(result);
             }
-            AccountMsg::Settle { hold, billed, usage, reply } => state.settle(hold, billed, usage, reply, now),
+            AccountMsg::Settle {
+                hold,
+                billed,
+                usage,
+                reply,
+            } => state.settle(hold, billed, usage, reply, now),
             AccountMsg::Release(hold) => {
                 if let Ok(entry) = state.book.release(hold, now) {
                     state.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
                 }
             }
-            AccountMsg::Recover { hold, checkpoint, reply } => match state.book.recover(hold, checkpoint, now) {
+            AccountMsg::Recover {
+                hold,
+                checkpoint,
+                reply,
+            } => match state.book.recover(hold, checkpoint, now) {
                 Ok((settled, entries)) => {
                     let ops = entries.into_iter().map(WriteOp::Entry).collect();
                     state.durably(ops, reply, move || settled);
@@ -144,14 +197,31 @@ impl Actor for AccountActor {
                     let _ = reply.send(Err(error));
                 }
             },
-            AccountMsg::Checkpoint { hold, prompt_tokens, completion_tokens } => {
-                state.ledger.append_nowait(vec![WriteOp::Checkpoint { hold, prompt_tokens, completion_tokens }]);
+            AccountMsg::Checkpoint {
+                hold,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                state.ledger.append_nowait(vec![WriteOp::Checkpoint {
+                    hold,
+                    prompt_tokens,
+                    completion_tokens,
+                }]);
             }
-            AccountMsg::Transfer { kind, amount, reference, reply } => state.transfer(kind, amount, &reference, reply, now),
+            AccountMsg::Transfer {
+                kind,
+                amount,
+                reference,
+                reply,
+            } => state.transfer(kind, amount, &reference, reply, now),
             AccountMsg::SetDisabled(disabled, reply) => {
                 state.record.disabled = disabled;
                 let record = state.record.clone();
-                state.durably(vec![WriteOp::PutAccount(record.clone())], reply, move || record);
+                state.durably(
+                    vec![WriteOp::PutAccount(record.clone())],
+                    reply,
+                    move || record,
+                );
             }
             AccountMsg::View(reply) => {
                 let books = state.book.books();
@@ -164,7 +234,8 @@ impl Actor for AccountActor {
                 }));
             }
             AccountMsg::IdleCheck => {
-                if state.book.open_holds() == 0 && state.last_activity.elapsed() >= state.idle_after {
+                if state.book.open_holds() == 0 && state.last_activity.elapsed() >= state.idle_after
+                {
                     myself.stop(Some("idle".into()));
                 }
             }
@@ -178,15 +249,32 @@ impl AccountState {
         if self.record.disabled || self.record.deleted_ms.is_some() {
             return Err(AccountError::Disabled);
         }
-        let hold = self.store.next_hold_id().map_err(|_| AccountError::LedgerUnavailable)?;
+        let hold = self
+            .store
+            .next_hold_id()
+            .map_err(|_| AccountError::LedgerUnavailable)?;
         let (reservation, entry) = self.book.reserve(hold, request, now)?;
         self.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
         Ok(reservation)
     }
 
-    fn settle(&mut self, hold: HoldId, billed: Billed, usage: Option<Box<UsageRecord>>, reply: Durably<Settled>, now: u64) {
-        let tokens = (billed.prompt_tokens, billed.cached_tokens, billed.completion_tokens);
-        match self.book.settle(hold, tokens, billed.estimated, EntryKind::Settle, now) {
+    fn settle(
+        &mut self,
+        hold: HoldId,
+        billed: Billed,
+        usage: Option<Box<UsageRecord>>,
+        reply: Durably<Settled>,
+        now: u64,
+    ) {
+        let tokens = (
+            billed.prompt_tokens,
+            billed.cached_tokens,
+            billed.completion_tokens,
+        );
+        match self
+            .book
+            .settle(hold, tokens, billed.estimated, EntryKind::Settle, now)
+        {
             Ok((settled, entries)) => {
                 let mut ops: Vec<WriteOp> = entries.into_iter().map(WriteOp::Entry).collect();
                 if let Some(mut usage) = usage {
@@ -202,7 +290,14 @@ impl AccountState {
         }
     }
 
-    fn transfer(&mut self, kind: EntryKind, amount: Nanos, reference: &str, reply: Durably<Nanos>, now: u64) {
+    fn transfer(
+        &mut self,
+        kind: EntryKind,
+        amount: Nanos,
+        reference: &str,
+        reply: Durably<Nanos>,
+        now: u64,
+    ) {
         match self.book.transfer(kind, amount, reference, now) {
             Ok(entry) => {
                 let balance = entry.balance_after;
@@ -216,17 +311,35 @@ impl AccountState {
 
     /// Sends `ops` to the ledger; `reply` gets `value()` once they are durable.
     /// The actor does not wait: the ledger's ack answers the caller directly.
-    fn durably<T: Send + 'static>(&self, ops: Vec<WriteOp>, reply: Durably<T>, value: impl FnOnce() -> T + Send + 'static) {
+    fn durably<T: Send + 'static>(
+        &self,
+        ops: Vec<WriteOp>,
+        reply: Durably<T>,
+        value: impl FnOnce() -> T + Send + 'static,
+    ) {
         self.ledger.append_then(ops, move |result| {
-            let _ = reply.send(result.map(|_| value()).map_err(|_| AccountError::LedgerUnavailable));
+            let _ = reply.send(
+                result
+                    .map(|_| value())
+                    .map_err(|_| AccountError::LedgerUnavailable),
+            );
         });
     }
 }
 
 /// Keys with a spend limit need what they spent so far: summed from the
 /// account's usage records (only when such a key exists).
-fn seed_key_spend(store: &Store, account: AccountId, book: &mut AccountBook) -> Result<(), ActorProcessingErr> {
-    let limited: Vec<_> = store.keys_for(account)?.into_iter().filter(|k| k.spend_limit.is_some()).map(|k| k.id).collect();
+fn seed_key_spend(
+    store: &Store,
+    account: AccountId,
+    book: &mut AccountBook,
+) -> Result<(), ActorProcessingErr> {
+    let limited: Vec<_> = store
+        .keys_for(account)?
+        .into_iter()
+        .filter(|k| k.spend_limit.is_some())
+        .map(|k| k.id)
+        .collect();
     if limited.is_empty() {
         return Ok(());
     }
@@ -245,5 +358,7 @@ fn seed_key_spend(store: &Store, account: AccountId, book: &mut AccountBook) -> 
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::oneshot;
-use tokun_storage::Store;
-use tokun_storage::{AccountId, HoldId};
-use tokun_storage::ledger::EntryKind;
 use tokun_storage::Nanos;
+use tokun_storage::Store;
+use tokun_storage::ledger::EntryKind;
+use tokun_storage::{AccountId, HoldId};
 use tokun_storage::{AccountRecord, UsageRecord};
 
-use super::{AccountActor, AccountArgs, AccountError, AccountMsg, AccountView, Billed, ReserveRequest, Reservation, Settled};
+use super::{
+    AccountActor, AccountArgs, AccountError, AccountMsg, AccountView, Billed, Reservation,
+    ReserveRequest, Settled,
+};
 use crate::ledger::LedgerHandle;
 
 /// How long a caller waits for an account actor's answer.
@@ -33,7 +36,10 @@ fn lock(map: &LiveMap) -> MutexGuard<'_, HashMap<AccountId, ActorRef<AccountMsg>
 pub struct AccountSupervisor;
 
 pub enum AccountSupervisorMsg {
-    Get(AccountId, RpcReplyPort<Result<ActorRef<AccountMsg>, AccountError>>),
+    Get(
+        AccountId,
+        RpcReplyPort<Result<ActorRef<AccountMsg>, AccountError>>,
+    ),
 }
 
 pub struct AccountSupervisorArgs {
@@ -55,11 +61,24 @@ impl Actor for AccountSupervisor {
     type State = AccountSupervisorState;
     type Arguments = AccountSupervisorArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: AccountSupervisorArgs) -> Result<Self::State, ActorProcessingErr> {
-        Ok(AccountSupervisorState { args, crashed: Default::default(), by_actor: HashMap::new() })
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: AccountSupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(AccountSupervisorState {
+            args,
+            crashed: Default::default(),
+            by_actor: HashMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let AccountSupervisorMsg::Get(account, reply) = message;
         if let Some(actor) = lock(&state.args.live).get(&account) {
             let _ = reply.send(Ok(actor.clone()));
@@ -84,7 +103,12 @@ impl Actor for AccountSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, _myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, crashed) = match &event {
             SupervisionEvent::ActorTerminated(cell, ..) => (cell, false),
             SupervisionEvent::ActorFailed(cell, error) => {
@@ -95,7 +119,10 @@ impl Actor for AccountSupervisor {
         };
         if let Some(account) = state.by_actor.remove(&cell.get_id()) {
             let mut live = lock(&state.args.live);
-            if live.get(&account).is_some_and(|a| a.get_id() == cell.get_id()) {
+            if live
+                .get(&account)
+                .is_some_and(|a| a.get_id() == cell.get_id())
+            {
                 live.remove(&account);
             }
             if crashed {
@@ -114,9 +141,18 @@ pub struct AccountsHandle {
 }
 
 impl AccountsHandle {
-    pub async fn start(store: Store, ledger: LedgerHandle, idle_after: Duration) -> Result<Self, ractor::SpawnErr> {
+    pub async fn start(
+        store: Store,
+        ledger: LedgerHandle,
+        idle_after: Duration,
+    ) -> Result<Self, ractor::SpawnErr> {
         let live = LiveMap::default();
-        let args = AccountSupervisorArgs { store, ledger, idle_after, live: live.clone() };
+        let args = AccountSupervisorArgs {
+            store,
+            ledger,
+            idle_after,
+            live: live.clone(),
+        };
         let (supervisor, _) = Actor::spawn(None, AccountSupervisor, args).await?;
         Ok(Self { supervisor, live })
     }
@@ -130,13 +166,22 @@ impl AccountsHandle {
         if let Some(actor) = lock(&self.live).get(&account) {
             return Ok(actor.clone());
         }
-        ractor::call_t!(self.supervisor, AccountSupervisorMsg::Get, CALL_TIMEOUT.as_millis() as u64, account)
-            .map_err(|_| AccountError::LedgerUnavailable)?
+        ractor::call_t!(
+            self.supervisor,
+            AccountSupervisorMsg::Get,
+            CALL_TIMEOUT.as_millis() as u64,
+            account
+        )
+        .map_err(|_| AccountError::LedgerUnavailable)?
     }
 
     /// Sends a message built by `build`; if the actor stopped in between
     /// (idle), forgets it and tries once more with a fresh one.
-    async fn call<T>(&self, account: AccountId, build: impl Fn(RpcReplyPort<Result<T, AccountError>>) -> AccountMsg) -> Result<T, AccountError>
+    async fn call<T>(
+        &self,
+        account: AccountId,
+        build: impl Fn(RpcReplyPort<Result<T, AccountError>>) -> AccountMsg,
+    ) -> Result<T, AccountError>
     where
         T: Send + 'static,
     {
@@ -144,7 +189,9 @@ impl AccountsHandle {
             let actor = self.actor(account).await?;
             match actor.call(&build, Some(CALL_TIMEOUT)).await {
                 Ok(ractor::rpc::CallResult::Success(result)) => return result,
-                Ok(ractor::rpc::CallResult::Timeout) => return Err(AccountError::LedgerUnavailable),
+                Ok(ractor::rpc::CallResult::Timeout) => {
+                    return Err(AccountError::LedgerUnavailable);
+                }
                 _ => self.forget(account, &actor),
             }
         }
@@ -152,7 +199,11 @@ impl AccountsHandle {
     }
 
     /// Like `call`, for messages that answer once durable (through a oneshot).
-    async fn call_durably<T>(&self, account: AccountId, build: impl Fn(oneshot::Sender<Result<T, AccountError>>) -> AccountMsg) -> Result<T, AccountError> {
+    async fn call_durably<T>(
+        &self,
+        account: AccountId,
+        build: impl Fn(oneshot::Sender<Result<T, AccountError>>) -> AccountMsg,
+    ) -> Result<T, AccountError> {
         for _ in 0..2 {
             let actor = self.actor(account).await?;
             let (reply, answer) = oneshot::channel();
@@ -171,26 +222,57 @@ impl AccountsHandle {
 
     fn forget(&self, account: AccountId, actor: &ActorRef<AccountMsg>) {
         let mut live = lock(&self.live);
-        if live.get(&account).is_some_and(|a| a.get_id() == actor.get_id()) {
+        if live
+            .get(&account)
+            .is_some_and(|a| a.get_id() == actor.get_id())
+        {
             live.remove(&account);
         }
     }
 
-    pub async fn reserve(&self, account: AccountId, request: ReserveRequest) -> Result<Reservation, AccountError> {
-        self.call(account, |reply| AccountMsg::Reserve(request.clone(), reply)).await
+    pub async fn reserve(
+        &self,
+        account: AccountId,
+        request: ReserveRequest,
+    ) -> Result<Reservation, AccountError> {
+        self.call(account, |reply| AccountMsg::Reserve(request.clone(), reply))
+            .await
     }
 
     pub async fn extend(&self, account: AccountId, hold: HoldId) -> Result<u64, AccountError> {
-        self.call(account, |reply| AccountMsg::Extend(hold, reply)).await
+        self.call(account, |reply| AccountMsg::Extend(hold, reply))
+            .await
     }
 
-    pub async fn settle(&self, account: AccountId, hold: HoldId, billed: Billed, usage: Option<UsageRecord>) -> Result<Settled, AccountError> {
+    pub async fn settle(
+        &self,
+        account: AccountId,
+        hold: HoldId,
+        billed: Billed,
+        usage: Option<UsageRecord>,
+    ) -> Result<Settled, AccountError> {
         let usage = usage.map(Box::new);
-        self.call_durably(account, |reply| AccountMsg::Settle { hold, billed, usage: usage.clone(), reply }).await
+        self.call_durably(account, |reply| AccountMsg::Settle {
+            hold,
+            billed,
+            usage: usage.clone(),
+            reply,
+        })
+        .await
     }
 
-    pub async fn recover(&self, account: AccountId, hold: HoldId, checkpoint: Option<(u64, u64)>) -> Result<Settled, AccountError> {
-        self.call_durably(account, |reply| AccountMsg::Recover { hold, checkpoint, reply }).await
+    pub async fn recover(
+        &self,
+        account: AccountId,
+        hold: HoldId,
+        checkpoint: Option<(u64, u64)>,
+    ) -> Result<Settled, AccountError> {
+        self.call_durably(account, |reply| AccountMsg::Recover {
+            hold,
+            checkpoint,
+            reply,
+        })
+        .await
     }
 
     pub async fn release(&self, account: AccountId, hold: HoldId) {
@@ -199,18 +281,45 @@ impl AccountsHandle {
         }
     }
 
-    pub async fn checkpoint(&self, account: AccountId, hold: HoldId, prompt_tokens: u64, completion_tokens: u64) {
+    pub async fn checkpoint(
+        &self,
+        account: AccountId,
+        hold: HoldId,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    ) {
         if let Ok(actor) = self.actor(account).await {
-            let _ = actor.send_message(AccountMsg::Checkpoint { hold, prompt_tokens, completion_tokens });
+            let _ = actor.send_message(AccountMsg::Checkpoint {
+                hold,
+                prompt_tokens,
+                completion_tokens,
+            });
         }
     }
 
-    pub async fn transfer(&self, account: AccountId, kind: EntryKind, amount: Nanos, reference: &str) -> Result<Nanos, AccountError> {
-        self.call_durably(account, |reply| AccountMsg::Transfer { kind, amount, reference: reference.to_owned(), reply }).await
+    pub async fn transfer(
+        &self,
+        account: AccountId,
+        kind: EntryKind,
+        amount: Nanos,
+        reference: &str,
+    ) -> Result<Nanos, AccountError> {
+        self.call_durably(account, |reply| AccountMsg::Transfer {
+            kind,
+            amount,
+            reference: reference.to_owned(),
+            reply,
+        })
+        .await
     }
 
-    pub async fn set_disabled(&self, account: AccountId, disabled: bool) -> Result<AccountRecord, AccountError> {
-        self.call_durably(account, |reply| AccountMsg::SetDisabled(disabled, reply)).await
+    pub async fn set_disabled(
+        &self,
+        account: AccountId,
+        disabled: bool,
+    ) -> Result<AccountRecord, AccountError> {
+        self.call_durably(account, |reply| AccountMsg::SetDisabled(disabled, reply))
+            .await
     }
 
     pub async fn view(&self, account: AccountId) -> Result<AccountView, AccountError> {
