@@ -180,6 +180,11 @@ async fn reserve(
     request: &mut ChatRequest,
     prompt_tokens: u64,
 ) -> Result<Meter, ApiError> {
+    let services = state.services();
+    if !services.ledger.is_healthy() {
+        // Nothing can be billed durably: refuse before any upstream call.
+        return Err(ApiError::Unavailable { message: "The ledger is not writable; nothing was charged. Retry later.".into() });
+    }
     let billing = &state.config().billing;
     let context_left = u64::from(model.config.context_window)
         .saturating_sub(prompt_tokens)

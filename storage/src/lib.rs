@@ -5,7 +5,8 @@
 //! (`Store::verify`). It knows nothing of actors, async runtimes, HTTP or
 //! providers, and depends on no other tokun crate.
 //!
-//! Trees: `entries` (seq → entry), `account_entries` (account ++ seq),
+//! Trees: `entries` (seq → entry), `account_entries` (account ++ batch's
+//! first seq → the account's seqs in that batch),
 //! `balances` (account → books as of its last entry), `accounts` and
 //! `emails`, `keys` (secret hash → key) with `key_ids` and `account_keys`,
 //! `holds` (open holds only), `usage` (account ++ time ++ unique → request

@@ -20,7 +20,16 @@ pub(crate) struct Replay {
     pub(crate) accounts: BTreeMap<AccountId, BalanceRow>,
     pub(crate) postings: HashMap<Book, i128>,
     pub(crate) holds: BTreeMap<HoldId, HoldReplay>,
+    /// Per account: how many entries, and the sum of their seqs — what the
+    /// `account_entries` index must list.
+    pub(crate) seq_fingerprints: HashMap<AccountId, SeqFingerprint>,
     pub(crate) problems: Problems,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SeqFingerprint {
+    pub(crate) count: u64,
+    pub(crate) sum: u128,
 }
 
 pub(crate) struct HoldReplay {
@@ -47,6 +56,7 @@ impl Replay {
             accounts: BTreeMap::new(),
             postings: HashMap::new(),
             holds: BTreeMap::new(),
+            seq_fingerprints: HashMap::new(),
             problems: Problems::default(),
         }
     }
@@ -59,6 +69,10 @@ impl Replay {
                 .add(format!("entry {seq}: expected seq {}", self.next_seq));
         }
         self.next_seq = seq.saturating_add(1);
+        self.seq_fingerprints
+            .entry(entry.account)
+            .or_default()
+            .add(seq);
         let floor = self.floors.get(&entry.account).copied().unwrap_or_else(|| {
             self.problems
                 .add(format!("entry {seq}: unknown account {}", entry.account));
@@ -154,6 +168,13 @@ impl Replay {
         if let Some(problem) = problem {
             self.problems.add(problem);
         }
+    }
+}
+
+impl SeqFingerprint {
+    pub(crate) fn add(&mut self, seq: u64) {
+        self.count += 1;
+        self.sum += u128::from(seq);
     }
 }
 

@@ -40,7 +40,7 @@ pub struct StoreOptions {
 pub(crate) struct Trees {
     /// seq (BE u64) → `LedgerEntry`.
     pub(crate) entries: Tree,
-    /// account ++ seq → empty: an account's entries in order.
+    /// account ++ first seq of a batch → that account's seqs in the batch.
     pub(crate) account_entries: Tree,
     /// account ++ at_ms ++ unique → `UsageRecord`.
     pub(crate) usage: Tree,
@@ -291,25 +291,39 @@ impl Store {
         from_seq: u64,
     ) -> impl Iterator<Item = Result<LedgerEntry, StorageError>> + use<> {
         let entries = self.trees.entries.clone();
-        let range = pair_key(account.get(), from_seq)..=pair_key(account.get(), u64::MAX);
-        self.trees
-            .account_entries
-            .range(range)
-            .keys()
-            .map(move |item| {
-                let key = item.map_err(StorageError::sled("scan account entries"))?;
-                let seq = read_u64(&key, 8).unwrap_or_default();
-                match entries
-                    .get(seq.to_be_bytes())
-                    .map_err(StorageError::sled("read an entry"))?
-                {
-                    Some(bytes) => decode("entries", &bytes),
-                    None => Err(StorageError::Decode {
-                        tree: "account_entries",
-                        message: format!("index names missing entry {seq}"),
-                    }),
-                }
-            })
+        let index = &self.trees.account_entries;
+        let (a, last) = (account.get(), pair_key(account.get(), u64::MAX));
+        // Index keys are (account, first seq of a batch) → that batch's
+        // seqs, so start at the last key at or before `from_seq`. If that
+        // lookup fails, start at the account's first key: slower, same result.
+        let start = match index
+            .range(pair_key(a, 0)..=pair_key(a, from_seq))
+            .next_back()
+        {
+            Some(Ok((key, _))) => key.to_vec(),
+            _ => pair_key(a, 0).to_vec(),
+        };
+        let seqs = index
+            .range(start..=last.to_vec())
+            .values()
+            .flat_map(move |chunk| match chunk {
+                Ok(seqs) => unpack_seqs(&seqs)
+                    .filter(|seq| *seq >= from_seq)
+                    .map(Ok)
+                    .collect(),
+                Err(err) => vec![Err(StorageError::sled("scan account entries")(err))],
+            });
+        seqs.map(move |seq| {
+            let seq = seq?;
+            let found = entries.get(seq.to_be_bytes());
+            match found.map_err(StorageError::sled("read an entry"))? {
+                Some(bytes) => decode("entries", &bytes),
+                None => Err(StorageError::Decode {
+                    tree: "account_entries",
+                    message: format!("index names missing entry {seq}"),
+                }),
+            }
+        })
     }
 
     /// One account's usage with `from_ms <= at_ms < to_ms`, oldest first.
@@ -353,6 +367,11 @@ fn to_hash(tree: &'static str, bytes: &[u8]) -> Result<[u8; 32], StorageError> {
         tree,
         message: format!("{} bytes, not 32", bytes.len()),
     })
+}
+
+/// The seqs packed in an `account_entries` value (big-endian `u64`s).
+pub(crate) fn unpack_seqs(packed: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    packed.chunks_exact(8).filter_map(|seq| read_u64(seq, 0))
 }
 
 fn matches_account(account: &AccountRecord, needle: &str) -> bool {

@@ -18,8 +18,8 @@ use crate::error::StorageError;
 use crate::ids::AccountId;
 use crate::ledger::Book;
 use crate::records::{AccountRecord, BalanceRow, OpenHold};
-use crate::replay::Replay;
-use crate::store::Store;
+use crate::replay::{Replay, SeqFingerprint};
+use crate::store::{Store, unpack_seqs};
 
 /// What `verify` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -84,6 +84,7 @@ impl Store {
         compare_balances(&mut replay, &rows, &skipped);
         compare_postings(&mut replay, &skipped);
         compare_holds(&mut replay, &holds, &skipped);
+        self.compare_index(&mut replay, last_seq)?;
         Ok(VerifyReport {
             entries: replay.entries,
             accounts: replay.accounts.len() as u64,
@@ -123,6 +124,44 @@ impl Store {
             floors.insert(account.id, account.floor);
         }
         Ok(floors)
+    }
+
+    /// The `account_entries` index must list every entry up to `last_seq`
+    /// exactly once, under its account.
+    fn compare_index(&self, replay: &mut Replay, last_seq: u64) -> Result<(), StorageError> {
+        let mut indexed: HashMap<AccountId, SeqFingerprint> = HashMap::new();
+        for item in self.trees.account_entries.iter() {
+            let (key, seqs) = item.map_err(StorageError::sled("scan account entries"))?;
+            let account = read_u64(&key, 0).map(AccountId::new);
+            let short = || StorageError::Decode {
+                tree: "account_entries",
+                message: "short key".into(),
+            };
+            let fingerprint = indexed.entry(account.ok_or_else(short)?).or_default();
+            unpack_seqs(&seqs)
+                .filter(|seq| *seq <= last_seq)
+                .for_each(|seq| fingerprint.add(seq));
+        }
+        let accounts: HashSet<AccountId> = indexed
+            .keys()
+            .chain(replay.seq_fingerprints.keys())
+            .copied()
+            .collect();
+        for id in accounts {
+            let listed = indexed.get(&id).copied().unwrap_or_default();
+            if replay
+                .seq_fingerprints
+                .get(&id)
+                .copied()
+                .unwrap_or_default()
+                != listed
+            {
+                replay.problems.add(format!(
+                    "{id}: the account_entries index does not list its entries"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn balance_rows(&self) -> Result<BTreeMap<AccountId, BalanceRow>, StorageError> {

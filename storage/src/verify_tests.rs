@@ -199,3 +199,19 @@ fn skips_accounts_written_after_the_cutoff() {
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.skipped_accounts, 1);
 }
+
+#[test]
+fn notices_index_damage() {
+    let store = clean_store();
+    let (key, _) = store.trees.account_entries.first().unwrap().unwrap();
+    store
+        .trees
+        .account_entries
+        .insert(key, &1u64.to_be_bytes())
+        .unwrap();
+    let found = problems(&store);
+    assert!(
+        found.iter().any(|p| p.contains("index does not list")),
+        "{found:?}"
+    );
+}

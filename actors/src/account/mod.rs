@@ -10,6 +10,8 @@
 
 pub mod book;
 pub mod registry;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

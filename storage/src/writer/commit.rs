@@ -7,13 +7,14 @@
 //! seq) last, so a reader that sees a seq in `meta` sees everything written
 //! up to it.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use sled::IVec;
 use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
 
 use super::stage::Changes;
-use crate::codec::{encode, pair_key};
+use crate::codec::{encode, pair_key, read_u64};
 use crate::error::StorageError;
 use crate::store::{META_LAST_SEQ, Store};
 
@@ -69,11 +70,21 @@ pub(super) fn write(store: &Store, changes: &Changes) -> Result<(), StorageError
 
 fn encode_all(changes: &Changes) -> Result<[Vec<Write>; TREES], StorageError> {
     let mut writes: [Vec<Write>; TREES] = Default::default();
+    // The per-account index gets one key per account per batch, holding
+    // that account's seqs in the batch: an index key per entry nearly
+    // doubled the time a batch takes to commit.
+    let mut seqs_per_account: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     for entry in &changes.entries {
-        let seq = entry.seq;
-        writes[ENTRIES].push(put(seq.to_be_bytes(), encode("a ledger entry", entry)?));
-        let index = pair_key(entry.account.get(), seq);
-        writes[ACCOUNT_ENTRIES].push((IVec::from(&index[..]), Some(IVec::default())));
+        let seq = entry.seq.to_be_bytes();
+        writes[ENTRIES].push(put(seq, encode("a ledger entry", entry)?));
+        seqs_per_account
+            .entry(entry.account.get())
+            .or_default()
+            .extend_from_slice(&seq);
+    }
+    for (account, seqs) in seqs_per_account {
+        let first = read_u64(&seqs, 0).unwrap_or_default();
+        writes[ACCOUNT_ENTRIES].push(put(pair_key(account, first), seqs));
     }
     if let Some(last) = changes.entries.last() {
         writes[META].push(put(META_LAST_SEQ, last.seq.to_be_bytes().to_vec()));
