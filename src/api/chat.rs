@@ -11,23 +11,20 @@ use bytes::BytesMut;
 use futures_util::stream;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokun_actors::account::ReserveRequest;
-use tokun_actors::{AccountMeter, Meter, RelayEvent, Settlement, StreamArgs};
+use tokun_actors::{RelayEvent, Settlement};
 use tokun_providers::types::Choice;
-use tokun_providers::{ChatCompletion, ChatRequest, tokens};
+use tokun_providers::{ChatCompletion, ChatRequest};
 use tokun_storage::AccountId;
 
+use super::completion::{Launched, check_request, launch};
 use super::sse::{SseEncoder, UsageWithCost};
 use super::{parse_json, read_json_body};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::inflight::{Claim, IdempotencyTicket, InFlightGuard, StoredResponse};
 use crate::server::RequestId;
-use crate::state::{AppState, Model};
+use crate::state::AppState;
 
-/// Events buffered between a stream actor and the client's socket. Small on
-/// purpose: a slow client makes the actor wait, not tokun's memory grow.
-const RELAY_BUFFER: usize = 16;
 /// Most events coalesced into one write when several are ready.
 const COALESCE: usize = 32;
 
@@ -39,14 +36,8 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers)?;
     let bytes = read_json_body(&headers, body, state.config().server.max_body_bytes).await?;
-    let mut request: ChatRequest = parse_json(&bytes)?;
-    validate(&request)?;
-    let model = state
-        .model(&request.model)
-        .ok_or_else(|| ApiError::model_not_found(&request.model))?;
-    if let Some(caller) = &caller {
-        check_key_allows(caller, &model.config.id)?;
-    }
+    let request: ChatRequest = parse_json(&bytes)?;
+    check_request(&state, caller.as_ref(), &request)?;
     let ticket = match idempotency_key(&headers)? {
         Some(key) => match (&caller, state.idempotency().claim(account_of(&caller), key)) {
             (_, Claim::Proceed(ticket)) => Some(ticket),
@@ -64,44 +55,20 @@ pub async fn completions(
         },
         None => None,
     };
-    let prompt_tokens = tokens::estimate_prompt(&request);
-    let meter = match &caller {
-        Some(caller) => {
-            reserve(
-                &state,
-                caller,
-                &request_id,
-                model,
-                &mut request,
-                prompt_tokens,
-            )
-            .await?
-        }
-        None => Meter::Log,
-    };
-    let streaming = request.stream;
-    let wants_usage = request.wants_usage_chunk();
-    let (cancel, guard) = state
-        .inflight()
-        .register(request_id.0.clone(), caller.as_ref().map(|c| c.account));
-    let (out, mut events) = mpsc::channel(RELAY_BUFFER);
-    let args = StreamArgs {
-        request_id: request_id.0.clone(),
-        model: model.config.id.as_str().into(),
-        prompt_tokens_estimate: prompt_tokens,
+    let launched = launch(
+        &state,
+        caller.as_ref(),
+        request_id.0.clone(),
         request,
-        routes: model.routes.clone(),
-        out,
-        cancel,
-        meter,
-        stats: state.streams().stats().clone(),
-    };
-    state
-        .streams()
-        .spawn(args)
-        .await
-        .map_err(|_| ApiError::Internal)?;
-
+        "http",
+    )
+    .await?;
+    let Launched {
+        mut events,
+        guard,
+        streaming,
+        wants_usage,
+    } = launched;
     let mut route = None;
     loop {
         match events.recv().await {
@@ -129,7 +96,7 @@ pub async fn completions(
 }
 
 /// The caller, when billing is on (or a key was sent anyway).
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
     if !state.billing_enabled() && crate::auth::bearer(headers).is_none() {
         return Ok(None);
     }
@@ -142,17 +109,6 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>,
 
 fn account_of(caller: &Option<Caller>) -> AccountId {
     caller.as_ref().map_or(AccountId::new(0), |c| c.account)
-}
-
-fn check_key_allows(caller: &Caller, model: &str) -> Result<(), ApiError> {
-    let allowed = &caller.key.allowed_models;
-    if allowed.is_empty() || allowed.iter().any(|m| m == model) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden {
-            message: format!("This API key may not use the model `{model}`."),
-        })
-    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
@@ -169,64 +125,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         ));
     }
     Ok(Some(key))
-}
-
-/// Places the hold and caps the upstream `max_tokens` to what the balance affords.
-async fn reserve(
-    state: &AppState,
-    caller: &Caller,
-    request_id: &RequestId,
-    model: &Model,
-    request: &mut ChatRequest,
-    prompt_tokens: u64,
-) -> Result<Meter, ApiError> {
-    let services = state.services();
-    if !services.ledger.is_healthy() {
-        // Nothing can be billed durably: refuse before any upstream call.
-        return Err(ApiError::Unavailable { message: "The ledger is not writable; nothing was charged. Retry later.".into() });
-    }
-    let billing = &state.config().billing;
-    let context_left = u64::from(model.config.context_window)
-        .saturating_sub(prompt_tokens)
-        .max(1);
-    let max_output = request
-        .requested_max_tokens()
-        .map_or(context_left, u64::from);
-    let increment = if request.stream {
-        u64::from(billing.hold_increment_tokens)
-    } else {
-        max_output
-    };
-    let reserve = ReserveRequest {
-        request_id: request_id.0.to_string(),
-        key: Some(caller.key.id),
-        key_limit: caller.key.spend_limit,
-        price: model.config.price,
-        prompt_tokens,
-        increment_tokens: increment,
-        max_output_tokens: max_output,
-    };
-    let services = state.services();
-    let reservation = services
-        .accounts
-        .reserve(caller.account, reserve)
-        .await
-        .map_err(ApiError::from)?;
-    if reservation.max_tokens < max_output || request.requested_max_tokens().is_some() {
-        let cap = u32::try_from(reservation.max_tokens).unwrap_or(u32::MAX);
-        if request.max_completion_tokens.is_some() {
-            request.max_completion_tokens = Some(cap);
-        } else {
-            request.max_tokens = Some(cap);
-        }
-    }
-    Ok(Meter::Account(Box::new(AccountMeter {
-        accounts: services.accounts.clone(),
-        account: caller.account,
-        key: Some(caller.key.id),
-        reservation,
-        transport: "http",
-    })))
 }
 
 async fn remember(ticket: Option<IdempotencyTicket>, response: Response) -> Response {
@@ -266,34 +164,6 @@ fn replay(stored: StoredResponse) -> Response {
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
-}
-
-fn validate(request: &ChatRequest) -> Result<(), ApiError> {
-    if request.model.is_empty() {
-        return Err(ApiError::bad_request(
-            "`model` must not be empty.",
-            Some("model"),
-        ));
-    }
-    if request.messages.is_empty() {
-        return Err(ApiError::bad_request(
-            "`messages` must contain at least one message.",
-            Some("messages"),
-        ));
-    }
-    if request.requested_max_tokens() == Some(0) {
-        return Err(ApiError::bad_request(
-            "`max_tokens` must be at least 1.",
-            Some("max_tokens"),
-        ));
-    }
-    if request.stream_options.is_some() && !request.stream {
-        return Err(ApiError::bad_request(
-            "`stream_options` is only allowed when `stream` is true.",
-            Some("stream_options"),
-        ));
-    }
-    Ok(())
 }
 
 #[derive(Serialize)]

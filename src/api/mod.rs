@@ -5,6 +5,7 @@
 mod account;
 mod admin;
 mod chat;
+pub mod completion;
 mod health;
 mod models;
 pub mod sse;

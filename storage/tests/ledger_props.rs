@@ -80,8 +80,16 @@ proptest! {
 
         let report = store.verify().unwrap();
         prop_assert!(report.is_clean(), "{:?}", report.problems);
+        let all: Vec<_> = store.entries(0).map(Result::unwrap).collect();
+        let middle = all.len() as u64 / 2;
         for account in &sim.accounts {
             prop_assert_eq!(store.books(account.id).unwrap(), account.books);
+            for from in [0, middle] {
+                let listed: Vec<_> = store.entries_for(account.id, from).map(Result::unwrap).collect();
+                let expected: Vec<_> =
+                    all.iter().filter(|e| e.account == account.id && e.seq >= from).cloned().collect();
+                prop_assert_eq!(listed, expected);
+            }
         }
         let stored: BTreeMap<_, _> = store.open_holds().unwrap().into_iter().map(|h| (h.hold, h.amount)).collect();
         let modelled: BTreeMap<_, _> =

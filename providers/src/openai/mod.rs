@@ -3,6 +3,7 @@
 //! [`ChatCompletion`]s or a [`ChunkStream`]. It applies no timeouts beyond the
 //! client's connect timeout and never retries; callers own both.
 
+mod embeddings;
 mod request;
 mod response;
 mod stream;
@@ -76,7 +77,7 @@ impl OpenAiAdapter {
     /// A non-streaming completion (`stream` is not sent, whatever `req` says).
     pub async fn complete(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let body = request::encode(req, Mode::Complete)?;
-        let response = self.send(body, "application/json").await?;
+        let response = self.send(&self.endpoint, body, "application/json").await?;
         let body = response.bytes().await.map_err(response::body_error)?;
         response::parse_completion(&body)
     }
@@ -86,7 +87,7 @@ impl OpenAiAdapter {
     /// returned stream then reads the body (see [`parse_chunk_stream`]).
     pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let body = request::encode(req, Mode::Stream)?;
-        let response = self.send(body, "text/event-stream").await?;
+        let response = self.send(&self.endpoint, body, "text/event-stream").await?;
         if is_json(&response) {
             // The upstream ignored `stream: true` or reported an error with a 2xx.
             let body = response.bytes().await.map_err(response::body_error)?;
@@ -104,15 +105,16 @@ impl OpenAiAdapter {
         ))
     }
 
-    /// Posts `body` and returns the response if its status is 2xx.
+    /// Posts `body` to `url` and returns the response if its status is 2xx.
     async fn send(
         &self,
+        url: &str,
         body: Vec<u8>,
         accept: &'static str,
     ) -> Result<reqwest::Response, ProviderError> {
         let mut builder = self
             .client
-            .post(&*self.endpoint)
+            .post(url)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, accept)
             .body(body);
@@ -133,18 +135,8 @@ impl OpenAiAdapter {
     }
 
     /// Reads (a bounded prefix of) an error body and classifies it.
-    async fn status_error(&self, mut response: reqwest::Response) -> ProviderError {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let mut body = Vec::new();
-        // A read error only shortens the message; the status is what matters.
-        while let Ok(Some(chunk)) = response.chunk().await {
-            let room = response::ERROR_BODY_LIMIT.saturating_sub(body.len());
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() >= response::ERROR_BODY_LIMIT {
-                break;
-            }
-        }
+    async fn status_error(&self, response: reqwest::Response) -> ProviderError {
+        let (status, headers, body) = response::read_error_body(response).await;
         let key = match &self.auth {
             Auth::Bearer { key, .. } => Some(&**key),
             Auth::None | Auth::Invalid => None,
@@ -167,7 +159,7 @@ impl fmt::Debug for OpenAiAdapter {
     }
 }
 
-fn is_json(response: &reqwest::Response) -> bool {
+pub(crate) fn is_json(response: &reqwest::Response) -> bool {
     response
         .headers()
         .get(CONTENT_TYPE)

@@ -12,7 +12,7 @@ use crate::error::{ProviderError, TimeoutPhase};
 use crate::types::ChatCompletion;
 
 /// The most of an error body tokun reads; enough for any real error message.
-pub(super) const ERROR_BODY_LIMIT: usize = 16 * 1024;
+const ERROR_BODY_LIMIT: usize = 16 * 1024;
 /// Upstream messages are cut to this many characters before they travel on.
 const MESSAGE_CHARS: usize = 300;
 /// Non-JSON bodies (HTML pages from proxies) are cut shorter: they rarely say more.
@@ -20,7 +20,7 @@ const TEXT_CHARS: usize = 200;
 
 /// The error for a non-2xx answer. The message never contains `api_key`, even
 /// if the upstream echoed it.
-pub(super) fn status_error(
+pub(crate) fn status_error(
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
@@ -33,9 +33,25 @@ pub(super) fn status_error(
     }
 }
 
+/// Reads (a bounded prefix of) a non-2xx answer: its status, headers and body.
+/// A read error only shortens the body; the status is what matters.
+pub(crate) async fn read_error_body(mut response: reqwest::Response) -> (u16, HeaderMap, Vec<u8>) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = ERROR_BODY_LIMIT.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= ERROR_BODY_LIMIT {
+            break;
+        }
+    }
+    (status, headers, body)
+}
+
 /// How long the upstream asked to wait: `retry-after-ms` (OpenAI's precise
 /// form) wins over `retry-after` in seconds. HTTP dates are ignored.
-pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -51,7 +67,7 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// A short human message for an error body: the upstream's `error.message` when
 /// the body is an OpenAI error envelope, else the body's text, shortened.
-pub(super) fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     if let Some(message) = upstream_error_message(&text) {
         return message;
@@ -71,7 +87,7 @@ pub(super) fn error_message(body: &[u8]) -> String {
 
 /// The message of an error envelope (`{"error": {"message": …}}`, `{"error": "…"}`,
 /// or the `[{"error": …}]` some compatible servers send), if `body` is one.
-pub(super) fn upstream_error_message(body: &str) -> Option<String> {
+pub(crate) fn upstream_error_message(body: &str) -> Option<String> {
     let value: Value = serde_json::from_str(body).ok()?;
     let error = value.get("error").or_else(|| value.get(0)?.get("error"))?;
     let message = match error {
@@ -114,7 +130,7 @@ pub(super) fn parse_completion(body: &[u8]) -> Result<ChatCompletion, ProviderEr
 
 /// Classifies a failure to send the request or to receive response headers.
 /// Nothing reached the client yet, so the connect-like cases stay retryable.
-pub(super) fn send_error(err: reqwest::Error) -> ProviderError {
+pub(crate) fn send_error(err: reqwest::Error) -> ProviderError {
     // The URL is dropped: a base URL may carry credentials in its query.
     let err = err.without_url();
     if err.is_builder() {
@@ -136,7 +152,7 @@ pub(super) fn send_error(err: reqwest::Error) -> ProviderError {
 }
 
 /// Classifies a failure while reading a response body (after the headers).
-pub(super) fn body_error(err: reqwest::Error) -> ProviderError {
+pub(crate) fn body_error(err: reqwest::Error) -> ProviderError {
     let err = err.without_url();
     if err.is_timeout() {
         ProviderError::Timeout {
@@ -156,7 +172,7 @@ pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
 }
 
 /// Replaces every occurrence of the API key in `message`.
-pub(super) fn redact(message: String, api_key: Option<&str>) -> String {
+pub(crate) fn redact(message: String, api_key: Option<&str>) -> String {
     match api_key {
         Some(key) if !key.is_empty() && message.contains(key) => message.replace(key, "[redacted]"),
         _ => message,

@@ -148,7 +148,7 @@ fn error_event_text(data: &str) -> String {
     }
 }
 
-fn event_error(err: EventStreamError<ProviderError>) -> ProviderError {
+pub(crate) fn event_error(err: EventStreamError<ProviderError>) -> ProviderError {
     match err {
         EventStreamError::Transport(err) => err,
         EventStreamError::Utf8(err) => ProviderError::Protocol {
@@ -166,7 +166,7 @@ fn event_error(err: EventStreamError<ProviderError>) -> ProviderError {
 /// a truly invalid byte it buffers everything after it until EOF: the stream
 /// stalls and memory grows. This guard carries an incomplete trailing sequence
 /// (at most 3 bytes) to the next chunk and fails fast on invalid bytes.
-struct Utf8Guard<S> {
+pub(crate) struct Utf8Guard<S> {
     /// Boxed so the guard (and the event stream around it) is `Unpin`.
     inner: Pin<Box<S>>,
     /// The start of a code point whose remaining bytes are in the next chunk.
@@ -177,7 +177,7 @@ struct Utf8Guard<S> {
 }
 
 impl<S> Utf8Guard<S> {
-    fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         Self {
             inner: Box::pin(inner),
             carry: Vec::new(),
