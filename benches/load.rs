@@ -80,7 +80,12 @@ struct Args {
     #[arg(long, hide = true)]
     bench: bool,
     /// Scenarios to run, in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "single,a,b,c")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "single,a,b,c"
+    )]
     scenarios: Vec<Scenario>,
     /// Billing modes to measure tokun with.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off,on")]
@@ -173,9 +178,18 @@ fn main() -> anyhow::Result<()> {
         .thread_name("tokun-gw")
         .enable_all()
         .build()?;
-    let mock = Arc::new(Mock::new(args.chunks, args.c_chunks, Duration::from_millis(args.token_delay_ms)));
+    let mock = Arc::new(Mock::new(
+        args.chunks,
+        args.c_chunks,
+        Duration::from_millis(args.token_delay_ms),
+    ));
     let mock_addr = client.block_on(start_mock(mock))?;
-    let env = Env { args: &args, client: &client, gateway_rt: &gateway_rt, mock: mock_addr };
+    let env = Env {
+        args: &args,
+        client: &client,
+        gateway_rt: &gateway_rt,
+        mock: mock_addr,
+    };
 
     let mut results = Vec::new();
     let shared_needed = args.scenarios.iter().any(|s| *s != Scenario::C);
@@ -238,11 +252,17 @@ fn print_machine(args: &Args) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
         .unwrap_or_else(|| "?".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("# tokun load benchmark");
-    println!("machine: {cpus} CPUs available to this process, {model}, Linux {}", kernel.trim());
+    println!(
+        "machine: {cpus} CPUs available to this process, {model}, Linux {}",
+        kernel.trim()
+    );
     println!("load average at start: {}", loadavg());
     println!(
         "gateway: {:?} for single/A/B, {:?} for C; gateway runtime workers (inproc): {}; mock+client runtime workers: {}; pinned: {}",
@@ -250,14 +270,22 @@ fn print_machine(args: &Args) {
     );
     println!(
         "window: {}s measured after {}s warm-up ({}s for single); chunks: {} (B), {} every {} ms (C)",
-        args.duration, args.warmup, args.single_duration, args.chunks, args.c_chunks, args.token_delay_ms
+        args.duration,
+        args.warmup,
+        args.single_duration,
+        args.chunks,
+        args.c_chunks,
+        args.token_delay_ms
     );
     println!();
 }
 
 fn loadavg() -> String {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Pins every thread of `pid` to `core` with `taskset` (children inherit it).
@@ -345,10 +373,17 @@ impl Mock {
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<MockBody> {
         let slow = request.uri().path().starts_with("/slow/");
-        let body = request.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         let mut response = if memmem::find(&body, br#""stream":true"#).is_none() {
             let mut response = Response::new(Full::new(self.completion.clone()).boxed_unsync());
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         } else {
             let include_usage = memmem::find(&body, br#""include_usage":true"#).is_some();
@@ -357,21 +392,33 @@ impl Mock {
             } else {
                 (self.fast.clone(), self.fast_usage.clone(), Duration::ZERO)
             };
-            let tail: Vec<Bytes> = include_usage.then_some(usage).into_iter().chain([self.done.clone()]).collect();
+            let tail: Vec<Bytes> = include_usage
+                .then_some(usage)
+                .into_iter()
+                .chain([self.done.clone()])
+                .collect();
             let delayed = frames.len();
-            let events = stream::unfold((0usize, frames, tail), move |(i, frames, tail)| async move {
-                let frame = if i < delayed {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    frames[i].clone()
-                } else {
-                    tail.get(i - delayed)?.clone()
-                };
-                Some((Ok::<_, Infallible>(Frame::data(frame)), (i + 1, frames, tail)))
-            });
+            let events = stream::unfold(
+                (0usize, frames, tail),
+                move |(i, frames, tail)| async move {
+                    let frame = if i < delayed {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        frames[i].clone()
+                    } else {
+                        tail.get(i - delayed)?.clone()
+                    };
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(frame)),
+                        (i + 1, frames, tail),
+                    ))
+                },
+            );
             let mut response = Response::new(StreamBody::new(events).boxed_unsync());
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             response
         };
         *response.status_mut() = StatusCode::OK;
@@ -399,7 +446,9 @@ async fn start_mock(mock: Arc<Mock>) -> anyhow::Result<SocketAddr> {
                     let mock = mock.clone();
                     async move { Ok::<_, Infallible>(mock.handle(request).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
             });
         }
     });
@@ -418,7 +467,10 @@ struct Gateway {
 
 enum GatewayKind {
     InProc(RunningServer),
-    Child { child: Child, stderr: Arc<Mutex<VecDeque<String>>> },
+    Child {
+        child: Child,
+        stderr: Arc<Mutex<VecDeque<String>>>,
+    },
 }
 
 fn gateway_toml(mock: SocketAddr, billing: Billing, dir: &Path) -> String {
@@ -475,7 +527,8 @@ impl Gateway {
         let n = GATEWAYS.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!("tokun-load-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let toml = gateway_toml(env.mock, billing, &dir);
         match mode {
             Mode::Inproc => {
@@ -485,16 +538,31 @@ impl Gateway {
                     RunningServer::start(config, listener).await
                 })?;
                 let key = server.first_start().demo_key.clone();
-                Ok(Gateway { billing, addr: server.addr(), key, dir, kind: GatewayKind::InProc(server) })
+                Ok(Gateway {
+                    billing,
+                    addr: server.addr(),
+                    key,
+                    dir,
+                    kind: GatewayKind::InProc(server),
+                })
             }
             Mode::Child => Self::spawn_child(env, billing, dir, &toml),
         }
     }
 
-    fn spawn_child(env: &Env<'_>, billing: Billing, dir: PathBuf, toml: &str) -> anyhow::Result<Gateway> {
+    fn spawn_child(
+        env: &Env<'_>,
+        billing: Billing,
+        dir: PathBuf,
+        toml: &str,
+    ) -> anyhow::Result<Gateway> {
         let config_path = dir.join("bench.toml");
         std::fs::write(&config_path, toml)?;
-        let bin = env.args.tokun_bin.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tokun")));
+        let bin = env
+            .args
+            .tokun_bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tokun")));
         let mut command = if env.args.pin {
             let mut command = Command::new("taskset");
             command.args(["-c", "1"]).arg(&bin);
@@ -510,7 +578,9 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
         let stderr = child.stderr.take().context("child stderr")?;
         let (found, ready) = std::sync::mpsc::channel::<(Option<SocketAddr>, Option<String>)>();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -525,7 +595,10 @@ impl Gateway {
                     key = line[start..].split_whitespace().next().map(str::to_owned);
                 }
                 if !sent && line.contains("listening on http://") {
-                    let addr = line.rsplit("http://").next().and_then(|a| a.trim().parse().ok());
+                    let addr = line
+                        .rsplit("http://")
+                        .next()
+                        .and_then(|a| a.trim().parse().ok());
                     let _ = found.send((addr, key.clone()));
                     sent = true;
                 }
@@ -543,10 +616,27 @@ impl Gateway {
         let Ok((Some(addr), key)) = announced else {
             let _ = child.kill();
             let _ = child.wait();
-            let tail: Vec<String> = tail.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
-            bail!("the tokun child did not announce its address; stderr:\n{}", tail.join("\n"));
+            let tail: Vec<String> = tail
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect();
+            bail!(
+                "the tokun child did not announce its address; stderr:\n{}",
+                tail.join("\n")
+            );
         };
-        Ok(Gateway { billing, addr, key, dir, kind: GatewayKind::Child { child, stderr: tail } })
+        Ok(Gateway {
+            billing,
+            addr,
+            key,
+            dir,
+            kind: GatewayKind::Child {
+                child,
+                stderr: tail,
+            },
+        })
     }
 
     fn pid(&self) -> Option<u32> {
@@ -585,7 +675,9 @@ impl Gateway {
             }
             GatewayKind::Child { mut child, stderr } => {
                 // SIGTERM the child we started (by its pid), then wait a bounded time.
-                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while Instant::now() < deadline {
                     if let Ok(Some(_)) = child.try_wait() {
@@ -598,9 +690,15 @@ impl Gateway {
                     let _ = child.wait();
                 }
                 let tail = stderr.lock().unwrap_or_else(PoisonError::into_inner);
-                let warnings = tail.iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).count();
+                let warnings = tail
+                    .iter()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .count();
                 if warnings > 0 {
-                    println!("(the tokun child logged {warnings} warning/error lines; last: {:?})", tail.back());
+                    println!(
+                        "(the tokun child logged {warnings} warning/error lines; last: {:?})",
+                        tail.back()
+                    );
                 }
             }
         }
@@ -620,8 +718,14 @@ struct Target {
 
 impl Target {
     fn new(addr: SocketAddr, path: &'static str, auth: Option<HeaderValue>) -> Target {
-        let host = HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("127.0.0.1"));
-        Target { addr, host, path, auth }
+        let host = HeaderValue::from_str(&addr.to_string())
+            .unwrap_or(HeaderValue::from_static("127.0.0.1"));
+        Target {
+            addr,
+            host,
+            path,
+            auth,
+        }
     }
 }
 
@@ -637,11 +741,23 @@ struct Spec {
 
 impl Spec {
     fn json(name: &'static str, concurrency: usize, duration: f64) -> Spec {
-        Spec { name, streaming: false, slow: false, concurrency, duration }
+        Spec {
+            name,
+            streaming: false,
+            slow: false,
+            concurrency,
+            duration,
+        }
     }
 
     fn stream(name: &'static str, concurrency: usize, duration: f64, slow: bool) -> Spec {
-        Spec { name, streaming: true, slow, concurrency, duration }
+        Spec {
+            name,
+            streaming: true,
+            slow,
+            concurrency,
+            duration,
+        }
     }
 
     fn body(&self) -> Bytes {
@@ -653,7 +769,11 @@ impl Spec {
     }
 
     fn path(&self) -> &'static str {
-        if self.slow { "/slow/v1/chat/completions" } else { "/v1/chat/completions" }
+        if self.slow {
+            "/slow/v1/chat/completions"
+        } else {
+            "/v1/chat/completions"
+        }
     }
 }
 
@@ -692,10 +812,13 @@ impl WorkerOut {
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| format!("handshake: {e}"))?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -716,7 +839,9 @@ impl SseScan {
         let carry = self.tail.len().min(DATA.len() - 1);
         let mut edge = self.tail[self.tail.len() - carry..].to_vec();
         edge.extend_from_slice(&data[..data.len().min(DATA.len() - 1)]);
-        self.events += memmem::find_iter(&edge, DATA).filter(|&at| at < carry).count() as u32;
+        self.events += memmem::find_iter(&edge, DATA)
+            .filter(|&at| at < carry)
+            .count() as u32;
         self.events += memmem::find_iter(data, DATA).count() as u32;
         if data.len() >= 64 {
             self.tail.clear();
@@ -729,16 +854,24 @@ impl SseScan {
     }
 }
 
-async fn one_request(sender: &mut SendRequest<Full<Bytes>>, plan: &Plan) -> Result<(Sample, bool), String> {
+async fn one_request(
+    sender: &mut SendRequest<Full<Bytes>>,
+    plan: &Plan,
+) -> Result<(Sample, bool), String> {
     let mut request = Request::post(plan.target.path)
         .header(HOST, plan.target.host.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(auth) = &plan.target.auth {
         request = request.header(AUTHORIZATION, auth.clone());
     }
-    let request = request.body(Full::new(plan.body.clone())).map_err(|e| e.to_string())?;
+    let request = request
+        .body(Full::new(plan.body.clone()))
+        .map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let response = sender.send_request(request).await.map_err(|e| format!("send: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     let status = response.status();
     let billed = response.headers().contains_key("x-tokun-cost");
     let mut body = response.into_body();
@@ -756,13 +889,27 @@ async fn one_request(sender: &mut SendRequest<Full<Bytes>>, plan: &Plan) -> Resu
     }
     let end = Instant::now();
     if status != StatusCode::OK {
-        return Err(format!("status {status}: {}", String::from_utf8_lossy(&scan.tail)));
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&scan.tail)
+        ));
     }
     if plan.streaming && !scan.tail.ends_with(b"data: [DONE]\n\n") {
-        return Err(format!("stream ended without [DONE]: {:?}", String::from_utf8_lossy(&scan.tail)));
+        return Err(format!(
+            "stream ended without [DONE]: {:?}",
+            String::from_utf8_lossy(&scan.tail)
+        ));
     }
     let ttft = ttft.unwrap_or(end - start);
-    Ok((Sample { start, end, ttft, events: scan.events }, billed))
+    Ok((
+        Sample {
+            start,
+            end,
+            ttft,
+            events: scan.events,
+        },
+        billed,
+    ))
 }
 
 async fn worker(plan: Arc<Plan>) -> WorkerOut {
@@ -808,8 +955,12 @@ fn percentiles(mut values: Vec<Duration>) -> Percentiles {
         return Percentiles::default();
     }
     values.sort_unstable();
-    let at = |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
-    Percentiles { p50: at(0.50), p99: at(0.99) }
+    let at =
+        |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
 }
 
 struct Outcome {
@@ -836,14 +987,24 @@ struct ScenarioResult {
     outcomes: Vec<Outcome>,
 }
 
-fn run_scenario(env: &Env<'_>, spec: &Spec, gateways: &[Gateway]) -> anyhow::Result<ScenarioResult> {
+fn run_scenario(
+    env: &Env<'_>,
+    spec: &Spec,
+    gateways: &[Gateway],
+) -> anyhow::Result<ScenarioResult> {
     let spec = *spec;
     let mut outcomes = Vec::new();
     let direct = Target::new(env.mock, spec.path(), None);
     outcomes.push(run_load(env, &spec, direct, "direct (mock)".into(), None)?);
     for gateway in gateways {
         let rss = if spec.slow { Some(gateway.pid()) } else { None };
-        outcomes.push(run_load(env, &spec, gateway.target("/v1/chat/completions"), gateway.label(), rss)?);
+        outcomes.push(run_load(
+            env,
+            &spec,
+            gateway.target("/v1/chat/completions"),
+            gateway.label(),
+            rss,
+        )?);
     }
     for outcome in &outcomes {
         println!(
@@ -856,7 +1017,11 @@ fn run_scenario(env: &Env<'_>, spec: &Spec, gateways: &[Gateway]) -> anyhow::Res
             ms(outcome.ttft.p50),
             ms(outcome.ttft.p99),
             outcome.errors,
-            outcome.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            outcome
+                .first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
         );
     }
     Ok(ScenarioResult { spec, outcomes })
@@ -864,7 +1029,13 @@ fn run_scenario(env: &Env<'_>, spec: &Spec, gateways: &[Gateway]) -> anyhow::Res
 
 /// Runs `spec` against `target`; with `rss = Some(pid)` samples that
 /// process's RSS (`Some(None)`: this process) during the run.
-fn run_load(env: &Env<'_>, spec: &Spec, target: Target, via: String, rss: Option<Option<u32>>) -> anyhow::Result<Outcome> {
+fn run_load(
+    env: &Env<'_>,
+    spec: &Spec,
+    target: Target,
+    via: String,
+    rss: Option<Option<u32>>,
+) -> anyhow::Result<Outcome> {
     let warmup = Duration::from_secs_f64(env.args.warmup);
     let window = Duration::from_secs_f64(spec.duration);
     let concurrency = spec.concurrency.max(1);
@@ -873,7 +1044,13 @@ fn run_load(env: &Env<'_>, spec: &Spec, target: Target, via: String, rss: Option
     let rss_idle = rss.and_then(|pid| proc_status_kib(pid, "VmRSS:"));
     let outcome = env.client.block_on(async move {
         let begin = Instant::now();
-        let plan = Arc::new(Plan { target, body, streaming, measure_from: begin + warmup, end: begin + warmup + window });
+        let plan = Arc::new(Plan {
+            target,
+            body,
+            streaming,
+            measure_from: begin + warmup,
+            end: begin + warmup + window,
+        });
         let sampling = Arc::new(AtomicBool::new(true));
         let sampler = rss.map(|pid| {
             let sampling = sampling.clone();
@@ -886,7 +1063,9 @@ fn run_load(env: &Env<'_>, spec: &Spec, target: Target, via: String, rss: Option
                 peak
             })
         });
-        let workers: Vec<_> = (0..concurrency).map(|_| tokio::spawn(worker(plan.clone()))).collect();
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| tokio::spawn(worker(plan.clone())))
+            .collect();
         let mut merged = WorkerOut::default();
         for handle in workers {
             match tokio::time::timeout_at((plan.end + DRAIN).into(), handle).await {
@@ -901,7 +1080,9 @@ fn run_load(env: &Env<'_>, spec: &Spec, target: Target, via: String, rss: Option
                 }
                 Ok(Err(_)) | Err(_) => {
                     merged.errors += 1;
-                    merged.first_error.get_or_insert_with(|| "a worker hung past the drain deadline".into());
+                    merged
+                        .first_error
+                        .get_or_insert_with(|| "a worker hung past the drain deadline".into());
                 }
             }
         }
@@ -913,9 +1094,16 @@ fn run_load(env: &Env<'_>, spec: &Spec, target: Target, via: String, rss: Option
         (plan, merged, rss_peak)
     });
     let (plan, merged, rss_peak) = outcome;
-    let in_window: Vec<&Sample> =
-        merged.samples.iter().filter(|s| s.end >= plan.measure_from && s.end <= plan.end).collect();
-    let started_in_window: Vec<&Sample> = merged.samples.iter().filter(|s| s.start >= plan.measure_from).collect();
+    let in_window: Vec<&Sample> = merged
+        .samples
+        .iter()
+        .filter(|s| s.end >= plan.measure_from && s.end <= plan.end)
+        .collect();
+    let started_in_window: Vec<&Sample> = merged
+        .samples
+        .iter()
+        .filter(|s| s.start >= plan.measure_from)
+        .collect();
     let secs = window.as_secs_f64();
     let events: u64 = in_window.iter().map(|s| u64::from(s.events)).sum();
     Ok(Outcome {
@@ -955,14 +1143,22 @@ fn print_results(results: &[ScenarioResult]) {
     println!();
     println!("## Results (load average now: {})", loadavg());
     println!();
-    println!("| scenario | via | conn | done in window | rate /s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | SSE events /s | errors | reconnects | billed | RSS idle / peak / HWM MiB |");
+    println!(
+        "| scenario | via | conn | done in window | rate /s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | SSE events /s | errors | reconnects | billed | RSS idle / peak / HWM MiB |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for result in results {
         for o in &result.outcomes {
             let rss = if o.rss_of.is_empty() {
                 "".to_owned()
             } else {
-                format!("{} / {} / {} ({})", mib(o.rss_idle), mib(o.rss_peak), mib(o.hwm), o.rss_of)
+                format!(
+                    "{} / {} / {} ({})",
+                    mib(o.rss_idle),
+                    mib(o.rss_peak),
+                    mib(o.hwm),
+                    o.rss_of
+                )
             };
             let stream = result.spec.streaming;
             println!(
@@ -974,9 +1170,21 @@ fn print_results(results: &[ScenarioResult]) {
                 o.rate,
                 ms(o.latency.p50),
                 ms(o.latency.p99),
-                if stream { format!("{:.3}", ms(o.ttft.p50)) } else { "".into() },
-                if stream { format!("{:.3}", ms(o.ttft.p99)) } else { "".into() },
-                if stream { format!("{:.0}", o.events_rate) } else { "".into() },
+                if stream {
+                    format!("{:.3}", ms(o.ttft.p50))
+                } else {
+                    "".into()
+                },
+                if stream {
+                    format!("{:.3}", ms(o.ttft.p99))
+                } else {
+                    "".into()
+                },
+                if stream {
+                    format!("{:.0}", o.events_rate)
+                } else {
+                    "".into()
+                },
                 o.errors,
                 o.reconnects,
                 o.billed,
@@ -988,7 +1196,9 @@ fn print_results(results: &[ScenarioResult]) {
     println!("## Against the direct floor of the same run");
     println!();
     for result in results {
-        let Some(direct) = result.outcomes.first() else { continue };
+        let Some(direct) = result.outcomes.first() else {
+            continue;
+        };
         for o in result.outcomes.iter().skip(1) {
             let added = |a: Duration, b: Duration| (ms(a) - ms(b)) * 1e3;
             if result.spec.streaming {

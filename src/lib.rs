@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod inflight;
+pub mod metrics;
 pub mod server;
 pub mod services;
 pub mod state;

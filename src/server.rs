@@ -48,17 +48,24 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Gives every request an id, echoes it as `x-request-id`, and logs failures once.
+/// Gives every request an id, echoes it as `x-request-id`, counts it by
+/// route template, and logs failures once.
 async fn request_context(mut request: Request, next: Next) -> Response {
     let id = RequestId(new_request_id().into());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
     request.extensions_mut().insert(id.clone());
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&id.0) {
         response.headers_mut().insert("x-request-id", value);
     }
     let status = response.status();
+    metrics::counter!("tokun_http_requests_total", "route" => route, "status" => status.as_str().to_owned()).increment(1);
     if status.is_server_error() || status.is_client_error() {
         let kind = response
             .extensions()
@@ -89,6 +96,8 @@ pub struct RunningServer {
     task: JoinHandle<std::io::Result<()>>,
     streams: StreamSupervisorHandle,
     services: Services,
+    /// The metrics upkeep task; aborted at shutdown.
+    upkeep: Option<JoinHandle<()>>,
     first_start: FirstStart,
     grace: std::time::Duration,
 }
@@ -106,6 +115,16 @@ impl RunningServer {
             // Nagle's algorithm meeting delayed ACKs costs ~40 ms per small write.
             let _ = tcp.set_nodelay(true);
         });
+        let upkeep = state.metrics().cloned().map(|handle| {
+            // Folds histogram samples in between scrapes so they never pile up.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::metrics::UPKEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    handle.run_upkeep();
+                }
+            })
+        });
         let app = app(state);
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -120,6 +139,7 @@ impl RunningServer {
             task,
             streams,
             services,
+            upkeep,
             first_start,
             grace,
         })
@@ -154,6 +174,9 @@ impl RunningServer {
         }
         // Every stream has settled; flush the ledger and stop its writer.
         self.services.stop().await;
+        if let Some(upkeep) = self.upkeep.take() {
+            upkeep.abort();
+        }
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ struct Inner {
     keys: KeyCache,
     inflight: InFlight,
     idempotency: Idempotency,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// A configured model with its routes resolved to adapters.
@@ -74,6 +75,7 @@ impl AppState {
             keys: KeyCache::default(),
             inflight: InFlight::default(),
             idempotency: Idempotency::default(),
+            metrics: crate::metrics::install(),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -106,6 +108,10 @@ impl AppState {
 
     pub fn idempotency(&self) -> &Idempotency {
         &self.inner.idempotency
+    }
+
+    pub fn metrics(&self) -> Option<&metrics_exporter_prometheus::PrometheusHandle> {
+        self.inner.metrics.as_ref()
     }
 
     pub fn billing_enabled(&self) -> bool {

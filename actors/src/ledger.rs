@@ -33,6 +33,16 @@ pub enum LedgerMsg {
     },
 }
 
+impl crate::instrument::ActorKind for LedgerActor {
+    const KIND: &'static str = "ledger";
+}
+
+impl crate::instrument::MessageKind for LedgerMsg {
+    fn kind(&self) -> &'static str {
+        "append"
+    }
+}
+
 pub struct LedgerState {
     writer: Option<WriterHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -109,6 +119,7 @@ pub enum LedgerStartError {
 #[derive(Clone)]
 pub struct LedgerHandle {
     actor: ActorRef<LedgerMsg>,
+    actor_stats: Arc<crate::instrument::ActorStats>,
     store: Store,
     healthy: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
@@ -127,9 +138,11 @@ impl LedgerHandle {
             thread,
             healthy: healthy.clone(),
         };
-        let (actor, _join) = Actor::spawn(None, LedgerActor, args).await?;
+        let (actor, actor_stats) =
+            crate::instrument::Metered::spawn(LedgerActor, args, None).await?;
         Ok(LedgerHandle {
             actor,
+            actor_stats,
             store,
             healthy,
             stats,
@@ -169,6 +182,7 @@ impl LedgerHandle {
             ops,
             done: Some(Box::new(done)),
         };
+        self.actor_stats.note_sent();
         if let Err(ractor::MessagingErr::SendErr(LedgerMsg::Append {
             done: Some(done), ..
         })) = self.actor.send_message(message)
@@ -179,6 +193,7 @@ impl LedgerHandle {
 
     /// Writes `ops` without anyone waiting (holds, checkpoints, usage records).
     pub fn append_nowait(&self, ops: Vec<WriteOp>) {
+        self.actor_stats.note_sent();
         let _ = self
             .actor
             .send_message(LedgerMsg::Append { ops, done: None });

@@ -5,6 +5,7 @@
 //! and to disk only through `tokun-storage`.
 
 pub mod account;
+pub mod instrument;
 pub mod ledger;
 pub mod meter;
 pub mod relay;

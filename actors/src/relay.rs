@@ -78,8 +78,12 @@ pub enum StreamFailure {
 /// change the HTTP status.
 #[derive(Debug)]
 pub enum RelayEvent {
-    /// Which provider serves the request; sent once, before its first chunk or completion.
-    Routed(Arc<str>),
+    /// Which provider serves the request, and how long the upstream part took
+    /// (until its first chunk, or its whole answer); sent once, first.
+    Routed {
+        provider: Arc<str>,
+        upstream: Duration,
+    },
     Chunk(ChatCompletionChunk),
     Completion(Box<ChatCompletion>, Settlement),
     Rejected(RequestError),

@@ -37,6 +37,8 @@ pub struct StreamArgs {
     pub cancel: Arc<Notify>,
     pub meter: Meter,
     pub stats: Arc<StreamStats>,
+    /// `http` or `ws`, a metric label.
+    pub transport: &'static str,
 }
 
 pub enum StreamMsg {
@@ -48,6 +50,19 @@ pub enum StreamMsg {
 }
 
 pub struct StreamActor;
+
+impl crate::instrument::ActorKind for StreamActor {
+    const KIND: &'static str = "stream";
+}
+
+impl crate::instrument::MessageKind for StreamMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            StreamMsg::Start => "start",
+            StreamMsg::Pump => "pump",
+        }
+    }
+}
 
 pub struct StreamState {
     args: StreamArgs,
@@ -67,6 +82,7 @@ pub struct StreamState {
     /// Content chunks relayed: the running token count that drives hold extensions.
     relayed_tokens: u64,
     last_checkpoint: Instant,
+    last_chunk_at: Option<Instant>,
 }
 
 /// How often a long stream records its usage for crash recovery.
@@ -93,6 +109,7 @@ impl Actor for StreamActor {
         args: StreamArgs,
     ) -> Result<StreamState, ActorProcessingErr> {
         args.stats.started();
+        metrics::gauge!("tokun_streams_active", "transport" => args.transport).increment(1.0);
         let total = args
             .routes
             .first()
@@ -114,6 +131,7 @@ impl Actor for StreamActor {
             first_token_at: None,
             relayed_tokens: 0,
             last_checkpoint: Instant::now(),
+            last_chunk_at: None,
         })
     }
 
@@ -127,6 +145,7 @@ impl Actor for StreamActor {
             state.finish(End::Cancelled).await;
         }
         state.args.stats.stopped();
+        metrics::gauge!("tokun_streams_active", "transport" => state.args.transport).decrement(1.0);
         Ok(())
     }
 
@@ -164,6 +183,7 @@ impl StreamState {
         for route in self.args.routes.iter() {
             let mut request = self.args.request.clone();
             request.model = route.upstream_model.to_string();
+            let attempt_started = Instant::now();
             let attempt = timeout(route.timeouts.first_byte, first_chunk(route, &request));
             let outcome = tokio::select! {
                 outcome = attempt => outcome,
@@ -173,11 +193,11 @@ impl StreamState {
                 Ok(Ok((stream, first))) => {
                     self.route = Some(route.clone());
                     self.upstream = Some(stream);
-                    if self
-                        .send(RelayEvent::Routed(route.provider.clone()))
-                        .await
-                        .is_err()
-                    {
+                    let routed = RelayEvent::Routed {
+                        provider: route.provider.clone(),
+                        upstream: attempt_started.elapsed(),
+                    };
+                    if self.send(routed).await.is_err() {
                         return Some(Err(End::ClientGone));
                     }
                     return Some(self.accept(first).await);
@@ -188,7 +208,7 @@ impl StreamState {
                 },
             };
             let retry = error.retryable();
-            tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed before the first chunk");
+            note_upstream_error(route, &error, retry);
             last_error = Some(error);
             if !retry {
                 break;
@@ -257,7 +277,12 @@ impl StreamState {
             .await
             .map_err(|()| End::ClientGone)?;
         if tokens > 0 {
-            self.first_token_at.get_or_insert_with(Instant::now);
+            let now = Instant::now();
+            if let Some(last) = self.last_chunk_at.replace(now) {
+                metrics::histogram!("tokun_inter_token_seconds")
+                    .record(now.duration_since(last).as_secs_f64());
+            }
+            self.first_token_at.get_or_insert(now);
             self.relayed_tokens += tokens;
             self.keep_budget().await?;
         }
@@ -322,6 +347,7 @@ impl StreamState {
         for route in self.args.routes.iter() {
             let mut request = self.args.request.clone();
             request.model = route.upstream_model.to_string();
+            let attempt_started = Instant::now();
             let call = timeout(route.timeouts.total, route.adapter.complete(&request));
             let outcome = tokio::select! {
                 outcome = call => outcome,
@@ -334,7 +360,11 @@ impl StreamState {
             match outcome {
                 Ok(Ok(completion)) => {
                     self.route = Some(route.clone());
-                    let _ = self.send(RelayEvent::Routed(route.provider.clone())).await;
+                    let routed = RelayEvent::Routed {
+                        provider: route.provider.clone(),
+                        upstream: attempt_started.elapsed(),
+                    };
+                    let _ = self.send(routed).await;
                     return self.deliver(completion).await;
                 }
                 Ok(Err(error)) => {
@@ -418,7 +448,14 @@ impl StreamState {
                 .first_token_at
                 .map(|t| t.duration_since(self.started).as_millis() as u64),
         };
-        self.args.meter.settle(record).await
+        let settlement = self.args.meter.settle(record).await?;
+        let model = self.args.model.to_string();
+        metrics::counter!("tokun_tokens_total", "model" => model.clone(), "direction" => "prompt")
+            .increment(settlement.usage.prompt_tokens);
+        metrics::counter!("tokun_tokens_total", "model" => model.clone(), "direction" => "completion").increment(settlement.usage.completion_tokens);
+        metrics::counter!("tokun_cost_nanos_total", "model" => model)
+            .increment(u64::try_from(settlement.cost_nanos).unwrap_or(0));
+        Ok(settlement)
     }
 
     fn closing_chunk(&self, reason: &str) -> ChatCompletionChunk {
@@ -441,6 +478,16 @@ impl StreamState {
     /// Sends towards the client, waiting while its buffer is full.
     async fn send(&mut self, event: RelayEvent) -> Result<(), ()> {
         self.args.out.send(event).await.map_err(|_| ())
+    }
+}
+
+/// Logs and counts a failed route; a retryable failure moves to the next route.
+fn note_upstream_error(route: &Route, error: &ProviderError, retry: bool) {
+    tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed before the first chunk");
+    metrics::counter!("tokun_upstream_errors_total", "provider" => route.provider.to_string(), "kind" => error.kind()).increment(1);
+    if retry {
+        metrics::counter!("tokun_failovers_total", "provider" => route.provider.to_string())
+            .increment(1);
     }
 }
 

@@ -18,6 +18,16 @@ pub struct StreamSupervisor;
 
 pub enum StreamSupervisorMsg {}
 
+impl crate::instrument::ActorKind for StreamSupervisor {
+    const KIND: &'static str = "stream_supervisor";
+}
+
+impl crate::instrument::MessageKind for StreamSupervisorMsg {
+    fn kind(&self) -> &'static str {
+        match *self {}
+    }
+}
+
 pub struct StreamSupervisorState {
     stats: Arc<StreamStats>,
 }
@@ -60,7 +70,8 @@ pub struct StreamSupervisorHandle {
 impl StreamSupervisorHandle {
     pub async fn start() -> Result<Self, ractor::SpawnErr> {
         let stats = Arc::new(StreamStats::default());
-        let (actor, _join) = Actor::spawn(None, StreamSupervisor, stats.clone()).await?;
+        let (actor, _) =
+            crate::instrument::Metered::spawn(StreamSupervisor, stats.clone(), None).await?;
         Ok(Self {
             cell: actor.get_cell(),
             stats,
@@ -74,7 +85,7 @@ impl StreamSupervisorHandle {
     /// Starts a stream actor for one request, supervised by this supervisor.
     pub async fn spawn(&self, mut args: StreamArgs) -> Result<(), ractor::SpawnErr> {
         args.stats = self.stats.clone();
-        Actor::spawn_linked(None, StreamActor, args, self.cell.clone()).await?;
+        crate::instrument::Metered::spawn(StreamActor, args, Some(self.cell.clone())).await?;
         Ok(())
     }
 

@@ -2,7 +2,9 @@
 //! and counting tokens. Knows nothing of actors, accounts, storage or the HTTP
 //! server; everything it returns is in OpenAI's shapes (see [`types`]).
 
+pub mod anthropic;
 pub mod echo;
+pub mod embeddings;
 pub mod error;
 pub mod http;
 pub mod openai;
@@ -13,6 +15,8 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 
+pub use anthropic::AnthropicAdapter;
+pub use embeddings::{EmbeddingInput, EmbeddingRequest, EmbeddingResponse};
 pub use error::{ErrorSource, ProviderError, TimeoutPhase};
 pub use types::{ChatCompletion, ChatCompletionChunk, ChatRequest, Usage};
 
@@ -27,6 +31,7 @@ pub type ChunkStream =
 #[derive(Debug, Clone)]
 pub enum Adapter {
     OpenAi(openai::OpenAiAdapter),
+    Anthropic(anthropic::AnthropicAdapter),
     Echo(echo::EchoAdapter),
 }
 
@@ -35,6 +40,7 @@ impl Adapter {
     pub async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         match self {
             Adapter::OpenAi(adapter) => adapter.complete(request).await,
+            Adapter::Anthropic(adapter) => adapter.complete(request).await,
             Adapter::Echo(adapter) => adapter.complete(request).await,
         }
     }
@@ -44,7 +50,24 @@ impl Adapter {
     pub async fn stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         match self {
             Adapter::OpenAi(adapter) => adapter.stream(request).await,
+            Adapter::Anthropic(adapter) => adapter.stream(request).await,
             Adapter::Echo(adapter) => adapter.stream(request).await,
+        }
+    }
+
+    /// Embeddings for `request.input`; `request.model` is already the upstream's
+    /// model name. Usage is always filled: from the upstream when it reports
+    /// it, else counted with o200k. Anthropic has no embeddings endpoint.
+    pub async fn embed(
+        &self,
+        request: &EmbeddingRequest,
+    ) -> Result<EmbeddingResponse, ProviderError> {
+        match self {
+            Adapter::OpenAi(adapter) => adapter.embed(request).await,
+            Adapter::Anthropic(_) => Err(ProviderError::Request {
+                detail: "anthropic has no embeddings endpoint".to_owned(),
+            }),
+            Adapter::Echo(_) => embeddings::echo(request),
         }
     }
 
@@ -52,6 +75,7 @@ impl Adapter {
     pub fn kind(&self) -> &'static str {
         match self {
             Adapter::OpenAi(_) => "openai",
+            Adapter::Anthropic(_) => "anthropic",
             Adapter::Echo(_) => "echo",
         }
     }

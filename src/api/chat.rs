@@ -2,6 +2,8 @@
 //! actor, and answer with the first event it sends — an error status, a JSON
 //! completion, or an SSE stream that relays the rest.
 
+use std::time::{Duration, Instant};
+
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
@@ -34,20 +36,54 @@ pub async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers)?;
-    let bytes = read_json_body(&headers, body, state.config().server.max_body_bytes).await?;
+    let started = Instant::now();
+    let mut labels = Labels::default();
+    let result = serve(&state, request_id, &headers, body, started, &mut labels).await;
+    let status = match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(error) => error.status().as_u16(),
+    };
+    metrics::counter!(
+        "tokun_requests_total",
+        "model" => labels.model.unwrap_or("unknown").to_string(),
+        "provider" => labels.provider.as_deref().unwrap_or("none").to_string(),
+        "status" => status.to_string(),
+        "transport" => "http",
+    )
+    .increment(1);
+    result
+}
+
+/// Bounded labels of one request: a configured model id, the serving provider.
+#[derive(Default)]
+struct Labels<'a> {
+    model: Option<&'a str>,
+    provider: Option<std::sync::Arc<str>>,
+}
+
+async fn serve<'a>(
+    state: &'a AppState,
+    request_id: RequestId,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+    labels: &mut Labels<'a>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(state, headers)?;
+    let bytes = read_json_body(headers, body, state.config().server.max_body_bytes).await?;
     let request: ChatRequest = parse_json(&bytes)?;
-    check_request(&state, caller.as_ref(), &request)?;
-    let ticket = match idempotency_key(&headers)? {
-        Some(key) => match (&caller, state.idempotency().claim(account_of(&caller), key)) {
-            (_, Claim::Proceed(ticket)) => Some(ticket),
-            (_, Claim::InFlight) => {
+    labels.model = state.model(&request.model).map(|m| m.config.id.as_str());
+    check_request(state, caller.as_ref(), &request)?;
+    let ticket = match idempotency_key(headers)? {
+        Some(key) => match state.idempotency().claim(account_of(&caller), key) {
+            Claim::Proceed(ticket) => Some(ticket),
+            Claim::InFlight => {
                 return Err(ApiError::Conflict {
                     message: "A request with this Idempotency-Key is still running.".into(),
                 });
             }
-            (_, Claim::Replay(stored)) => return Ok(replay(stored)),
-            (_, Claim::AlreadyStreamed) => {
+            Claim::Replay(stored) => return Ok(replay(stored)),
+            Claim::AlreadyStreamed => {
                 return Err(ApiError::Conflict {
                     message: "A streamed request with this Idempotency-Key already completed; streams are not replayed.".into(),
                 });
@@ -56,7 +92,7 @@ pub async fn completions(
         None => None,
     };
     let launched = launch(
-        &state,
+        state,
         caller.as_ref(),
         request_id.0.clone(),
         request,
@@ -69,30 +105,49 @@ pub async fn completions(
         streaming,
         wants_usage,
     } = launched;
-    let mut route = None;
+    let mut upstream = Duration::ZERO;
     loop {
         match events.recv().await {
-            Some(RelayEvent::Routed(provider)) => route = Some(provider),
+            Some(RelayEvent::Routed {
+                provider,
+                upstream: took,
+            }) => {
+                labels.provider = Some(provider);
+                upstream = took;
+            }
             Some(RelayEvent::Rejected(error)) => return Err(error.into()),
             Some(RelayEvent::Completion(completion, settlement)) => {
-                let response = json_response(&completion, &settlement, route.as_deref());
+                let response = json_response(&completion, &settlement, labels.provider.as_deref());
+                // Overhead includes the settlement's durable flush, which ends every response.
+                record_overhead(started, upstream, false);
                 return Ok(remember(ticket, response).await);
             }
             Some(first) if streaming => {
                 if let Some(ticket) = ticket {
                     ticket.finish(None);
                 }
+                let ttft = started.elapsed();
+                metrics::histogram!("tokun_time_to_first_token_seconds", "transport" => "http")
+                    .record(ttft.as_secs_f64());
+                record_overhead(started, upstream, true);
                 return Ok(sse_response(
                     first,
                     events,
                     wants_usage,
-                    route.as_deref(),
+                    labels.provider.as_deref(),
                     guard,
                 ));
             }
             Some(_) | None => return Err(ApiError::Internal),
         }
     }
+}
+
+fn record_overhead(started: Instant, upstream: Duration, streaming: bool) {
+    let overhead = started.elapsed().saturating_sub(upstream);
+    let kind = if streaming { "first_chunk" } else { "response" };
+    metrics::histogram!("tokun_gateway_overhead_seconds", "until" => kind)
+        .record(overhead.as_secs_f64());
 }
 
 /// The caller, when billing is on (or a key was sent anyway).

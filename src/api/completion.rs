@@ -92,6 +92,7 @@ pub async fn launch(
         cancel,
         meter: meter.clone(),
         stats: state.streams().stats().clone(),
+        transport,
     };
     if state.streams().spawn(args).await.is_err() {
         meter.release().await;

@@ -8,6 +8,7 @@ mod chat;
 pub mod completion;
 mod health;
 mod models;
+mod ops;
 pub mod sse;
 
 use axum::Router;
@@ -46,6 +47,9 @@ pub fn router() -> Router<AppState> {
             "/admin/ledger/verify",
             get(admin::verify_ledger).post(admin::verify_ledger),
         )
+        .route("/admin/actors", get(ops::actors))
+        .route("/admin/providers", get(ops::providers))
+        .route("/metrics", get(ops::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
 }

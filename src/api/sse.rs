@@ -71,7 +71,7 @@ impl SseEncoder {
     /// Appends the bytes for `event`; returns true when the stream is complete.
     pub fn encode(&mut self, event: RelayEvent, out: &mut BytesMut) -> bool {
         match event {
-            RelayEvent::Routed(_) => false,
+            RelayEvent::Routed { .. } => false,
             RelayEvent::Chunk(chunk) => {
                 self.remember(&chunk);
                 let usage = self.wants_usage.then_some(None);

@@ -8,6 +8,7 @@ mod secret;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub billing: BillingConfig,
     pub ledger: LedgerConfig,
+    pub websocket: WebSocketConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +81,8 @@ pub struct ProviderConfig {
     pub timeouts: Timeouts,
     pub echo_delay: Duration,
     pub echo_reply_tokens: u32,
+    /// `ws://` or `wss://` URL of the upstream's OpenAI Realtime endpoint.
+    pub realtime_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +111,19 @@ pub struct BillingConfig {
 pub struct LedgerConfig {
     pub max_batch: usize,
     pub max_batch_delay: Duration,
+}
+
+/// Per-socket limits of `/v1/ws` and `/v1/realtime`.
+#[derive(Debug, Clone)]
+pub struct WebSocketConfig {
+    pub max_completions: NonZeroU32,
+    pub max_frame_bytes: usize,
+    pub max_messages_per_sec: NonZeroU32,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// How long one write to a client may stay blocked before the socket is dropped.
+    pub stall_timeout: Duration,
+    pub ticket_ttl: Duration,
 }
 
 impl Config {
@@ -184,6 +201,7 @@ impl Config {
                     raw.ledger.max_batch_delay_us.unwrap_or(500),
                 ),
             },
+            websocket: websocket_config(raw.websocket)?,
         })
     }
 
@@ -257,6 +275,13 @@ fn provider_config(
         (_, url) => url.unwrap_or_default(),
     };
     let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
+    let ws_url = |url: &String| url.starts_with("ws://") || url.starts_with("wss://");
+    if !p.realtime_url.as_ref().is_none_or(ws_url) {
+        return Err(invalid(
+            field("realtime_url"),
+            "must start with ws:// or wss://",
+        ));
+    }
     Ok(ProviderConfig {
         name: p.name,
         kind,
@@ -270,6 +295,7 @@ fn provider_config(
         },
         echo_delay: ms(p.delay_ms, 0),
         echo_reply_tokens: p.reply_tokens.unwrap_or(16),
+        realtime_url: p.realtime_url,
     })
 }
 
@@ -322,6 +348,34 @@ fn billing_config(raw: raw::RawBilling) -> Result<BillingConfig, ConfigError> {
     })
 }
 
+fn websocket_config(raw: raw::RawWebSocket) -> Result<WebSocketConfig, ConfigError> {
+    let positive = |field: &str, v: Option<u32>, default: u32| {
+        NonZeroU32::new(v.unwrap_or(default))
+            .ok_or_else(|| invalid(format!("websocket.{field}"), "must be at least 1"))
+    };
+    let ms = |field: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
+        0 => Err(invalid(format!("websocket.{field}"), "must be at least 1")),
+        ms => Ok(Duration::from_millis(ms)),
+    };
+    let max_frame_bytes = raw.max_frame_bytes.unwrap_or(1024 * 1024);
+    if max_frame_bytes < 1024 {
+        return Err(invalid("websocket.max_frame_bytes", "must be at least 1024"));
+    }
+    Ok(WebSocketConfig {
+        max_completions: positive("max_completions", raw.max_completions, 100)?,
+        max_frame_bytes: usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
+        max_messages_per_sec: positive("max_messages_per_sec", raw.max_messages_per_sec, 100)?,
+        ping_interval: ms("ping_interval_ms", raw.ping_interval_ms, 20_000)?,
+        pong_timeout: ms("pong_timeout_ms", raw.pong_timeout_ms, 20_000)?,
+        stall_timeout: ms("stall_timeout_ms", raw.stall_timeout_ms, 30_000)?,
+        ticket_ttl: ms(
+            "ticket_ttl_secs",
+            raw.ticket_ttl_secs.map(|s| s.saturating_mul(1000)),
+            60_000,
+        )?,
+    })
+}
+
 fn check_references(
     providers: &[ProviderConfig],
     models: &[ModelConfig],
@@ -365,6 +419,7 @@ fn default_providers() -> Vec<ProviderConfig> {
         timeouts: Timeouts::default(),
         echo_delay: Duration::from_millis(delay_ms),
         echo_reply_tokens: 16,
+        realtime_url: None,
     };
     vec![echo("echo", 0), echo("echo-slow", 20)]
 }

@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub billing: RawBilling,
     #[serde(default)]
     pub ledger: RawLedger,
+    #[serde(default)]
+    pub websocket: RawWebSocket,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +58,8 @@ pub struct RawProvider {
     pub delay_ms: Option<u64>,
     /// echo only: tokens in a reply when the request sets no `max_tokens`.
     pub reply_tokens: Option<u32>,
+    /// The upstream's OpenAI Realtime WebSocket URL (`ws://` or `wss://`).
+    pub realtime_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,4 +100,16 @@ pub struct RawBilling {
 pub struct RawLedger {
     pub max_batch: Option<u32>,
     pub max_batch_delay_us: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocket {
+    pub max_completions: Option<u32>,
+    pub max_frame_bytes: Option<u64>,
+    pub max_messages_per_sec: Option<u32>,
+    pub ping_interval_ms: Option<u64>,
+    pub pong_timeout_ms: Option<u64>,
+    pub stall_timeout_ms: Option<u64>,
+    pub ticket_ttl_secs: Option<u64>,
 }

@@ -59,6 +59,14 @@ fn the_example_file_is_valid_and_documents_every_key() {
         "hold_increment_tokens",
         "max_batch",
         "max_batch_delay_us",
+        "realtime_url",
+        "max_completions",
+        "max_frame_bytes",
+        "max_messages_per_sec",
+        "ping_interval_ms",
+        "pong_timeout_ms",
+        "stall_timeout_ms",
+        "ticket_ttl_secs",
     ] {
         assert!(
             text.contains(&format!("{key} =")) || text.contains(&format!("{key} = ")),
@@ -120,4 +128,22 @@ fn secrets_come_from_the_environment_and_never_print() {
         error.contains("providers[0].api_key") && error.contains("MISSING_KEY"),
         "{error}"
     );
+}
+
+#[test]
+fn websocket_limits_and_realtime_urls_are_checked() {
+    let config = Config::default();
+    assert_eq!(config.websocket.max_completions.get(), 100);
+    assert_eq!(config.websocket.ticket_ttl, Duration::from_secs(60));
+    let error = parse("[websocket]\nmax_completions = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("websocket.max_completions"), "{error}");
+    let error = parse("[websocket]\nping_interval_ms = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("websocket.ping_interval_ms"), "{error}");
+    let text = "[[providers]]\nname = \"o\"\nkind = \"openai\"\nrealtime_url = \"https://x\"\n";
+    let error = parse(text).unwrap_err().to_string();
+    assert!(error.starts_with("providers[0].realtime_url"), "{error}");
 }

@@ -45,6 +45,9 @@ pub enum StorageError {
         key: KeyId,
         reason: &'static str,
     },
+    /// A writer is already running on this store.
+    #[error("a ledger writer is already running on this store")]
+    WriterRunning,
     /// The writer thread has stopped (closed, or every handle dropped).
     #[error("the ledger writer is closed")]
     WriterClosed,
@@ -57,6 +60,19 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// A submission refused by a rule (ledger, email or key): nothing was
+    /// written, and the writer is fine. Every other error is a storage
+    /// failure or a stopped writer.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Rejected { .. }
+                | StorageError::UnknownAccount { .. }
+                | StorageError::EmailTaken { .. }
+                | StorageError::KeyConflict { .. }
+        )
+    }
+
     pub(crate) fn sled(op: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
         move |source| StorageError::Sled {
             op,

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use sled::Tree;
 
@@ -25,6 +26,8 @@ pub struct Store {
     pub(crate) trees: Trees,
     /// Shared so every clone hands out ids from the same reserved ranges.
     ids: Arc<IdAllocator>,
+    /// Set while a `LedgerWriter` runs: two writers would hand out the same seqs.
+    pub(crate) writer_claimed: Arc<AtomicBool>,
 }
 
 /// How the store is opened.
@@ -116,6 +119,7 @@ impl Store {
             db,
             trees,
             ids: Arc::new(ids),
+            writer_claimed: Arc::default(),
         })
     }
 

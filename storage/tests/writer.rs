@@ -269,3 +269,16 @@ fn acks_of_a_dropped_writer_fire_writer_closed() {
     );
     assert_eq!(*fired.lock().unwrap(), Some(true));
 }
+
+#[test]
+fn a_store_has_one_writer_at_a_time() {
+    let store = Store::temporary().unwrap();
+    let (writer, join) = LedgerWriter::start(store.clone(), WriterConfig::default()).unwrap();
+    let second = LedgerWriter::start(store.clone(), WriterConfig::default());
+    assert!(matches!(second, Err(StorageError::WriterRunning)));
+    writer.close();
+    join.join().unwrap();
+    let (again, join) = LedgerWriter::start(store, WriterConfig::default()).unwrap();
+    drop(again);
+    join.join().unwrap();
+}

@@ -99,6 +99,27 @@ pub enum AccountMsg {
     IdleCheck,
 }
 
+impl crate::instrument::ActorKind for AccountActor {
+    const KIND: &'static str = "account";
+}
+
+impl crate::instrument::MessageKind for AccountMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            AccountMsg::Reserve(..) => "reserve",
+            AccountMsg::Extend(..) => "extend",
+            AccountMsg::Settle { .. } => "settle",
+            AccountMsg::Release(_) => "release",
+            AccountMsg::Recover { .. } => "recover",
+            AccountMsg::Checkpoint { .. } => "checkpoint",
+            AccountMsg::Transfer { .. } => "transfer",
+            AccountMsg::SetDisabled(..) => "set_disabled",
+            AccountMsg::View(_) => "view",
+            AccountMsg::IdleCheck => "idle_check",
+        }
+    }
+}
+
 pub struct AccountState {
     record: AccountRecord,
     book: AccountBook,
@@ -183,6 +204,7 @@ impl Actor for AccountActor {
             } => state.settle(hold, billed, usage, reply, now),
             AccountMsg::Release(hold) => {
                 if let Ok(entry) = state.book.release(hold, now) {
+                    metrics::gauge!("tokun_holds_open").decrement(1.0);
                     state.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
                 }
             }
@@ -257,6 +279,7 @@ impl AccountState {
             .map_err(|_| AccountError::LedgerUnavailable)?;
         let (reservation, entry) = self.book.reserve(hold, request, now)?;
         self.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
+        metrics::gauge!("tokun_holds_open").increment(1.0);
         Ok(reservation)
     }
 

@@ -18,6 +18,8 @@ use tokun_storage::ledger::EntryKind;
 use tokun_storage::{AccountId, HoldId};
 use tokun_storage::{AccountRecord, UsageRecord};
 
+use crate::instrument::{ActorKind, ActorStats, MessageKind, Metered};
+
 use super::{
     AccountActor, AccountArgs, AccountError, AccountMsg, AccountView, Billed, Reservation,
     ReserveRequest, Settled,
@@ -27,19 +29,28 @@ use crate::ledger::LedgerHandle;
 /// How long a caller waits for an account actor's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-type LiveMap = Arc<Mutex<HashMap<AccountId, ActorRef<AccountMsg>>>>;
+/// A live account actor and its counters (senders note each message they queue).
+type Live = (ActorRef<AccountMsg>, Arc<ActorStats>);
+type LiveMap = Arc<Mutex<HashMap<AccountId, Live>>>;
 
-fn lock(map: &LiveMap) -> MutexGuard<'_, HashMap<AccountId, ActorRef<AccountMsg>>> {
+fn lock(map: &LiveMap) -> MutexGuard<'_, HashMap<AccountId, Live>> {
     map.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub struct AccountSupervisor;
 
 pub enum AccountSupervisorMsg {
-    Get(
-        AccountId,
-        RpcReplyPort<Result<ActorRef<AccountMsg>, AccountError>>,
-    ),
+    Get(AccountId, RpcReplyPort<Result<Live, AccountError>>),
+}
+
+impl MessageKind for AccountSupervisorMsg {
+    fn kind(&self) -> &'static str {
+        "get"
+    }
+}
+
+impl ActorKind for AccountSupervisor {
+    const KIND: &'static str = "account_supervisor";
 }
 
 pub struct AccountSupervisorArgs {
@@ -80,8 +91,8 @@ impl Actor for AccountSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let AccountSupervisorMsg::Get(account, reply) = message;
-        if let Some(actor) = lock(&state.args.live).get(&account) {
-            let _ = reply.send(Ok(actor.clone()));
+        if let Some(live) = lock(&state.args.live).get(&account) {
+            let _ = reply.send(Ok(live.clone()));
             return Ok(());
         }
         let args = AccountArgs {
@@ -91,11 +102,12 @@ impl Actor for AccountSupervisor {
             idle_after: state.args.idle_after,
             after_crash: state.crashed.remove(&account),
         };
-        let result = match Actor::spawn_linked(None, AccountActor, args, myself.get_cell()).await {
-            Ok((actor, _)) => {
-                lock(&state.args.live).insert(account, actor.clone());
+        let result = match Metered::spawn(AccountActor, args, Some(myself.get_cell())).await {
+            Ok((actor, stats)) => {
+                stats.set_label(account.to_string());
+                lock(&state.args.live).insert(account, (actor.clone(), stats.clone()));
                 state.by_actor.insert(actor.get_id(), account);
-                Ok(actor)
+                Ok((actor, stats))
             }
             Err(_) => Err(AccountError::UnknownAccount),
         };
@@ -121,7 +133,7 @@ impl Actor for AccountSupervisor {
             let mut live = lock(&state.args.live);
             if live
                 .get(&account)
-                .is_some_and(|a| a.get_id() == cell.get_id())
+                .is_some_and(|(a, _)| a.get_id() == cell.get_id())
             {
                 live.remove(&account);
             }
@@ -137,6 +149,7 @@ impl Actor for AccountSupervisor {
 #[derive(Clone)]
 pub struct AccountsHandle {
     supervisor: ActorRef<AccountSupervisorMsg>,
+    supervisor_stats: Arc<ActorStats>,
     live: LiveMap,
 }
 
@@ -153,8 +166,12 @@ impl AccountsHandle {
             idle_after,
             live: live.clone(),
         };
-        let (supervisor, _) = Actor::spawn(None, AccountSupervisor, args).await?;
-        Ok(Self { supervisor, live })
+        let (supervisor, stats) = Metered::spawn(AccountSupervisor, args, None).await?;
+        Ok(Self {
+            supervisor,
+            supervisor_stats: stats,
+            live,
+        })
     }
 
     /// Number of live account actors.
@@ -162,17 +179,24 @@ impl AccountsHandle {
         lock(&self.live).len()
     }
 
+    /// The account's actor, noting one message about to be sent to it.
     async fn actor(&self, account: AccountId) -> Result<ActorRef<AccountMsg>, AccountError> {
-        if let Some(actor) = lock(&self.live).get(&account) {
-            return Ok(actor.clone());
-        }
-        ractor::call_t!(
-            self.supervisor,
-            AccountSupervisorMsg::Get,
-            CALL_TIMEOUT.as_millis() as u64,
-            account
-        )
-        .map_err(|_| AccountError::LedgerUnavailable)?
+        let found = lock(&self.live).get(&account).cloned();
+        let (actor, stats) = match found {
+            Some(live) => live,
+            None => {
+                self.supervisor_stats.note_sent();
+                ractor::call_t!(
+                    self.supervisor,
+                    AccountSupervisorMsg::Get,
+                    CALL_TIMEOUT.as_millis() as u64,
+                    account
+                )
+                .map_err(|_| AccountError::LedgerUnavailable)??
+            }
+        };
+        stats.note_sent();
+        Ok(actor)
     }
 
     /// Sends a message built by `build`; if the actor stopped in between
@@ -224,7 +248,7 @@ impl AccountsHandle {
         let mut live = lock(&self.live);
         if live
             .get(&account)
-            .is_some_and(|a| a.get_id() == actor.get_id())
+            .is_some_and(|(a, _)| a.get_id() == actor.get_id())
         {
             live.remove(&account);
         }

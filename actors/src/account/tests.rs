@@ -4,17 +4,33 @@
 //! temporary sled store, and `verify` must find nothing wrong.
 
 use proptest::prelude::*;
-use tokun_storage::{AccountRecord, Books, EntryKind, HoldId, KeyId, LedgerWriter, Nanos, Price, Store, WriteOp, WriterConfig};
+use tokun_storage::{
+    AccountRecord, Books, EntryKind, HoldId, KeyId, LedgerWriter, Nanos, Price, Store, WriteOp,
+    WriterConfig,
+};
 
 use super::book::{AccountBook, AccountError, ReserveRequest};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Reserve { prompt: u64, max_output: u64, increment: u64, key: bool },
+    Reserve {
+        prompt: u64,
+        max_output: u64,
+        increment: u64,
+        key: bool,
+    },
     Extend(usize),
-    Settle { hold: usize, prompt: u64, completion: u64, estimated: bool },
+    Settle {
+        hold: usize,
+        prompt: u64,
+        completion: u64,
+        estimated: bool,
+    },
     Release(usize),
-    Recover { hold: usize, checkpoint: Option<(u64, u64)> },
+    Recover {
+        hold: usize,
+        checkpoint: Option<(u64, u64)>,
+    },
     Topup(i64),
     Debit(i64),
 }
@@ -36,7 +52,12 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn price() -> Price {
     // $2.50 / $10 per million tokens, cached at $1.25.
-    Price::per_million(Nanos::new(2_500_000_000), Nanos::new(10_000_000_000), Nanos::new(1_250_000_000)).unwrap()
+    Price::per_million(
+        Nanos::new(2_500_000_000),
+        Nanos::new(10_000_000_000),
+        Nanos::new(1_250_000_000),
+    )
+    .unwrap()
 }
 
 proptest! {
@@ -134,7 +155,8 @@ proptest! {
 #[test]
 fn reserve_caps_max_tokens_to_what_the_balance_affords() {
     let mut book = AccountBook::new(tokun_storage::AccountId::new(1), Nanos::ZERO, Books::ZERO);
-    book.transfer(EntryKind::Topup, Nanos::new(1_000_000), "t", 0).unwrap();
+    book.transfer(EntryKind::Topup, Nanos::new(1_000_000), "t", 0)
+        .unwrap();
     let request = ReserveRequest {
         request_id: "r".into(),
         key: None,
@@ -152,8 +174,19 @@ fn reserve_caps_max_tokens_to_what_the_balance_affords() {
     let refused = book.reserve(HoldId::new(2), &request, 2).unwrap_err();
     assert!(matches!(refused, AccountError::Insufficient { .. }));
     // Settling at the exact usage returns the unused part.
-    let (settled, entries) = book.settle(HoldId::new(1), (100, 0, 10), false, EntryKind::Settle, 3).unwrap();
+    let (settled, entries) = book
+        .settle(HoldId::new(1), (100, 0, 10), false, EntryKind::Settle, 3)
+        .unwrap();
     assert_eq!(settled.cost, Nanos::new(350_000));
-    assert_eq!(entries.iter().map(|e| e.kind).collect::<Vec<_>>(), [EntryKind::Settle, EntryKind::Release]);
-    assert_eq!(book.books(), Books { balance: Nanos::new(650_000), held: Nanos::ZERO });
+    assert_eq!(
+        entries.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EntryKind::Settle, EntryKind::Release]
+    );
+    assert_eq!(
+        book.books(),
+        Books {
+            balance: Nanos::new(650_000),
+            held: Nanos::ZERO
+        }
+    );
 }

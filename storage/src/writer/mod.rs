@@ -23,18 +23,21 @@
 
 mod commit;
 mod stage;
+mod stats;
 #[cfg(test)]
 mod tests;
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use self::stage::{Changes, stage};
+use self::stats::Timings;
+pub use self::stats::{WriterStats, WriterStatsSnapshot};
 use crate::error::StorageError;
 use crate::ops::{Ack, Durable, WriteOp};
 use crate::store::Store;
@@ -64,43 +67,6 @@ pub struct WriterHandle {
     stats: Arc<WriterStats>,
 }
 
-/// Counters for metrics, updated by the writer thread after every batch.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    batches: AtomicU64,
-    submissions: AtomicU64,
-    entries: AtomicU64,
-    rejected: AtomicU64,
-    failed_batches: AtomicU64,
-    last_batch_ops: AtomicU64,
-    last_flush_micros: AtomicU64,
-    flush_micros_total: AtomicU64,
-    last_commit_micros: AtomicU64,
-    commit_micros_total: AtomicU64,
-}
-
-/// A copy of `WriterStats` at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WriterStatsSnapshot {
-    /// Batches committed and flushed.
-    pub batches: u64,
-    /// Submissions acked `Ok`.
-    pub submissions: u64,
-    /// Ledger entries committed.
-    pub entries: u64,
-    /// Submissions refused by a ledger or record rule.
-    pub rejected: u64,
-    /// Batches whose commit or flush failed (each poisons the writer).
-    pub failed_batches: u64,
-    pub last_batch_ops: u64,
-    pub last_flush_micros: u64,
-    pub flush_micros_total: u64,
-    /// Time applying the last batch in memory. sled blocks every read in
-    /// the process (its global concurrency-control lock) for this long.
-    pub last_commit_micros: u64,
-    pub commit_micros_total: u64,
-}
-
 impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
@@ -113,24 +79,13 @@ impl Default for WriterConfig {
 
 impl LedgerWriter {
     /// Spawns the writer thread over `store`. New entries continue after the
-    /// last committed seq.
+    /// last committed seq. A store has at most one writer at a time.
     pub fn start(
         store: Store,
         config: WriterConfig,
     ) -> Result<(WriterHandle, JoinHandle<()>), StorageError> {
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
-        let stats = Arc::new(WriterStats::default());
-        let thread = WriterThread {
-            next_seq: store.last_seq()? + 1,
-            store,
-            rx,
-            config,
-            stats: Arc::clone(&stats),
-            poisoned: None,
-            #[cfg(test)]
-            faults: Arc::default(),
-        };
-        start_thread(thread, tx, stats)
+        let (thread, tx) = WriterThread::new(store, config)?;
+        start_thread(thread, tx)
     }
 
     /// `start`, with switches to make commits or flushes fail.
@@ -140,27 +95,17 @@ impl LedgerWriter {
         config: WriterConfig,
         faults: Arc<tests::Faults>,
     ) -> Result<(WriterHandle, JoinHandle<()>), StorageError> {
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
-        let stats = Arc::new(WriterStats::default());
-        let next_seq = store.last_seq()? + 1;
-        let thread = WriterThread {
-            next_seq,
-            store,
-            rx,
-            config,
-            stats: Arc::clone(&stats),
-            poisoned: None,
-            faults,
-        };
-        start_thread(thread, tx, stats)
+        let (mut thread, tx) = WriterThread::new(store, config)?;
+        thread.faults = faults;
+        start_thread(thread, tx)
     }
 }
 
 fn start_thread(
     thread: WriterThread,
     tx: Sender<Msg>,
-    stats: Arc<WriterStats>,
 ) -> Result<(WriterHandle, JoinHandle<()>), StorageError> {
+    let stats = Arc::clone(&thread.stats);
     let join = std::thread::Builder::new()
         .name("tokun-ledger-writer".into())
         .spawn(move || thread.run())
@@ -207,24 +152,6 @@ impl WriterHandle {
     }
 }
 
-impl WriterStats {
-    pub fn snapshot(&self) -> WriterStatsSnapshot {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        WriterStatsSnapshot {
-            batches: read(&self.batches),
-            submissions: read(&self.submissions),
-            entries: read(&self.entries),
-            rejected: read(&self.rejected),
-            failed_batches: read(&self.failed_batches),
-            last_batch_ops: read(&self.last_batch_ops),
-            last_flush_micros: read(&self.last_flush_micros),
-            flush_micros_total: read(&self.flush_micros_total),
-            last_commit_micros: read(&self.last_commit_micros),
-            commit_micros_total: read(&self.commit_micros_total),
-        }
-    }
-}
-
 enum Msg {
     Submit(Submission),
     Close,
@@ -244,11 +171,53 @@ struct WriterThread {
     next_seq: u64,
     /// Set by a failed commit or flush; see the module docs.
     poisoned: Option<String>,
+    /// Marks the store as having a writer until this thread ends.
+    _claim: WriterClaim,
     #[cfg(test)]
     faults: Arc<tests::Faults>,
 }
 
+/// Held by the one writer of a store; released on drop, even by a panic.
+struct WriterClaim(Arc<AtomicBool>);
+
+impl WriterClaim {
+    fn take(store: &Store) -> Result<WriterClaim, StorageError> {
+        let flag = Arc::clone(&store.writer_claimed);
+        match flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(WriterClaim(flag)),
+            Err(_) => Err(StorageError::WriterRunning),
+        }
+    }
+}
+
+impl Drop for WriterClaim {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl WriterThread {
+    fn new(
+        store: Store,
+        config: WriterConfig,
+    ) -> Result<(WriterThread, Sender<Msg>), StorageError> {
+        let claim = WriterClaim::take(&store)?;
+        let next_seq = store.last_seq()? + 1;
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+        let thread = WriterThread {
+            store,
+            rx,
+            config,
+            stats: Arc::default(),
+            next_seq,
+            poisoned: None,
+            _claim: claim,
+            #[cfg(test)]
+            faults: Arc::default(),
+        };
+        Ok((thread, tx))
+    }
+
     fn run(mut self) {
         while let Ok(first) = self.rx.recv() {
             let (batch, closing) = self.collect(first);
@@ -305,12 +274,12 @@ impl WriterThread {
         }
         match self.commit(&changes) {
             Ok(timings) => {
-                self.record_batch(&changes, ops, timings);
+                self.stats.record_batch(changes.entries.len(), ops, timings);
                 self.acknowledge(accepted, Some(&changes));
             }
             Err(err) => {
                 tracing::error!(error = %err, "ledger batch failed; refusing all further writes");
-                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.record_failure();
                 self.poisoned = Some(err.to_string());
                 for (ack, _) in accepted {
                     ack.fire(Err(err.clone()));
@@ -340,7 +309,7 @@ impl WriterThread {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "ledger writer refused a submission");
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_refusal();
                     ack.fire(Err(err));
                 }
             }
@@ -363,30 +332,11 @@ impl WriterThread {
         })
     }
 
-    fn record_batch(&self, changes: &Changes, ops: usize, timings: Timings) {
-        let stats = &self.stats;
-        let micros = |time: Duration| u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
-        let (commit, flush) = (micros(timings.commit), micros(timings.flush));
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .entries
-            .fetch_add(changes.entries.len() as u64, Ordering::Relaxed);
-        stats.last_batch_ops.store(ops as u64, Ordering::Relaxed);
-        stats.last_flush_micros.store(flush, Ordering::Relaxed);
-        stats.flush_micros_total.fetch_add(flush, Ordering::Relaxed);
-        stats.last_commit_micros.store(commit, Ordering::Relaxed);
-        stats
-            .commit_micros_total
-            .fetch_add(commit, Ordering::Relaxed);
-    }
-
     /// Fires the acks of a durable batch (`None`: nothing was written).
     fn acknowledge(&mut self, accepted: Vec<(Ack, Range<u64>)>, written: Option<&Changes>) {
         self.next_seq += written.map_or(0, |changes| changes.entries.len() as u64);
         let submissions = accepted.len() as u64;
-        self.stats
-            .submissions
-            .fetch_add(submissions, Ordering::Relaxed);
+        self.stats.record_acked(submissions);
         let last_seq = self.next_seq - 1;
         for (ack, seqs) in accepted {
             ack.fire(Ok(Durable { last_seq, seqs }));
@@ -402,13 +352,6 @@ impl WriterThread {
     fn inject(&self, _fault: Fault) -> Result<(), StorageError> {
         Ok(())
     }
-}
-
-/// How long a batch took to apply in memory and to flush.
-#[derive(Clone, Copy)]
-struct Timings {
-    commit: Duration,
-    flush: Duration,
 }
 
 /// Points where tests can make the writer fail.

@@ -119,6 +119,7 @@ fn a_failed_flush_errs_every_ack_of_the_batch() {
     let (ack, done) = Ack::channel();
     handle.submit(vec![topup(1, 10, 10), topup(1, 5, 15)], ack);
     let err = done.recv().unwrap().unwrap_err();
+    assert!(!err.is_refusal());
     assert!(err.to_string().contains("injected Flush failure"), "{err}");
     assert!(matches!(
         handle.submit_wait(vec![]),
@@ -148,6 +149,7 @@ fn a_refused_submission_does_not_disturb_its_batch() {
         matches!(refused, StorageError::Rejected { op_index: 1, .. }),
         "{refused}"
     );
+    assert!(refused.is_refusal());
     assert_eq!(after_done.recv().unwrap().unwrap().seqs, 2..3);
     assert_eq!(
         store.books(AccountId::new(1)).unwrap().balance,

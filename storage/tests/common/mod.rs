@@ -50,6 +50,8 @@ pub struct Sim {
     pub accounts: Vec<SimAccount>,
     pub open: Vec<SimHold>,
     pub closed: Vec<SimHold>,
+    /// Settled and recovered amounts: what `verify` reports as revenue.
+    pub revenue: i128,
     next_hold: u64,
     now_ms: u64,
 }
@@ -73,6 +75,7 @@ impl Sim {
             accounts,
             open: Vec::new(),
             closed: Vec::new(),
+            revenue: 0,
             next_hold: 1,
             now_ms: 1_000,
         }
@@ -229,6 +232,9 @@ impl Sim {
         match kind {
             EntryKind::Extend => hold.reserved += i128::from(amount),
             _ => hold.taken += i128::from(amount),
+        }
+        if matches!(kind, EntryKind::Settle | EntryKind::Recovered) {
+            self.revenue += i128::from(amount);
         }
         let (account, id) = (hold.account, hold.hold);
         WriteOp::Entry(self.entry(account, kind, amount).with_hold(id))

@@ -1,0 +1,387 @@
+//! The account actor's round trips through `AccountsHandle`, as the edge
+//! makes them for every billed request:
+//!
+//! - `reserve_release`: reserve a hold, then release it. Nothing waits for the
+//!   disk (the entries go to the ledger without an ack): the pure actor cost.
+//! - `extend`: one hold extension round trip (no flush waited for).
+//! - `reserve_settle/tmpfs` and `reserve_settle/disk`: reserve, then settle
+//!   with a usage record. Settling answers only once the ledger writer has
+//!   flushed the batch holding it, so this includes a group commit: on
+//!   `Store::temporary()` (sled puts it in /dev/shm, so the flush is cheap)
+//!   and on a real directory of the system temp dir (a real fsync).
+//! - `reserve_settle_50_concurrent/disk`: 50 tasks doing reserve → settle on
+//!   one account at once (one account actor, flushes shared by their batch);
+//!   criterion's throughput is round trips per second.
+//!
+//! Criterion reports the mean per round trip; after it, the per-round-trip
+//! distribution (p50, p90, p99, max) is printed, since criterion's samples
+//! are means over many round trips and hide the tail.
+//!
+//! Every actor and the measuring task run on one tokio runtime with ONE
+//! worker thread (as the in-process gateway of `benches/load.rs`); the
+//! ledger writer is its own thread, as in tokun.
+
+#![expect(
+    clippy::expect_used,
+    reason = "benchmark setup: a failure should abort the run"
+)]
+#![expect(
+    clippy::print_stdout,
+    reason = "prints the per-round-trip distribution criterion does not report"
+)]
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use tokio::runtime::Runtime;
+use tokun_actors::account::{Billed, ReserveRequest};
+use tokun_actors::{AccountsHandle, LedgerHandle};
+use tokun_storage::{
+    AccountId, AccountRecord, EntryKind, Nanos, Price, Store, UsageRecord, WriteOp, WriterConfig,
+};
+
+/// Concurrent requests on one account in `reserve_settle_50_concurrent`.
+const CONCURRENT: u64 = 50;
+
+struct Bench {
+    runtime: Runtime,
+    accounts: AccountsHandle,
+    ledger: LedgerHandle,
+    account: AccountId,
+    dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy)]
+enum Disk {
+    Tmpfs,
+    Real,
+}
+
+impl Bench {
+    fn start(disk: Disk) -> Bench {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (store, dir) = match disk {
+            Disk::Tmpfs => (Store::temporary().expect("temporary store"), None),
+            Disk::Real => {
+                let dir = std::env::temp_dir()
+                    .join(format!("tokun-bench-account-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                (Store::open(&dir).expect("store on disk"), Some(dir))
+            }
+        };
+        let (accounts, ledger, account) = runtime.block_on(async {
+            let ledger = LedgerHandle::start(store.clone(), WriterConfig::default())
+                .await
+                .expect("ledger");
+            let accounts =
+                AccountsHandle::start(store.clone(), ledger.clone(), Duration::from_secs(3600))
+                    .await
+                    .expect("accounts");
+            let account = store.next_account_id().expect("account id");
+            let record = AccountRecord {
+                id: account,
+                email: "bench@tokun.local".into(),
+                created_ms: 0,
+                disabled: false,
+                floor: Nanos::ZERO,
+                deleted_ms: None,
+            };
+            ledger
+                .append(vec![WriteOp::PutAccount(record)])
+                .await
+                .expect("put account");
+            let credit = Nanos::from_whole_usd(1_000_000_000).expect("credit");
+            accounts
+                .transfer(account, EntryKind::Topup, credit, "bench credit")
+                .await
+                .expect("top-up");
+            (accounts, ledger, account)
+        });
+        Bench {
+            runtime,
+            accounts,
+            ledger,
+            account,
+            dir,
+        }
+    }
+
+    /// Runs `f` as a task on the runtime's worker (where tokun's handlers run).
+    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        self.runtime
+            .block_on(self.runtime.spawn(f))
+            .expect("bench task")
+    }
+
+    fn stop(self) {
+        let ledger = self.ledger.clone();
+        self.runtime.block_on(async move {
+            let _ = ledger.barrier().await;
+            ledger.stop().await;
+        });
+        drop(self.accounts);
+        self.runtime.shutdown_timeout(Duration::from_secs(5));
+        if let Some(dir) = self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn request(increment_tokens: u64, max_output_tokens: u64) -> ReserveRequest {
+    let dollar = Nanos::from_whole_usd(1).expect("price");
+    ReserveRequest {
+        request_id: "0123456789abcdef".into(),
+        key: None,
+        key_limit: None,
+        price: Price::per_million(dollar, Nanos::from_whole_usd(2).expect("price"), dollar)
+            .expect("price"),
+        prompt_tokens: 24,
+        increment_tokens,
+        max_output_tokens,
+    }
+}
+
+fn billed() -> Billed {
+    Billed {
+        prompt_tokens: 24,
+        cached_tokens: 0,
+        completion_tokens: 64,
+        estimated: false,
+    }
+}
+
+fn usage(account: AccountId) -> UsageRecord {
+    UsageRecord {
+        request_id: "0123456789abcdef".into(),
+        at_ms: 1_700_000_000_000,
+        account,
+        key: None,
+        model: "bench".into(),
+        served_model: "upstream-model".into(),
+        provider: "mock".into(),
+        prompt_tokens: 24,
+        completion_tokens: 64,
+        cost: Nanos::ZERO,
+        estimated: false,
+        status: 200,
+        transport: "http".into(),
+        latency_ms: 1,
+        ttft_ms: Some(1),
+        error_kind: None,
+    }
+}
+
+async fn reserve_release(accounts: &AccountsHandle, account: AccountId) {
+    let reservation = accounts
+        .reserve(account, request(256, 4096))
+        .await
+        .expect("reserve");
+    accounts.release(account, reservation.hold).await;
+}
+
+async fn reserve_settle(accounts: &AccountsHandle, account: AccountId) {
+    let reservation = accounts
+        .reserve(account, request(256, 4096))
+        .await
+        .expect("reserve");
+    let settled = accounts
+        .settle(account, reservation.hold, billed(), Some(usage(account)))
+        .await
+        .expect("settle");
+    black_box(settled);
+}
+
+/// Times `iters` round trips of `round_trip` on the bench's worker.
+fn timed<F, Fut>(bench: &Bench, iters: u64, round_trip: F) -> Duration
+where
+    F: Fn(AccountsHandle, AccountId) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (accounts, account) = (bench.accounts.clone(), bench.account);
+    bench.run(async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            round_trip(accounts.clone(), account).await;
+        }
+        start.elapsed()
+    })
+}
+
+fn extend_timed(bench: &Bench, iters: u64) -> Duration {
+    let (accounts, account) = (bench.accounts.clone(), bench.account);
+    bench.run(async move {
+        // One token per extension and no cap: the hold can grow for every iteration.
+        let hold = accounts
+            .reserve(account, request(1, 1 << 40))
+            .await
+            .expect("reserve")
+            .hold;
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(accounts.extend(account, hold).await.expect("extend"));
+        }
+        let elapsed = start.elapsed();
+        accounts.release(account, hold).await;
+        elapsed
+    })
+}
+
+fn concurrent_timed(bench: &Bench, iters: u64) -> Duration {
+    let (accounts, account) = (bench.accounts.clone(), bench.account);
+    bench.run(async move {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..CONCURRENT)
+            .map(|i| {
+                let accounts = accounts.clone();
+                let share = iters / CONCURRENT + u64::from(i < iters % CONCURRENT);
+                tokio::spawn(async move {
+                    for _ in 0..share {
+                        reserve_settle(&accounts, account).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+        start.elapsed()
+    })
+}
+
+fn account_round_trips(c: &mut Criterion) {
+    let tmpfs = Bench::start(Disk::Tmpfs);
+    let mut group = c.benchmark_group("account");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("reserve_release", |b| {
+        b.iter_custom(|iters| {
+            timed(&tmpfs, iters, |accounts, account| async move {
+                reserve_release(&accounts, account).await
+            })
+        });
+    });
+    group.bench_function("extend", |b| {
+        b.iter_custom(|iters| extend_timed(&tmpfs, iters))
+    });
+    group.bench_function("reserve_settle/tmpfs", |b| {
+        b.iter_custom(|iters| {
+            timed(&tmpfs, iters, |accounts, account| async move {
+                reserve_settle(&accounts, account).await
+            })
+        });
+    });
+    tmpfs.stop();
+
+    let disk = Bench::start(Disk::Real);
+    group.bench_function("reserve_settle/disk", |b| {
+        b.iter_custom(|iters| {
+            timed(&disk, iters, |accounts, account| async move {
+                reserve_settle(&accounts, account).await
+            })
+        });
+    });
+    group.bench_function("reserve_settle_50_concurrent/disk", |b| {
+        b.iter_custom(|iters| concurrent_timed(&disk, iters));
+    });
+    group.finish();
+    disk.stop();
+}
+
+criterion_group!(benches, account_round_trips);
+
+/// p50/p90/p99/max of `n` individually timed round trips, in µs.
+fn distribution<F, Fut>(name: &str, bench: &Bench, n: usize, round_trip: F)
+where
+    F: Fn(AccountsHandle, AccountId) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (accounts, account) = (bench.accounts.clone(), bench.account);
+    let mut times = bench.run(async move {
+        // Warm up (actor spawned, caches hot) before timing.
+        for _ in 0..n / 10 {
+            round_trip(accounts.clone(), account).await;
+        }
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            round_trip(accounts.clone(), account).await;
+            times.push(start.elapsed());
+        }
+        times
+    });
+    times.sort_unstable();
+    let at = |q: f64| {
+        times[((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1].as_secs_f64()
+            * 1e6
+    };
+    println!(
+        "{name:<40} n={n:<6} p50 {:>8.1} µs  p90 {:>8.1} µs  p99 {:>8.1} µs  max {:>9.1} µs",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+fn distributions() {
+    println!("\nPer-round-trip distribution (one worker thread, sequential calls):");
+    let tmpfs = Bench::start(Disk::Tmpfs);
+    distribution(
+        "account/reserve_release",
+        &tmpfs,
+        20_000,
+        |accounts, account| async move {
+            reserve_release(&accounts, account).await;
+        },
+    );
+    let (accounts, account) = (tmpfs.accounts.clone(), tmpfs.account);
+    let hold = tmpfs.run(async move {
+        accounts
+            .reserve(account, request(1, 1 << 40))
+            .await
+            .expect("reserve")
+            .hold
+    });
+    distribution(
+        "account/extend",
+        &tmpfs,
+        20_000,
+        move |accounts, account| async move {
+            black_box(accounts.extend(account, hold).await.expect("extend"));
+        },
+    );
+    distribution(
+        "account/reserve_settle/tmpfs",
+        &tmpfs,
+        5_000,
+        |accounts, account| async move {
+            reserve_settle(&accounts, account).await;
+        },
+    );
+    tmpfs.stop();
+    let disk = Bench::start(Disk::Real);
+    distribution(
+        "account/reserve_settle/disk",
+        &disk,
+        2_000,
+        |accounts, account| async move {
+            reserve_settle(&accounts, account).await;
+        },
+    );
+    disk.stop();
+}
+
+fn main() {
+    benches();
+    // `cargo bench -- --list` or a filter that matches nothing skip nothing
+    // here; the distribution is cheap (a few seconds).
+    if !std::env::args().any(|a| a == "--list") {
+        distributions();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

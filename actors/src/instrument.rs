@@ -1,0 +1,292 @@
+//! Actor metrics, one mechanism for every actor kind: [`Metered`] wraps an
+//! actor, counts starts, stops, restarts, messages by kind and handler
+//! latency, and keeps each live actor's [`ActorStats`] in a global
+//! [`directory`] that `/admin/actors` and the metrics scrape read.
+//!
+//! ractor does not expose mailbox lengths, so depth is `sent − handled`:
+//! senders that go through tokun's handles call [`ActorStats::note_sent`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+
+/// An actor's kind, as a bounded metric label.
+pub trait ActorKind {
+    const KIND: &'static str;
+}
+
+/// A message's kind, as a bounded metric label.
+pub trait MessageKind {
+    fn kind(&self) -> &'static str;
+}
+
+/// Live counters of one actor; shared between the actor and its senders.
+#[derive(Debug)]
+pub struct ActorStats {
+    kind: &'static str,
+    id: OnceLock<ActorId>,
+    parent: OnceLock<Option<ActorId>>,
+    label: OnceLock<String>,
+    started: Instant,
+    sent: AtomicU64,
+    handled: AtomicU64,
+    last_handler_ns: AtomicU64,
+}
+
+impl ActorStats {
+    fn new(kind: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            kind,
+            id: OnceLock::new(),
+            parent: OnceLock::new(),
+            label: OnceLock::new(),
+            started: Instant::now(),
+            sent: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+            last_handler_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// Records one message put in this actor's mailbox.
+    pub fn note_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn mailbox_depth(&self) -> u64 {
+        self.sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.handled.load(Ordering::Relaxed))
+    }
+
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+
+    pub fn last_handler_micros(&self) -> f64 {
+        self.last_handler_ns.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    pub fn uptime_secs(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    pub fn id(&self) -> Option<ActorId> {
+        self.id.get().copied()
+    }
+
+    pub fn parent(&self) -> Option<ActorId> {
+        self.parent.get().copied().flatten()
+    }
+
+    /// A readable name (e.g. the account id), when the actor has one.
+    pub fn label(&self) -> Option<&str> {
+        self.label.get().map(String::as_str)
+    }
+
+    pub fn set_label(&self, label: String) {
+        let _ = self.label.set(label);
+    }
+}
+
+/// Per-kind lifetime counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KindCounts {
+    pub started: u64,
+    pub stopped: u64,
+    pub restarted: u64,
+}
+
+/// Every live actor, and per-kind counts of all that ever lived.
+#[derive(Default)]
+pub struct Directory {
+    live: Mutex<HashMap<ActorId, Arc<ActorStats>>>,
+    kinds: Mutex<HashMap<&'static str, KindCounts>>,
+}
+
+static DIRECTORY: LazyLock<Directory> = LazyLock::new(Directory::default);
+
+/// The process-wide actor directory.
+pub fn directory() -> &'static Directory {
+    &DIRECTORY
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Directory {
+    fn started(&self, stats: &Arc<ActorStats>) {
+        if let Some(id) = stats.id() {
+            lock(&self.live).insert(id, stats.clone());
+        }
+        lock(&self.kinds).entry(stats.kind).or_default().started += 1;
+        metrics::counter!("tokun_actor_started_total", "kind" => stats.kind).increment(1);
+        metrics::gauge!("tokun_actors_alive", "kind" => stats.kind).increment(1.0);
+    }
+
+    fn stopped(&self, id: ActorId, reason: Option<&'static str>) {
+        let Some(stats) = lock(&self.live).remove(&id) else {
+            return;
+        };
+        let mut kinds = lock(&self.kinds);
+        let counts = kinds.entry(stats.kind).or_default();
+        counts.stopped += 1;
+        metrics::counter!("tokun_actor_stopped_total", "kind" => stats.kind).increment(1);
+        metrics::gauge!("tokun_actors_alive", "kind" => stats.kind).decrement(1.0);
+        if let Some(reason) = reason {
+            counts.restarted += 1;
+            metrics::counter!("tokun_actor_restarts_total", "kind" => stats.kind, "reason" => reason).increment(1);
+        }
+    }
+
+    /// A copy of every live actor's stats.
+    pub fn live(&self) -> Vec<Arc<ActorStats>> {
+        lock(&self.live).values().cloned().collect()
+    }
+
+    pub fn counts(&self) -> Vec<(&'static str, KindCounts)> {
+        let mut counts: Vec<_> = lock(&self.kinds).iter().map(|(k, c)| (*k, *c)).collect();
+        counts.sort_by_key(|(kind, _)| *kind);
+        counts
+    }
+
+    /// Publishes mailbox depths per kind (sum and max) as gauges.
+    pub fn publish_depths(&self) {
+        let mut per_kind: HashMap<&'static str, (u64, u64)> = HashMap::new();
+        for stats in lock(&self.live).values() {
+            let depth = stats.mailbox_depth();
+            let entry = per_kind.entry(stats.kind).or_default();
+            entry.0 += depth;
+            entry.1 = entry.1.max(depth);
+        }
+        for (kind, _) in self.counts() {
+            let (sum, max) = per_kind.get(kind).copied().unwrap_or_default();
+            metrics::gauge!("tokun_actor_mailbox_depth", "kind" => kind).set(sum as f64);
+            metrics::gauge!("tokun_actor_mailbox_depth_max", "kind" => kind).set(max as f64);
+        }
+    }
+}
+
+/// Wraps an actor with metrics; behaves exactly like the inner actor.
+pub struct Metered<A>(pub A);
+
+/// The wrapped actor's state plus its stats.
+pub struct MeteredState<S> {
+    pub inner: S,
+    stats: Arc<ActorStats>,
+}
+
+impl<A> Metered<A>
+where
+    A: Actor + ActorKind,
+    A::Msg: MessageKind,
+{
+    /// Spawns `actor` under `parent` (or unsupervised); returns its ref and stats.
+    pub async fn spawn(
+        actor: A,
+        args: A::Arguments,
+        parent: Option<ActorCell>,
+    ) -> Result<(ActorRef<A::Msg>, Arc<ActorStats>), SpawnErr> {
+        let stats = ActorStats::new(A::KIND);
+        let args = (args, stats.clone());
+        let (actor, _) = match parent {
+            Some(parent) => Actor::spawn_linked(None, Metered(actor), args, parent).await?,
+            None => Actor::spawn(None, Metered(actor), args).await?,
+        };
+        Ok((actor, stats))
+    }
+}
+
+impl<A> Actor for Metered<A>
+where
+    A: Actor + ActorKind,
+    A::Msg: MessageKind,
+{
+    type Msg = A::Msg;
+    type State = MeteredState<A::State>;
+    type Arguments = (A::Arguments, Arc<ActorStats>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<A::Msg>,
+        (args, stats): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let _ = stats.id.set(myself.get_id());
+        let _ = stats
+            .parent
+            .set(myself.try_get_supervisor().map(|p| p.get_id()));
+        let inner = self.0.pre_start(myself, args).await?;
+        directory().started(&stats);
+        Ok(MeteredState { inner, stats })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<A::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.0.post_start(myself, &mut state.inner).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<A::Msg>,
+        message: A::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let kind = message.kind();
+        let start = Instant::now();
+        let result = self.0.handle(myself, message, &mut state.inner).await;
+        let elapsed = start.elapsed();
+        let stats = &state.stats;
+        stats.handled.fetch_add(1, Ordering::Relaxed);
+        stats
+            .last_handler_ns
+            .store(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        metrics::counter!("tokun_actor_messages_total", "kind" => A::KIND, "message" => kind)
+            .increment(1);
+        metrics::histogram!("tokun_actor_handler_seconds", "kind" => A::KIND)
+            .record(elapsed.as_secs_f64());
+        result
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<A::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match &event {
+            SupervisionEvent::ActorFailed(child, _) => {
+                directory().stopped(child.get_id(), Some("failed"))
+            }
+            // A child stopped normally already left the directory in its post_stop;
+            // one killed (no post_stop) leaves it here.
+            SupervisionEvent::ActorTerminated(child, ..) => {
+                directory().stopped(child.get_id(), None)
+            }
+            _ => {}
+        }
+        self.0
+            .handle_supervisor_evt(myself, event, &mut state.inner)
+            .await
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<A::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = myself.get_id();
+        let result = self.0.post_stop(myself, &mut state.inner).await;
+        directory().stopped(id, None);
+        result
+    }
+}

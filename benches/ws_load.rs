@@ -1,0 +1,3 @@
+//! WebSocket load benchmark (being written).
+
+fn main() {}

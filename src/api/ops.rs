@@ -1,0 +1,123 @@
+//! Operator views: `GET /metrics` (Prometheus text), `GET /admin/actors`
+//! (the live supervision tree with per-kind counts and the busiest actors)
+//! and `GET /admin/providers` (configured providers and their routes). All
+//! are cheap enough to poll every couple of seconds under load: they read
+//! atomics and one directory map, never an actor's mailbox.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokun_actors::instrument::directory;
+
+use crate::auth::check_admin;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let handle = state.metrics().ok_or(ApiError::NotImplemented {
+        message: "Metrics are not enabled.".into(),
+    })?;
+    let live = state.streams().stats().live();
+    let body = crate::metrics::render(handle, state.services(), live);
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActorsQuery {
+    /// How many of the busiest actors to list (default 20).
+    top: Option<usize>,
+    /// List every live actor (the whole tree) instead of only the busiest.
+    all: Option<bool>,
+}
+
+pub async fn actors(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ActorsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&headers, &state.services().admin_token_hash)?;
+    let live = directory().live();
+    let mut per_kind: HashMap<&'static str, (u64, u64, u64)> = HashMap::new();
+    for stats in &live {
+        let entry = per_kind.entry(stats.kind()).or_default();
+        entry.0 += 1;
+        entry.1 += stats.mailbox_depth();
+        entry.2 += stats.handled();
+    }
+    let kinds: Vec<Value> = directory()
+        .counts()
+        .into_iter()
+        .map(|(kind, counts)| {
+            let (alive, depth, messages) = per_kind.get(kind).copied().unwrap_or_default();
+            json!({"kind": kind, "alive": alive, "started": counts.started, "stopped": counts.stopped,
+                   "restarted": counts.restarted, "mailbox_depth": depth, "messages": messages})
+        })
+        .collect();
+    let describe = |stats: &tokun_actors::instrument::ActorStats| {
+        json!({
+            "kind": stats.kind(),
+            "id": stats.id().map(|id| id.to_string()),
+            "name": stats.label(),
+            "parent": stats.parent().map(|id| id.to_string()),
+            "mailbox_depth": stats.mailbox_depth(),
+            "messages": stats.handled(),
+            "last_handler_us": stats.last_handler_micros(),
+            "uptime_s": stats.uptime_secs(),
+        })
+    };
+    let mut busiest: Vec<_> = live.iter().collect();
+    busiest.sort_by_key(|s| std::cmp::Reverse((s.mailbox_depth(), s.handled())));
+    let top: Vec<Value> = busiest
+        .iter()
+        .take(query.top.unwrap_or(20).min(1000))
+        .map(|s| describe(s))
+        .collect();
+    let mut body = json!({"object": "actors", "total": live.len(), "kinds": kinds, "busiest": top});
+    if query.all.unwrap_or(false) {
+        body["actors"] = live.iter().map(|s| describe(s)).collect();
+    }
+    Ok(Json(body))
+}
+
+pub async fn providers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&headers, &state.services().admin_token_hash)?;
+    let config = state.config();
+    let data: Vec<Value> = config
+        .providers
+        .iter()
+        .map(|p| {
+            let models: Vec<&str> = config
+                .models
+                .iter()
+                .filter(|m| m.routes.iter().any(|r| r.provider == p.name))
+                .map(|m| m.id.as_str())
+                .collect();
+            json!({
+                "name": p.name,
+                "kind": format!("{:?}", p.kind).to_lowercase(),
+                "base_url": p.base_url,
+                "models": models,
+                "timeouts_ms": {
+                    "connect": p.connect_timeout.as_millis() as u64,
+                    "first_byte": p.timeouts.first_byte.as_millis() as u64,
+                    "idle": p.timeouts.idle.as_millis() as u64,
+                    "total": p.timeouts.total.as_millis() as u64,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
