@@ -114,6 +114,10 @@ struct Args {
     /// Pause before every event of a slow stream in `c`.
     #[arg(long, default_value_t = 20)]
     token_delay_ms: u64,
+    /// Measured seconds for `c`; its warm-up is one slow stream's length,
+    /// over which the connections' first requests are spread.
+    #[arg(long, default_value_t = 6.0)]
+    c_duration: f64,
     /// Where tokun runs for `single`, `a` and `b`.
     #[arg(long, value_enum, default_value = "inproc")]
     gateway: Mode,
@@ -202,17 +206,27 @@ fn main() -> anyhow::Result<()> {
     for scenario in &args.scenarios {
         match scenario {
             Scenario::Single => {
-                let json = Spec::json("single non-streaming", 1, args.single_duration);
+                let json = Spec::json("single non-streaming", 1, args.single_duration, args.warmup);
                 results.push(run_scenario(&env, &json, &shared)?);
-                let sse = Spec::stream("single streaming", 1, args.single_duration, false);
+                let sse = Spec::stream("single streaming", 1, args.single_duration, args.warmup);
                 results.push(run_scenario(&env, &sse, &shared)?);
             }
             Scenario::A => {
-                let spec = Spec::json("A non-streaming", args.concurrency_a, args.duration);
+                let spec = Spec::json(
+                    "A non-streaming",
+                    args.concurrency_a,
+                    args.duration,
+                    args.warmup,
+                );
                 results.push(run_scenario(&env, &spec, &shared)?);
             }
             Scenario::B => {
-                let spec = Spec::stream("B streaming", args.concurrency_b, args.duration, false);
+                let spec = Spec::stream(
+                    "B streaming",
+                    args.concurrency_b,
+                    args.duration,
+                    args.warmup,
+                );
                 results.push(run_scenario(&env, &spec, &shared)?);
             }
             Scenario::C => {}
@@ -222,7 +236,17 @@ fn main() -> anyhow::Result<()> {
         gateway.stop(&env);
     }
     if args.scenarios.contains(&Scenario::C) {
-        let spec = Spec::stream("C slow streams", args.concurrency_c, args.duration, true);
+        let stream_secs = (args.c_chunks + 2) as f64 * args.token_delay_ms as f64 / 1e3;
+        let spec = Spec {
+            slow: true,
+            stagger: stream_secs,
+            ..Spec::stream(
+                "C slow streams",
+                args.concurrency_c,
+                args.c_duration,
+                stream_secs.max(args.warmup),
+            )
+        };
         let mut fresh = Vec::new();
         for billing in &args.billing {
             fresh.push(Gateway::start(&env, args.c_gateway, *billing)?);
@@ -466,7 +490,7 @@ struct Gateway {
 }
 
 enum GatewayKind {
-    InProc(RunningServer),
+    InProc(Box<RunningServer>),
     Child {
         child: Child,
         stderr: Arc<Mutex<VecDeque<String>>>,
@@ -543,7 +567,7 @@ impl Gateway {
                     addr: server.addr(),
                     key,
                     dir,
-                    kind: GatewayKind::InProc(server),
+                    kind: GatewayKind::InProc(Box::new(server)),
                 })
             }
             Mode::Child => Self::spawn_child(env, billing, dir, &toml),
@@ -737,26 +761,33 @@ struct Spec {
     slow: bool,
     concurrency: usize,
     duration: f64,
+    warmup: f64,
+    /// Connection `i` of `n` starts its first request `i / n × stagger` late.
+    stagger: f64,
 }
 
 impl Spec {
-    fn json(name: &'static str, concurrency: usize, duration: f64) -> Spec {
+    fn json(name: &'static str, concurrency: usize, duration: f64, warmup: f64) -> Spec {
         Spec {
             name,
             streaming: false,
             slow: false,
             concurrency,
             duration,
+            warmup,
+            stagger: 0.0,
         }
     }
 
-    fn stream(name: &'static str, concurrency: usize, duration: f64, slow: bool) -> Spec {
+    fn stream(name: &'static str, concurrency: usize, duration: f64, warmup: f64) -> Spec {
         Spec {
             name,
             streaming: true,
-            slow,
+            slow: false,
             concurrency,
             duration,
+            warmup,
+            stagger: 0.0,
         }
     }
 
@@ -873,7 +904,8 @@ async fn one_request(
         .await
         .map_err(|e| format!("send: {e}"))?;
     let status = response.status();
-    let billed = response.headers().contains_key("x-tokun-cost");
+    // Sent only when an account paid for the request.
+    let billed = response.headers().contains_key("x-tokun-balance-remaining");
     let mut body = response.into_body();
     let mut ttft = None;
     let mut scan = SseScan::default();
@@ -912,7 +944,8 @@ async fn one_request(
     ))
 }
 
-async fn worker(plan: Arc<Plan>) -> WorkerOut {
+async fn worker(plan: Arc<Plan>, delay: Duration) -> WorkerOut {
+    tokio::time::sleep(delay).await;
     let mut out = WorkerOut::default();
     let mut connection: Option<SendRequest<Full<Bytes>>> = None;
     while Instant::now() < plan.end {
@@ -1007,15 +1040,22 @@ fn run_scenario(
         )?);
     }
     for outcome in &outcomes {
+        let ttft = if spec.streaming {
+            format!(
+                "  TTFT p50 {:>8.3} ms  p99 {:>8.3} ms",
+                ms(outcome.ttft.p50),
+                ms(outcome.ttft.p99)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{:<22} {:<28} {:>8.0}/s  p50 {:>8.3} ms  p99 {:>8.3} ms  ttft p50 {:>8.3} ms  p99 {:>8.3} ms  errors {}{}",
+            "{:<22} {:<28} {:>8.0}/s  p50 {:>8.3} ms  p99 {:>8.3} ms{ttft}  errors {}{}",
             spec.name,
             outcome.via,
             outcome.rate,
             ms(outcome.latency.p50),
             ms(outcome.latency.p99),
-            ms(outcome.ttft.p50),
-            ms(outcome.ttft.p99),
             outcome.errors,
             outcome
                 .first_error
@@ -1036,7 +1076,8 @@ fn run_load(
     via: String,
     rss: Option<Option<u32>>,
 ) -> anyhow::Result<Outcome> {
-    let warmup = Duration::from_secs_f64(env.args.warmup);
+    let warmup = Duration::from_secs_f64(spec.warmup);
+    let stagger = Duration::from_secs_f64(spec.stagger);
     let window = Duration::from_secs_f64(spec.duration);
     let concurrency = spec.concurrency.max(1);
     let body = spec.body();
@@ -1064,7 +1105,12 @@ fn run_load(
             })
         });
         let workers: Vec<_> = (0..concurrency)
-            .map(|_| tokio::spawn(worker(plan.clone())))
+            .map(|i| {
+                tokio::spawn(worker(
+                    plan.clone(),
+                    stagger.mul_f64(i as f64 / concurrency as f64),
+                ))
+            })
             .collect();
         let mut merged = WorkerOut::default();
         for handle in workers {

@@ -25,6 +25,23 @@ pub enum Command {
     /// Check or export the ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Watch a running tokun's actors and request rates.
+    Top {
+        /// The tokun to watch.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The admin token (default: DATA/admin_token).
+        #[arg(long, env = "TOKUN_ADMIN_TOKEN")]
+        admin_token: Option<String>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Print one screen and exit.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,6 +17,31 @@ fn main() -> anyhow::Result<()> {
             Command::Accounts(command) => commands::accounts(command).await,
             Command::Keys(command) => commands::keys(command).await,
             Command::Ledger(command) => commands::ledger(command).await,
+            Command::Top {
+                url,
+                admin_token,
+                interval,
+                once,
+                store,
+            } => {
+                let admin_token = match admin_token {
+                    Some(token) => token,
+                    None => {
+                        let dir = load_config(&store)?.server.data_dir;
+                        std::fs::read_to_string(dir.join("admin_token"))
+                            .context("no --admin-token and no DATA/admin_token")?
+                            .trim()
+                            .to_owned()
+                    }
+                };
+                let args = tokun::top::TopArgs {
+                    url,
+                    admin_token,
+                    interval: std::time::Duration::from_secs(interval.max(1)),
+                    once,
+                };
+                tokun::top::run(args).await
+            }
         }
     })
 }

@@ -81,7 +81,7 @@ async fn request_context(mut request: Request, next: Next) -> Response {
 }
 
 /// 16 random base62 characters (≈ 95 bits): unique without coordination.
-fn new_request_id() -> String {
+pub fn new_request_id() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
     (0..16)
@@ -106,6 +106,8 @@ impl RunningServer {
     /// Binds `listener` and serves `config` until [`RunningServer::shutdown`].
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
         let addr = listener.local_addr()?;
+        // The recorder goes first, so the actors started below are counted.
+        crate::metrics::install();
         let (services, first_start) = Services::start(&config, StartMode::Serve).await?;
         let streams = StreamSupervisorHandle::start().await?;
         let grace = config.server.shutdown_grace;

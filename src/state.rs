@@ -10,6 +10,7 @@ use tokun_providers::echo::{EchoAdapter, EchoConfig};
 use tokun_providers::openai::OpenAiAdapter;
 use tokun_providers::{Adapter, ProviderError};
 
+use crate::api::ws::Tickets;
 use crate::auth::KeyCache;
 use crate::config::{Config, ModelConfig, ProviderKind};
 use crate::inflight::{Idempotency, InFlight};
@@ -28,6 +29,8 @@ struct Inner {
     keys: KeyCache,
     inflight: InFlight,
     idempotency: Idempotency,
+    /// Single-use WebSocket tickets for browsers (`POST /v1/ws/ticket`).
+    tickets: Tickets,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
@@ -67,6 +70,7 @@ impl AppState {
                 },
             );
         }
+        let tickets = Tickets::new(config.websocket.ticket_ttl);
         let inner = Inner {
             config,
             models,
@@ -75,6 +79,7 @@ impl AppState {
             keys: KeyCache::default(),
             inflight: InFlight::default(),
             idempotency: Idempotency::default(),
+            tickets,
             metrics: crate::metrics::install(),
         };
         Ok(Self {
@@ -108,6 +113,10 @@ impl AppState {
 
     pub fn idempotency(&self) -> &Idempotency {
         &self.inner.idempotency
+    }
+
+    pub fn tickets(&self) -> &Tickets {
+        &self.inner.tickets
     }
 
     pub fn metrics(&self) -> Option<&metrics_exporter_prometheus::PrometheusHandle> {

@@ -126,7 +126,13 @@ impl Directory {
         if let Some(id) = stats.id() {
             lock(&self.live).insert(id, stats.clone());
         }
-        lock(&self.kinds).entry(stats.kind).or_default().started += 1;
+        let mut kinds = lock(&self.kinds);
+        if !kinds.contains_key(stats.kind) {
+            // Export the kind's restart counter from zero, so rates and alerts work before the first failure.
+            metrics::counter!("tokun_actor_restarts_total", "kind" => stats.kind, "reason" => "failed").absolute(0);
+        }
+        kinds.entry(stats.kind).or_default().started += 1;
+        drop(kinds);
         metrics::counter!("tokun_actor_started_total", "kind" => stats.kind).increment(1);
         metrics::gauge!("tokun_actors_alive", "kind" => stats.kind).increment(1.0);
     }
@@ -195,6 +201,7 @@ where
         parent: Option<ActorCell>,
     ) -> Result<(ActorRef<A::Msg>, Arc<ActorStats>), SpawnErr> {
         let stats = ActorStats::new(A::KIND);
+        let _ = stats.parent.set(parent.as_ref().map(ActorCell::get_id));
         let args = (args, stats.clone());
         let (actor, _) = match parent {
             Some(parent) => Actor::spawn_linked(None, Metered(actor), args, parent).await?,
@@ -219,9 +226,6 @@ where
         (args, stats): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let _ = stats.id.set(myself.get_id());
-        let _ = stats
-            .parent
-            .set(myself.try_get_supervisor().map(|p| p.get_id()));
         let inner = self.0.pre_start(myself, args).await?;
         directory().started(&stats);
         Ok(MeteredState { inner, stats })

@@ -76,9 +76,17 @@ impl Actor for LedgerActor {
         let LedgerMsg::Append { ops, done } = message;
         let healthy = state.healthy.clone();
         let ack = Ack::new(move |result: Result<Durable, StorageError>| {
-            if let Err(error) = &result {
-                healthy.store(false, Ordering::Relaxed);
-                tracing::error!(%error, "ledger write failed");
+            match &result {
+                // A refused submission broke a ledger rule; the ledger itself is fine.
+                Err(error) if error.is_refusal() => {
+                    tracing::error!(%error, "ledger refused a submission")
+                }
+                Err(error) => {
+                    // A failed commit or flush poisons the writer until restart.
+                    healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(%error, "ledger write failed; the ledger is not writable until restart");
+                }
+                Ok(_) => {}
             }
             if let Some(done) = done {
                 done(result);

@@ -329,6 +329,7 @@ impl StreamState {
             let chunk = self.closing_chunk(reason);
             let _ = self.send(RelayEvent::Chunk(chunk)).await;
         }
+        self.count_outcome(&end, error_kind);
         let outcome = matches!(end, End::Completed).then_some("completed");
         match self
             .settle(outcome.unwrap_or("interrupted"), error_kind)
@@ -339,6 +340,21 @@ impl StreamState {
             }
             Err(error) => tracing::error!(%error, "settlement failed after streaming"),
         }
+    }
+
+    fn count_outcome(&self, end: &End, error_kind: Option<&'static str>) {
+        let provider = self
+            .route
+            .as_ref()
+            .map_or_else(String::new, |r| r.provider.to_string());
+        if let End::Failed(StreamFailure::Upstream(error)) = end {
+            metrics::counter!("tokun_upstream_errors_total", "provider" => provider.clone(), "kind" => error.kind())
+                .increment(1);
+        }
+        let outcome = error_kind.unwrap_or("completed");
+        let model = self.args.model.to_string();
+        metrics::counter!("tokun_stream_outcomes_total", "model" => model, "provider" => provider, "outcome" => outcome)
+            .increment(1);
     }
 
     /// Non-streaming: one upstream call per route until one answers.
@@ -369,16 +385,18 @@ impl StreamState {
                 }
                 Ok(Err(error)) => {
                     let retry = error.retryable();
-                    tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed");
+                    note_upstream_error(route, &error, retry);
                     last_error = Some(error);
                     if !retry {
                         break;
                     }
                 }
                 Err(_) => {
-                    last_error = Some(ProviderError::Timeout {
+                    let error = ProviderError::Timeout {
                         phase: TimeoutPhase::Total,
-                    })
+                    };
+                    note_upstream_error(route, &error, true);
+                    last_error = Some(error);
                 }
             }
         }
@@ -483,7 +501,7 @@ impl StreamState {
 
 /// Logs and counts a failed route; a retryable failure moves to the next route.
 fn note_upstream_error(route: &Route, error: &ProviderError, retry: bool) {
-    tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed before the first chunk");
+    tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed before any output");
     metrics::counter!("tokun_upstream_errors_total", "provider" => route.provider.to_string(), "kind" => error.kind()).increment(1);
     if retry {
         metrics::counter!("tokun_failovers_total", "provider" => route.provider.to_string())

@@ -55,7 +55,9 @@ impl EmbeddingInput {
             EmbeddingInput::Text(text) => tokens::count_text(text),
             EmbeddingInput::Texts(texts) => texts.iter().map(|text| tokens::count_text(text)).sum(),
             EmbeddingInput::Tokens(ids) => ids.len() as u64,
-            EmbeddingInput::TokenBatches(batches) => batches.iter().map(|ids| ids.len() as u64).sum(),
+            EmbeddingInput::TokenBatches(batches) => {
+                batches.iter().map(|ids| ids.len() as u64).sum()
+            }
         }
     }
 }
@@ -104,7 +106,11 @@ impl Embedding {
     /// The vector as OpenAI's `encoding_format: "base64"` sends it: the
     /// little-endian bytes of each `f32`, in standard base64 with padding.
     pub fn base64(&self) -> String {
-        let bytes: Vec<u8> = self.embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes: Vec<u8> = self
+            .embedding
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         base64_encode(&bytes)
     }
 }
@@ -231,11 +237,20 @@ mod tests {
         assert_eq!(out.data[0].embedding.len(), 8);
         let norm: f32 = out.data[0].embedding.iter().map(|x| x * x).sum();
         assert!((norm - 1.0).abs() < 1e-5, "{norm}");
-        assert_eq!(out.usage, EmbeddingUsage { prompt_tokens: 5, total_tokens: 5 });
+        assert_eq!(
+            out.usage,
+            EmbeddingUsage {
+                prompt_tokens: 5,
+                total_tokens: 5
+            }
+        );
 
         let tokens = request(json!({"model": "e", "input": [[1, 2, 3]], "dimensions": 3}));
         let out = echo(&tokens).unwrap();
-        assert_eq!((out.data[0].embedding.len(), out.usage.prompt_tokens), (3, 3));
+        assert_eq!(
+            (out.data[0].embedding.len(), out.usage.prompt_tokens),
+            (3, 3)
+        );
         let zero = request(json!({"model": "e", "input": "x", "dimensions": 0}));
         assert_eq!(echo(&zero).unwrap_err().kind(), "request");
     }

@@ -6,6 +6,7 @@ pub mod anthropic;
 pub mod echo;
 pub mod embeddings;
 pub mod error;
+pub mod gemini;
 pub mod http;
 pub mod openai;
 pub mod tokens;
@@ -18,6 +19,7 @@ use futures_util::Stream;
 pub use anthropic::AnthropicAdapter;
 pub use embeddings::{EmbeddingInput, EmbeddingRequest, EmbeddingResponse};
 pub use error::{ErrorSource, ProviderError, TimeoutPhase};
+pub use gemini::GeminiAdapter;
 pub use types::{ChatCompletion, ChatCompletionChunk, ChatRequest, Usage};
 
 /// The chunks of one streamed completion, ending after the upstream's `[DONE]`.
@@ -32,6 +34,7 @@ pub type ChunkStream =
 pub enum Adapter {
     OpenAi(openai::OpenAiAdapter),
     Anthropic(anthropic::AnthropicAdapter),
+    Gemini(gemini::GeminiAdapter),
     Echo(echo::EchoAdapter),
 }
 
@@ -41,6 +44,7 @@ impl Adapter {
         match self {
             Adapter::OpenAi(adapter) => adapter.complete(request).await,
             Adapter::Anthropic(adapter) => adapter.complete(request).await,
+            Adapter::Gemini(adapter) => adapter.complete(request).await,
             Adapter::Echo(adapter) => adapter.complete(request).await,
         }
     }
@@ -51,6 +55,7 @@ impl Adapter {
         match self {
             Adapter::OpenAi(adapter) => adapter.stream(request).await,
             Adapter::Anthropic(adapter) => adapter.stream(request).await,
+            Adapter::Gemini(adapter) => adapter.stream(request).await,
             Adapter::Echo(adapter) => adapter.stream(request).await,
         }
     }
@@ -67,6 +72,7 @@ impl Adapter {
             Adapter::Anthropic(_) => Err(ProviderError::Request {
                 detail: "anthropic has no embeddings endpoint".to_owned(),
             }),
+            Adapter::Gemini(adapter) => adapter.embed(request).await,
             Adapter::Echo(_) => embeddings::echo(request),
         }
     }
@@ -76,6 +82,7 @@ impl Adapter {
         match self {
             Adapter::OpenAi(_) => "openai",
             Adapter::Anthropic(_) => "anthropic",
+            Adapter::Gemini(_) => "gemini",
             Adapter::Echo(_) => "echo",
         }
     }

@@ -10,6 +10,7 @@ mod health;
 mod models;
 mod ops;
 pub mod sse;
+pub(crate) mod ws;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -33,6 +34,9 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/keys/{id}", axum::routing::delete(account::revoke_key))
         .route("/v1/requests/{id}/cancel", post(account::cancel))
+        .route("/v1/ws", get(ws::connect))
+        .route("/v1/ws/ticket", post(ws::issue_ticket))
+        .route("/v1/realtime", get(ws::realtime))
         .route(
             "/admin/accounts",
             get(admin::list_accounts).post(admin::create_account),

@@ -359,7 +359,10 @@ fn websocket_config(raw: raw::RawWebSocket) -> Result<WebSocketConfig, ConfigErr
     };
     let max_frame_bytes = raw.max_frame_bytes.unwrap_or(1024 * 1024);
     if max_frame_bytes < 1024 {
-        return Err(invalid("websocket.max_frame_bytes", "must be at least 1024"));
+        return Err(invalid(
+            "websocket.max_frame_bytes",
+            "must be at least 1024",
+        ));
     }
     Ok(WebSocketConfig {
         max_completions: positive("max_completions", raw.max_completions, 100)?,

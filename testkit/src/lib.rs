@@ -1,6 +1,15 @@
-//! Fakes of the outside world for tests and benchmarks: an OpenAI-compatible
-//! upstream on port 0, scriptable per call. Never used by the product itself.
+//! Fakes of the outside world for tests and benchmarks: OpenAI-compatible,
+//! Anthropic and Gemini upstreams on port 0, scriptable per call with one
+//! [`Script`] type. Never used by the product itself.
 
+pub mod anthropic;
+pub mod fake;
+pub mod gemini;
+pub mod realtime;
 pub mod upstream;
 
+pub use anthropic::FakeAnthropic;
+pub use fake::Recorded;
+pub use gemini::FakeGemini;
+pub use realtime::{FakeRealtime, RealtimeScript};
 pub use upstream::{FakeUpstream, Script};

@@ -184,6 +184,18 @@ impl Actor for AccountActor {
             state.last_activity = tokio::time::Instant::now();
         }
         let now = now_ms();
+        let holds_before = state.book.open_holds();
+        state.dispatch(&myself, message, now);
+        // One place keeps the open-holds gauge right, whatever the message did.
+        let holds_after = state.book.open_holds();
+        metrics::gauge!("tokun_holds_open").increment(holds_after as f64 - holds_before as f64);
+        Ok(())
+    }
+}
+
+impl AccountState {
+    fn dispatch(&mut self, myself: &ActorRef<AccountMsg>, message: AccountMsg, now: u64) {
+        let state = self;
         match message {
             AccountMsg::Reserve(request, reply) => {
                 let result = state.reserve(&request, now);
@@ -204,7 +216,6 @@ impl Actor for AccountActor {
             } => state.settle(hold, billed, usage, reply, now),
             AccountMsg::Release(hold) => {
                 if let Ok(entry) = state.book.release(hold, now) {
-                    metrics::gauge!("tokun_holds_open").decrement(1.0);
                     state.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
                 }
             }
@@ -264,11 +275,8 @@ impl Actor for AccountActor {
                 }
             }
         }
-        Ok(())
     }
-}
 
-impl AccountState {
     fn reserve(&mut self, request: &ReserveRequest, now: u64) -> Result<Reservation, AccountError> {
         if self.record.disabled || self.record.deleted_ms.is_some() {
             return Err(AccountError::Disabled);
@@ -279,7 +287,6 @@ impl AccountState {
             .map_err(|_| AccountError::LedgerUnavailable)?;
         let (reservation, entry) = self.book.reserve(hold, request, now)?;
         self.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
-        metrics::gauge!("tokun_holds_open").increment(1.0);
         Ok(reservation)
     }
 

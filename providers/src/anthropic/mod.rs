@@ -40,7 +40,10 @@ pub struct AnthropicAdapter {
 enum Auth {
     None,
     /// The ready `x-api-key` value, and the key itself to scrub it from upstream messages.
-    Key { header: HeaderValue, key: Arc<str> },
+    Key {
+        header: HeaderValue,
+        key: Arc<str>,
+    },
     /// The key has bytes no HTTP header may carry; every request fails with
     /// `Request` instead of sending without credentials.
     Invalid,

@@ -228,9 +228,13 @@ fn add_tools(req: &ChatRequest, body: &mut Map<String, Value>) -> Result<(), Pro
 
 /// One OpenAI function tool as an Anthropic tool with `input_schema`.
 fn tool(tool: &Value) -> Result<Value, ProviderError> {
-    let kind = tool.get("type").and_then(Value::as_str).unwrap_or("function");
+    let kind = tool
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("function");
     let function = tool.get("function").filter(|_| kind == "function");
-    let function = function.ok_or_else(|| invalid(format!("{kind} tools cannot be sent to Anthropic")))?;
+    let function =
+        function.ok_or_else(|| invalid(format!("{kind} tools cannot be sent to Anthropic")))?;
     let name = function.get("name").and_then(Value::as_str);
     let name = name.ok_or_else(|| invalid("a tool has no function name".to_owned()))?;
     let schema = function

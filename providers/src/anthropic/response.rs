@@ -69,8 +69,14 @@ impl WireUsage {
     pub fn update(&mut self, later: &WireUsage) {
         let fields = [
             (&mut self.input_tokens, later.input_tokens),
-            (&mut self.cache_creation_input_tokens, later.cache_creation_input_tokens),
-            (&mut self.cache_read_input_tokens, later.cache_read_input_tokens),
+            (
+                &mut self.cache_creation_input_tokens,
+                later.cache_creation_input_tokens,
+            ),
+            (
+                &mut self.cache_read_input_tokens,
+                later.cache_read_input_tokens,
+            ),
             (&mut self.output_tokens, later.output_tokens),
         ];
         for (field, value) in fields {
@@ -89,9 +95,8 @@ impl WireUsage {
     /// bills them), and cache reads are also reported as `cached_tokens`.
     pub fn to_openai(self) -> Usage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt = self.input_tokens.unwrap_or(0)
-            + self.cache_creation_input_tokens.unwrap_or(0)
-            + cached;
+        let prompt =
+            self.input_tokens.unwrap_or(0) + self.cache_creation_input_tokens.unwrap_or(0) + cached;
         let mut usage = Usage::new(prompt, self.output_tokens.unwrap_or(0));
         if cached > 0 {
             usage.prompt_tokens_details = Some(PromptTokensDetails {
@@ -210,6 +215,9 @@ fn unparsable(body: &[u8], err: &serde_json::Error) -> ProviderError {
     }
     let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
     ProviderError::Protocol {
-        detail: format!("invalid message body ({err}): {}", truncate(&collapsed, 120)),
+        detail: format!(
+            "invalid message body ({err}): {}",
+            truncate(&collapsed, 120)
+        ),
     }
 }

@@ -14,7 +14,9 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::response::{WireBlock, WireMessage, WireUsage, finish_reason, stream_error, unix_seconds};
+use super::response::{
+    WireBlock, WireMessage, WireUsage, finish_reason, stream_error, unix_seconds,
+};
 use crate::ChunkStream;
 use crate::error::ProviderError;
 use crate::openai::response::truncate;
@@ -106,9 +108,15 @@ enum WireEvent {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireDelta {
-    TextDelta { text: String },
-    InputJsonDelta { partial_json: String },
-    ThinkingDelta { thinking: String },
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    ThinkingDelta {
+        thinking: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -257,7 +265,8 @@ impl Translator {
                 let tool = self.tool_blocks.iter().find(|(block, _)| *block == index);
                 match tool {
                     Some(&(_, tool_index)) => {
-                        let call = json!({"index": tool_index, "function": {"arguments": partial_json}});
+                        let call =
+                            json!({"index": tool_index, "function": {"arguments": partial_json}});
                         Step::Chunk(self.tool_chunk(call))
                     }
                     // Input of a block tokun does not relay (a server tool).

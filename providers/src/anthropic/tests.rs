@@ -75,13 +75,19 @@ fn outcome(items: Vec<Result<ChatCompletionChunk, ProviderError>>) -> Outcome {
                 continue;
             }
         };
-        assert_eq!((chunk.model.as_str(), chunk.object.as_str()), (MODEL, "chat.completion.chunk"));
+        assert_eq!(
+            (chunk.model.as_str(), chunk.object.as_str()),
+            (MODEL, "chat.completion.chunk")
+        );
         assert!(chunk.id.starts_with("msg_"), "{}", chunk.id);
         if index == 0 {
             assert_eq!(chunk.choices[0].delta.role.as_deref(), Some("assistant"));
         }
         if chunk.usage.is_some() {
-            assert!(chunk.choices.is_empty() && index + 1 == count, "usage comes last, alone");
+            assert!(
+                chunk.choices.is_empty() && index + 1 == count,
+                "usage comes last, alone"
+            );
         }
         out.chunks += 1;
         for choice in &chunk.choices {
@@ -89,7 +95,11 @@ fn outcome(items: Vec<Result<ChatCompletionChunk, ProviderError>>) -> Outcome {
             out.text.push_str(delta.content.as_deref().unwrap_or(""));
             let reasoning = delta.extra.get("reasoning_content").and_then(Value::as_str);
             out.reasoning.push_str(reasoning.unwrap_or(""));
-            for call in delta.tool_calls.iter().flat_map(|calls| calls.as_array().into_iter().flatten()) {
+            for call in delta
+                .tool_calls
+                .iter()
+                .flat_map(|calls| calls.as_array().into_iter().flatten())
+            {
                 add_tool_delta(&mut out.tools, call);
             }
         }
@@ -102,7 +112,12 @@ fn outcome(items: Vec<Result<ChatCompletionChunk, ProviderError>>) -> Outcome {
 /// Applies one OpenAI tool-call delta: a new index opens a call, later ones append arguments.
 fn add_tool_delta(tools: &mut Vec<(String, String, String)>, call: &Value) {
     let index = call["index"].as_u64().unwrap() as usize;
-    let text = |pointer: &str| call.pointer(pointer).and_then(Value::as_str).unwrap_or("").to_owned();
+    let text = |pointer: &str| {
+        call.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     if index == tools.len() {
         assert_eq!(call["type"], "function");
         tools.push((text("/id"), text("/function/name"), String::new()));
@@ -128,12 +143,17 @@ fn text_outcome(chunks: usize, finish: Option<&str>, usage: Option<Usage>) -> Ou
 #[test]
 fn text_stream_with_exact_usage() {
     // role, 4 text deltas, finish, usage: input from message_start, output from message_delta.
-    check("text.sse", text_outcome(7, Some("stop"), Some(Usage::new(25, 12))));
+    check(
+        "text.sse",
+        text_outcome(7, Some("stop"), Some(Usage::new(25, 12))),
+    );
 }
 
 #[test]
 fn crlf_line_endings() {
-    let body = String::from_utf8(fixture("text.sse")).unwrap().replace('\n', "\r\n");
+    let body = String::from_utf8(fixture("text.sse"))
+        .unwrap()
+        .replace('\n', "\r\n");
     let out = outcome(parse(vec![Bytes::from(body)]));
     assert_eq!(out, text_outcome(7, Some("stop"), Some(Usage::new(25, 12))));
 }
@@ -141,7 +161,9 @@ fn crlf_line_endings() {
 #[test]
 fn tool_use_stream_assembles_calls_and_counts_cache_tokens() {
     let usage = Usage {
-        prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 1024 }),
+        prompt_tokens_details: Some(PromptTokensDetails {
+            cached_tokens: 1024,
+        }),
         ..Usage::new(472 + 200 + 1024, 89)
     };
     check(
@@ -241,7 +263,10 @@ fn eof_before_a_stop_reason_is_truncated() {
 
 #[test]
 fn eof_after_a_stop_reason_still_reports_usage() {
-    check("eof_after_delta.sse", text_outcome(7, Some("stop"), Some(Usage::new(25, 12))));
+    check(
+        "eof_after_delta.sse",
+        text_outcome(7, Some("stop"), Some(Usage::new(25, 12))),
+    );
 }
 
 #[test]
@@ -263,7 +288,10 @@ fn a_utf8_sequence_split_across_reads_is_joined() {
         Bytes::copy_from_slice(&body[..emoji + 2]),
         Bytes::copy_from_slice(&body[emoji + 2..]),
     ];
-    assert_eq!(outcome(parse(pieces)), text_outcome(7, Some("stop"), Some(Usage::new(25, 12))));
+    assert_eq!(
+        outcome(parse(pieces)),
+        text_outcome(7, Some("stop"), Some(Usage::new(25, 12)))
+    );
 }
 
 #[test]
@@ -306,8 +334,11 @@ fn comparable(
     items
         .into_iter()
         .map(|item| {
-            item.map(|chunk| ChatCompletionChunk { created: 0, ..chunk })
-                .map_err(|err| format!("{}: {err}", err.kind()))
+            item.map(|chunk| ChatCompletionChunk {
+                created: 0,
+                ..chunk
+            })
+            .map_err(|err| format!("{}: {err}", err.kind()))
         })
         .collect()
 }

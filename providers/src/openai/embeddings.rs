@@ -100,7 +100,9 @@ mod tests {
 
     #[test]
     fn floats_are_always_requested_and_extras_relayed() {
-        let req = request(json!({"model": "m", "input": "hi", "encoding_format": "base64", "user": "u1"}));
+        let req = request(
+            json!({"model": "m", "input": "hi", "encoding_format": "base64", "user": "u1"}),
+        );
         let body: Value = serde_json::from_slice(&encode(&req).unwrap()).unwrap();
         assert_eq!(
             body,

@@ -94,13 +94,15 @@ fn tool_calls_and_results_become_blocks() {
 
 #[test]
 fn function_tools_become_input_schemas() {
-    let out = body(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+    let out = body(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
         "tools": [
             {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
             {"type": "function", "function": {"name": "ping"}},
         ],
-        "tool_choice": "required", "parallel_tool_calls": false}));
+        "tool_choice": "required", "parallel_tool_calls": false}),
+    );
     assert_eq!(
         out["tools"],
         json!([
@@ -109,7 +111,10 @@ fn function_tools_become_input_schemas() {
             {"name": "ping", "input_schema": {"type": "object", "properties": {}}},
         ])
     );
-    assert_eq!(out["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type": "any", "disable_parallel_tool_use": true})
+    );
 }
 
 #[test]
@@ -127,17 +132,21 @@ fn tool_choice_forms() {
     );
     let without_tools = body(json!({"model": "m", "messages": [], "tool_choice": "required"}));
     assert!(without_tools.get("tool_choice").is_none());
-    let default = body(json!({"model": "m", "messages": [], "tools": [{"type": "function", "function": {"name": "f"}}]}));
+    let default = body(
+        json!({"model": "m", "messages": [], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    );
     assert!(default.get("tool_choice").is_none());
 }
 
 #[test]
 fn images_and_cache_control_are_translated() {
-    let out = body(json!({"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "long context", "cache_control": {"type": "ephemeral"}},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
-    ]}]}));
+    let out = body(
+        json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "long context", "cache_control": {"type": "ephemeral"}},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+        ]}]}),
+    );
     assert_eq!(
         out["messages"][0]["content"],
         json!([
@@ -150,7 +159,8 @@ fn images_and_cache_control_are_translated() {
 
 #[test]
 fn untranslatable_requests_are_request_errors() {
-    let audio = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]});
+    let audio =
+        json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]});
     assert_eq!(error_kind(audio), "request");
     let custom_tool = json!({"model": "m", "messages": [], "tools": [{"type": "custom", "custom": {"name": "x"}}]});
     assert_eq!(error_kind(custom_tool), "request");
@@ -160,7 +170,8 @@ fn untranslatable_requests_are_request_errors() {
 fn streaming_sets_stream_and_unknown_openai_fields_are_dropped() {
     let req: ChatRequest = serde_json::from_value(json!({"model": "m", "messages": [],
         "stream": true, "stream_options": {"include_usage": true}, "logprobs": true,
-        "response_format": {"type": "json_object"}, "top_k": 5})).unwrap();
+        "response_format": {"type": "json_object"}, "top_k": 5}))
+    .unwrap();
     let out = request::build(&req, true).unwrap();
     assert_eq!(
         out,

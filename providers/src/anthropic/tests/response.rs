@@ -20,7 +20,10 @@ const KEY: &str = "sk-ant-test-SECRET-0123456789";
 fn text_message_parses() {
     let completion = response::parse_completion(&fixture("message.json"), "claude-test").unwrap();
     assert_eq!(completion.id, "msg_01XFDUDYJgAACzvnptvVoYEL");
-    assert_eq!((completion.object.as_str(), completion.model.as_str()), ("chat.completion", "claude-test"));
+    assert_eq!(
+        (completion.object.as_str(), completion.model.as_str()),
+        ("chat.completion", "claude-test")
+    );
     let choice = &completion.choices[0];
     assert_eq!(
         choice.message,
@@ -42,9 +45,14 @@ fn tool_use_message_parses_with_cache_usage() {
         json!([{"id": "toolu_01A09q90qw90lq917835lq9", "type": "function", "function":
             {"name": "get_weather", "arguments": "{\"location\":\"San Francisco, CA\",\"unit\":\"celsius\"}"}}])
     );
-    assert_eq!(completion.choices[0].finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(
+        completion.choices[0].finish_reason.as_deref(),
+        Some("tool_calls")
+    );
     let usage = Usage {
-        prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 2048 }),
+        prompt_tokens_details: Some(PromptTokensDetails {
+            cached_tokens: 2048,
+        }),
         ..Usage::new(312 + 100 + 2048, 77)
     };
     assert_eq!(completion.usage, Some(usage));
@@ -86,8 +94,14 @@ fn bad_bodies_are_classified() {
     let body = fixture("message.json");
     let cut = response::parse_completion(&body[..body.len() / 2], "m").unwrap_err();
     assert_eq!(cut.kind(), "protocol");
-    assert_eq!(response::json_instead_of_stream(&fixture("error_in_200.json")).kind(), "stream_error");
-    assert_eq!(response::json_instead_of_stream(&fixture("message.json")).kind(), "protocol");
+    assert_eq!(
+        response::json_instead_of_stream(&fixture("error_in_200.json")).kind(),
+        "stream_error"
+    );
+    assert_eq!(
+        response::json_instead_of_stream(&fixture("message.json")).kind(),
+        "protocol"
+    );
 }
 
 #[test]
@@ -95,11 +109,22 @@ fn statuses_are_classified() {
     let mut headers = HeaderMap::new();
     headers.insert("retry-after", HeaderValue::from_static("12"));
     let overloaded = status_error(529, &headers, &fixture("error_529.json"), None);
-    assert_eq!((overloaded.kind(), overloaded.retryable()), ("status", true));
+    assert_eq!(
+        (overloaded.kind(), overloaded.retryable()),
+        ("status", true)
+    );
     assert_eq!(overloaded.retry_after(), Some(Duration::from_secs(12)));
-    assert_eq!(overloaded.to_string(), "the upstream answered HTTP 529: Overloaded");
+    assert_eq!(
+        overloaded.to_string(),
+        "the upstream answered HTTP 529: Overloaded"
+    );
 
-    let rejected = status_error(401, &HeaderMap::new(), &fixture("error_401.json"), Some(KEY));
+    let rejected = status_error(
+        401,
+        &HeaderMap::new(),
+        &fixture("error_401.json"),
+        Some(KEY),
+    );
     assert_eq!((rejected.kind(), rejected.retryable()), ("rejected", false));
     assert_eq!(
         rejected.to_string(),
@@ -108,7 +133,11 @@ fn statuses_are_classified() {
 
     let html = status_error(504, &HeaderMap::new(), &fixture("html_504.html"), None);
     assert!(html.retryable());
-    assert!(html.to_string().ends_with("504 Gateway Time-out 504 Gateway Time-out cloudflare"), "{html}");
+    assert!(
+        html.to_string()
+            .ends_with("504 Gateway Time-out 504 Gateway Time-out cloudflare"),
+        "{html}"
+    );
 }
 
 #[test]
