@@ -336,6 +336,85 @@ fn proc_status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU seconds used in the measured window by tokun and by the load
+/// generator + mock (this process's `bench-client` threads).
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    gateway: Option<f64>,
+    client: f64,
+}
+
+/// Sums `utime + stime` (clock ticks) of `pid`'s threads whose name passes `keep`.
+fn thread_ticks(pid: Option<u32>, keep: impl Fn(&str) -> bool) -> u64 {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}/task"),
+        None => "/proc/self/task".to_owned(),
+    };
+    let Ok(tasks) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (head, tail) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1;
+            if !keep(name) {
+                return None;
+            }
+            let fields: Vec<&str> = tail.split_whitespace().collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            Some(ticks(11) + ticks(12))
+        })
+        .sum()
+}
+
+/// Clock ticks used by the process (`Some(pid)`: all of it, exited threads
+/// included) or by this process's tokun threads (`None`: in-process gateway).
+fn gateway_ticks(pid: Option<u32>) -> u64 {
+    match pid {
+        Some(pid) => {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, t)| t)
+                .split_whitespace()
+                .collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            ticks(11) + ticks(12)
+        }
+        None => thread_ticks(None, |name| {
+            name.starts_with("tokun-") || name.starts_with("sled-")
+        }),
+    }
+}
+
+/// CPU used between `from` and `to`; `gateway`: as in `run_load`'s `rss`.
+async fn cpu_during(gateway: Option<Option<u32>>, from: Instant, to: Instant) -> Cpu {
+    let tick = 1.0 / 100.0; // USER_HZ on Linux
+    let client = || thread_ticks(None, |name| name.starts_with("bench-client"));
+    tokio::time::sleep_until(from.into()).await;
+    let (gateway_start, client_start) = (gateway.map(gateway_ticks), client());
+    tokio::time::sleep_until(to.into()).await;
+    let (gateway_end, client_end) = (gateway.map(gateway_ticks), client());
+    Cpu {
+        gateway: gateway_start
+            .zip(gateway_end)
+            .map(|(a, b)| b.saturating_sub(a) as f64 * tick),
+        client: client_end.saturating_sub(client_start) as f64 * tick,
+    }
+}
+
 // ---------------------------------------------------------------- mock upstream
 
 /// A lean OpenAI-compatible upstream: canned bodies, no bookkeeping.
@@ -1012,6 +1091,8 @@ struct Outcome {
     rss_peak: Option<u64>,
     hwm: Option<u64>,
     rss_idle: Option<u64>,
+    /// CPU seconds used during the measured window.
+    cpu: Cpu,
     rss_of: &'static str,
 }
 
@@ -1030,7 +1111,7 @@ fn run_scenario(
     let direct = Target::new(env.mock, spec.path(), None);
     outcomes.push(run_load(env, &spec, direct, "direct (mock)".into(), None)?);
     for gateway in gateways {
-        let rss = if spec.slow { Some(gateway.pid()) } else { None };
+        let rss = Some(gateway.pid());
         outcomes.push(run_load(
             env,
             &spec,
@@ -1067,8 +1148,10 @@ fn run_scenario(
     Ok(ScenarioResult { spec, outcomes })
 }
 
-/// Runs `spec` against `target`; with `rss = Some(pid)` samples that
-/// process's RSS (`Some(None)`: this process) during the run.
+/// Runs `spec` against `target`. `rss` says where tokun is: `None` for a
+/// direct run, `Some(None)` in this process, `Some(Some(pid))` a child. Its
+/// CPU time is measured over the window, and for slow streams (`c`) its RSS
+/// (this whole process's when in-process) is sampled.
 fn run_load(
     env: &Env<'_>,
     spec: &Spec,
@@ -1083,6 +1166,7 @@ fn run_load(
     let body = spec.body();
     let streaming = spec.streaming;
     let rss_idle = rss.and_then(|pid| proc_status_kib(pid, "VmRSS:"));
+    let sample_rss = rss.is_some() && spec.slow;
     let outcome = env.client.block_on(async move {
         let begin = Instant::now();
         let plan = Arc::new(Plan {
@@ -1092,8 +1176,9 @@ fn run_load(
             measure_from: begin + warmup,
             end: begin + warmup + window,
         });
+        let cpu = tokio::spawn(cpu_during(rss, plan.measure_from, plan.end));
         let sampling = Arc::new(AtomicBool::new(true));
-        let sampler = rss.map(|pid| {
+        let sampler = rss.filter(|_| sample_rss).map(|pid| {
             let sampling = sampling.clone();
             tokio::spawn(async move {
                 let mut peak = 0;
@@ -1137,9 +1222,10 @@ fn run_load(
             Some(sampler) => sampler.await.ok(),
             None => None,
         };
-        (plan, merged, rss_peak)
+        let cpu = cpu.await.unwrap_or_default();
+        (plan, merged, rss_peak, cpu)
     });
-    let (plan, merged, rss_peak) = outcome;
+    let (plan, merged, rss_peak, cpu) = outcome;
     let in_window: Vec<&Sample> = merged
         .samples
         .iter()
@@ -1165,9 +1251,12 @@ fn run_load(
         billed: merged.billed,
         first_error: merged.first_error,
         rss_peak,
-        hwm: rss.and_then(|pid| proc_status_kib(pid, "VmHWM:")),
-        rss_idle,
-        rss_of: match rss {
+        hwm: rss
+            .filter(|_| sample_rss)
+            .and_then(|pid| proc_status_kib(pid, "VmHWM:")),
+        rss_idle: rss_idle.filter(|_| sample_rss),
+        cpu,
+        rss_of: match rss.filter(|_| sample_rss) {
             Some(Some(_)) => "tokun process",
             Some(None) => "whole bench process (client+mock+tokun)",
             None => "",
@@ -1190,9 +1279,9 @@ fn print_results(results: &[ScenarioResult]) {
     println!("## Results (load average now: {})", loadavg());
     println!();
     println!(
-        "| scenario | via | conn | done in window | rate /s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | SSE events /s | errors | reconnects | billed | RSS idle / peak / HWM MiB |"
+        "| scenario | via | conn | done in window | rate /s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | SSE events /s | errors | reconnects | billed | tokun CPU % / µs per req | client+mock CPU % | RSS idle / peak / HWM MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for result in results {
         for o in &result.outcomes {
             let rss = if o.rss_of.is_empty() {
@@ -1207,8 +1296,14 @@ fn print_results(results: &[ScenarioResult]) {
                 )
             };
             let stream = result.spec.streaming;
+            let secs = result.spec.duration;
+            let gateway_cpu = o.cpu.gateway.map_or_else(String::new, |cpu| {
+                let per = cpu / (o.completed.max(1) as f64) * 1e6;
+                format!("{:.0} % / {per:.0}", 100.0 * cpu / secs)
+            });
+            let client_cpu = format!("{:.0} %", 100.0 * o.cpu.client / secs);
             println!(
-                "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 result.spec.name,
                 o.via,
                 o.concurrency,
@@ -1234,6 +1329,8 @@ fn print_results(results: &[ScenarioResult]) {
                 o.errors,
                 o.reconnects,
                 o.billed,
+                gateway_cpu,
+                client_cpu,
                 rss
             );
         }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::Secret;
+
 #[derive(Debug, Parser)]
 #[command(name = "tokun", version, about = "A self-hosted, metered LLM gateway")]
 pub struct Cli {
@@ -25,6 +27,24 @@ pub enum Command {
     /// Check or export the ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Copy the store to the configured Postgres once and exit (with a
+    /// server running, use POST /admin/snapshots instead).
+    Snapshot {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Rebuild a store from the latest Postgres snapshot, into an empty data dir.
+    Restore {
+        /// postgres://user[:password]@host[:port]/db (never printed).
+        #[arg(long = "from-postgres", env = "TOKUN_RESTORE_PG_URL", hide_env_values = true, value_parser = secret)]
+        from_postgres: Secret,
+        /// The data directory to create; it must be missing or empty.
+        #[arg(long, env = "TOKUN_DATA")]
+        data: PathBuf,
+        /// The schema the snapshots were written to (`postgres.schema`).
+        #[arg(long, default_value = "public")]
+        schema: String,
+    },
     /// Watch a running tokun's actors and request rates.
     Top {
         /// The tokun to watch.
@@ -132,4 +152,9 @@ pub struct ServeArgs {
     /// Address to listen on (overrides `server.listen`).
     #[arg(long, env = "TOKUN_LISTEN")]
     pub listen: Option<SocketAddr>,
+}
+
+/// Keeps a URL with a password out of `Debug` output.
+fn secret(value: &str) -> Result<Secret, String> {
+    Ok(Secret::new(value))
 }

@@ -1,5 +1,5 @@
 //! The operator subcommands that work on the store directly: `accounts`,
-//! `keys` and `ledger`. They start the same ledger and account actors as the
+//! `keys`, `ledger`, and the Postgres `snapshot` and `restore`. They start the same ledger and account actors as the
 //! server (so every balance change takes the same path) and stop them again.
 //! sled allows one process per store: with a server running, use the admin API.
 
@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use tokun_storage::{AccountId, EntryKind, KeyId, Nanos};
 
 use crate::cli::{AccountsCommand, KeysCommand, LedgerCommand, StoreArgs};
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::services::{KeyOptions, Services, StartMode};
 
 pub fn load_config(store: &StoreArgs) -> anyhow::Result<Config> {
@@ -211,4 +211,59 @@ pub async fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
             result.map_err(Into::into)
         }
     }
+}
+
+/// `tokun snapshot`: one snapshot to the configured Postgres.
+pub async fn snapshot(store: &StoreArgs) -> anyhow::Result<()> {
+    let config = load_config(store)?;
+    let Some(postgres) = &config.postgres else {
+        bail!("the config has no [postgres] section: there is nowhere to snapshot to");
+    };
+    let target = postgres.target()?;
+    let services = open(store).await?;
+    let result = async {
+        let mut conn = target.connect("tokun-snapshot-cli").await?;
+        tokun_storage::postgres::snapshot(&services.store, &mut conn).await
+    }
+    .await;
+    services.stop().await;
+    let report = result?;
+    out(format!(
+        "snapshot to {target}: {} new entries (seq {} to {}), {} balances, {} accounts, {} keys, \
+         {} open holds, {} new requests, {} payments in {:.2}s",
+        report.entries,
+        report.from_seq,
+        report.last_seq,
+        report.balances,
+        report.accounts,
+        report.api_keys,
+        report.open_holds,
+        report.requests,
+        report.payments,
+        report.duration.as_secs_f64()
+    ))
+}
+
+/// `tokun restore --from-postgres URL --data DIR`: a new store from the
+/// latest snapshot. Refuses a data dir that is not empty.
+pub async fn restore(url: &Secret, data: &std::path::Path, schema: &str) -> anyhow::Result<()> {
+    if std::fs::read_dir(data).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!("{} is not empty: restore only into a new or empty data dir", data.display());
+    }
+    let target = tokun_storage::postgres::PgTarget::parse(url.expose(), schema)?;
+    let mut conn = target.connect_existing("tokun-restore").await?;
+    let report = tokun_storage::postgres::restore(&mut conn, &data.join("ledger")).await?;
+    out(format!(
+        "restored {} from {target}: {} entries, {} accounts, {} keys, {} open holds \
+         (settled as recovered at the next start), {} requests, {} payments; ledger verified clean\n\
+         start it with: tokun serve --data {}",
+        data.display(),
+        report.last_seq,
+        report.accounts,
+        report.api_keys,
+        report.open_holds,
+        report.requests,
+        report.payments,
+        data.display()
+    ))
 }

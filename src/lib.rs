@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod stripe;
 pub mod telemetry;
 pub mod top;

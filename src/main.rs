@@ -17,6 +17,10 @@ fn main() -> anyhow::Result<()> {
             Command::Accounts(command) => commands::accounts(command).await,
             Command::Keys(command) => commands::keys(command).await,
             Command::Ledger(command) => commands::ledger(command).await,
+            Command::Snapshot { store } => commands::snapshot(&store).await,
+            Command::Restore { from_postgres, data, schema } => {
+                commands::restore(&from_postgres, &data, &schema).await
+            }
             Command::Top {
                 url,
                 admin_token,

@@ -28,6 +28,7 @@ pub fn install() -> Option<PrometheusHandle> {
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
+            register_snapshot_metrics();
             Some(handle)
         })
         .clone()
@@ -54,6 +55,7 @@ pub fn render(handle: &PrometheusHandle, services: &Services, live_streams: u64)
     });
     metrics::gauge!("tokun_streams_live").set(live_streams as f64);
     metrics::gauge!("tokun_account_actors_live").set(services.accounts.live() as f64);
+    publish_snapshot_lag(services);
     handle.run_upkeep();
     handle.render()
 }
@@ -153,4 +155,65 @@ fn describe() {
         "tokun_actor_mailbox_depth_max",
         "Deepest mailbox among the actors of a kind."
     );
+}
+
+/// The Postgres snapshot lag, measured at scrape time (zero without Postgres).
+fn publish_snapshot_lag(services: &Services) {
+    let lag = services
+        .snapshots
+        .as_ref()
+        .map(|snapshots| snapshots.lag())
+        .unwrap_or_default();
+    metrics::gauge!("tokun_snapshot_lag_entries").set(lag.entries as f64);
+    metrics::gauge!("tokun_snapshot_lag_seconds").set(lag.seconds);
+}
+
+/// Snapshot metrics exist from the start, with or without Postgres, so
+/// dashboards and alerts work before the first snapshot (and without one).
+fn register_snapshot_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "tokun_snapshot_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last successful Postgres snapshot (0: none yet)."
+    );
+    describe_gauge!(
+        "tokun_snapshot_lag_entries",
+        "Ledger entries in sled not yet in Postgres."
+    );
+    describe_gauge!(
+        "tokun_snapshot_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest ledger entry not yet in Postgres (0: caught up)."
+    );
+    describe_histogram!(
+        "tokun_snapshot_duration_seconds",
+        Unit::Seconds,
+        "How long successful Postgres snapshots took."
+    );
+    describe_counter!(
+        "tokun_snapshot_rows_total",
+        "Rows written to Postgres by snapshots, by table."
+    );
+    describe_counter!(
+        "tokun_snapshot_failures_total",
+        "Postgres snapshots that failed (each is retried with backoff)."
+    );
+    metrics::gauge!("tokun_snapshot_last_success_timestamp_seconds").increment(0.0);
+    metrics::gauge!("tokun_snapshot_lag_entries").set(0.0);
+    metrics::gauge!("tokun_snapshot_lag_seconds").set(0.0);
+    let _ = metrics::histogram!("tokun_snapshot_duration_seconds");
+    for table in [
+        "ledger_entries",
+        "balances",
+        "accounts",
+        "api_keys",
+        "open_holds",
+        "requests",
+        "payments",
+        "stripe_events",
+    ] {
+        metrics::counter!("tokun_snapshot_rows_total", "table" => table).increment(0);
+    }
+    metrics::counter!("tokun_snapshot_failures_total").increment(0);
 }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokun_actors::StreamSupervisorHandle;
+use tracing::Instrument;
 
 use crate::api;
 use crate::config::Config;
@@ -60,7 +61,19 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     request.extensions_mut().insert(id.clone());
-    let mut response = next.run(request).await;
+    // One span per request; handlers fill in who and what once they know.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id.0,
+        %method,
+        path = %path,
+        account = tracing::field::Empty,
+        key = tracing::field::Empty,
+        model = tracing::field::Empty,
+        route = tracing::field::Empty,
+    );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let _entered = span.enter();
     if let Ok(value) = HeaderValue::from_str(&id.0) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -107,7 +120,9 @@ impl RunningServer {
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
         let addr = listener.local_addr()?;
         // The recorder goes first, so the actors started below are counted.
-        crate::metrics::install();
+        if config.metrics.enabled {
+            crate::metrics::install();
+        }
         let (services, first_start) = Services::start(&config, StartMode::Serve).await?;
         let streams = StreamSupervisorHandle::start().await?;
         let grace = config.server.shutdown_grace;

@@ -1,15 +1,17 @@
 //! The long-lived parts behind the API, started in order and stopped in
 //! reverse: the sled store, the ledger actor (with its writer thread), the
-//! account actors' supervisor. On start it settles holds left open by a crash
-//! (`recovered`), and on a fresh data dir it creates the admin token and the
-//! demo account. Used by `tokun serve` and by the store-touching subcommands.
+//! account actors' supervisor, and (with `[postgres]`) the snapshot actor,
+//! which takes a final snapshot at stop before the ledger stops. On start it
+//! settles holds left open by a crash (`recovered`), and on a fresh data dir
+//! it creates the admin token and the demo account. Used by `tokun serve`
+//! and by the store-touching subcommands.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use tokun_actors::{AccountsHandle, LedgerHandle};
+use tokun_actors::{AccountsHandle, LedgerHandle, SnapshotHandle};
 use tokun_storage::{
     AccountId, AccountRecord, EntryKind, KeyId, KeyRecord, Nanos, Store, WriteOp, WriterConfig,
     hash_secret,
@@ -17,6 +19,9 @@ use tokun_storage::{
 
 use crate::auth::new_key_secret;
 use crate::config::Config;
+
+/// How long shutdown waits for the final Postgres snapshot.
+const FINAL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an account actor stays alive without traffic.
 const ACCOUNT_IDLE: Duration = Duration::from_secs(300);
@@ -28,6 +33,8 @@ pub struct Services {
     pub accounts: AccountsHandle,
     /// SHA-256 of the admin token.
     pub admin_token_hash: [u8; 32],
+    /// Postgres snapshots (`tokun serve` with `[postgres]` configured).
+    pub snapshots: Option<SnapshotHandle>,
 }
 
 /// What a first start created and must print once.
@@ -75,11 +82,12 @@ impl Services {
             None if mode == StartMode::Serve => admin_token_from_file(dir, &mut first)?,
             None => [0; 32],
         };
-        let services = Services {
+        let mut services = Services {
             store,
             ledger,
             accounts,
             admin_token_hash,
+            snapshots: None,
         };
         first.recovered_holds = services.recover_holds().await?;
         if mode == StartMode::Serve && fresh && config.billing.demo_credit.get() > 0 {
@@ -91,6 +99,9 @@ impl Services {
                 )
                 .await?;
             first.demo_key = Some(key);
+        }
+        if mode == StartMode::Serve {
+            services.snapshots = start_snapshots(config, &services.store).await?;
         }
         Ok((services, first))
     }
@@ -200,8 +211,26 @@ impl Services {
     /// Flushes and stops the ledger.
     pub async fn stop(&self) {
         let _ = self.ledger.barrier().await;
+        if let Some(snapshots) = &self.snapshots {
+            // Everything is flushed: copy it to Postgres before the ledger stops.
+            if let Err(error) = snapshots.snapshot_now(FINAL_SNAPSHOT_TIMEOUT).await {
+                tracing::warn!(%error, "the final postgres snapshot failed; sled has everything");
+            }
+            snapshots.stop().await;
+        }
         self.ledger.stop().await;
     }
+}
+
+/// Starts the snapshot actor when `[postgres]` is configured.
+async fn start_snapshots(config: &Config, store: &Store) -> anyhow::Result<Option<SnapshotHandle>> {
+    let Some(postgres) = &config.postgres else {
+        return Ok(None);
+    };
+    let target = postgres.target()?;
+    let handle = SnapshotHandle::start(store.clone(), target, postgres.snapshot_interval).await?;
+    tracing::info!(target = %handle.status().target, "postgres snapshots on");
+    Ok(Some(handle))
 }
 
 /// Options of a new API key.

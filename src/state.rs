@@ -32,6 +32,8 @@ struct Inner {
     /// Single-use WebSocket tickets for browsers (`POST /v1/ws/ticket`).
     tickets: Tickets,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The Stripe client when `[stripe]` is configured (top-ups and webhooks).
+    stripe: Option<crate::stripe::Stripe>,
 }
 
 /// A configured model with its routes resolved to adapters.
@@ -71,7 +73,19 @@ impl AppState {
             );
         }
         let tickets = Tickets::new(config.websocket.ticket_ttl);
+        let metrics = config
+            .metrics
+            .enabled
+            .then(crate::metrics::install)
+            .flatten();
+        let stripe = config.stripe.clone().and_then(|stripe| {
+            // The config checked the key and URL, so this does not fail.
+            crate::stripe::Stripe::new(stripe)
+                .inspect_err(|error| tracing::error!(%error, "Stripe is misconfigured; top-ups are off"))
+                .ok()
+        });
         let inner = Inner {
+            stripe,
             config,
             models,
             streams,
@@ -80,7 +94,7 @@ impl AppState {
             inflight: InFlight::default(),
             idempotency: Idempotency::default(),
             tickets,
-            metrics: crate::metrics::install(),
+            metrics,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -113,6 +127,10 @@ impl AppState {
 
     pub fn idempotency(&self) -> &Idempotency {
         &self.inner.idempotency
+    }
+
+    pub fn stripe(&self) -> Option<&crate::stripe::Stripe> {
+        self.inner.stripe.as_ref()
     }
 
     pub fn tickets(&self) -> &Tickets {

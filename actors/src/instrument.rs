@@ -294,3 +294,118 @@ where
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Parent;
+    struct Crasher;
+
+    impl ActorKind for Parent {
+        const KIND: &'static str = "test_parent";
+    }
+
+    impl ActorKind for Crasher {
+        const KIND: &'static str = "test_crasher";
+    }
+
+    enum Never {}
+
+    impl MessageKind for Never {
+        fn kind(&self) -> &'static str {
+            match *self {}
+        }
+    }
+
+    enum Poke {
+        Fine,
+        Crash,
+    }
+
+    impl MessageKind for Poke {
+        fn kind(&self) -> &'static str {
+            match self {
+                Poke::Fine => "fine",
+                Poke::Crash => "crash",
+            }
+        }
+    }
+
+    impl Actor for Parent {
+        type Msg = Never;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<Never>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    impl Actor for Crasher {
+        type Msg = Poke;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<Poke>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Poke>,
+            message: Poke,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            match message {
+                Poke::Fine => Ok(()),
+                Poke::Crash => Err("boom".into()),
+            }
+        }
+    }
+
+    fn counts(kind: &str) -> KindCounts {
+        directory()
+            .counts()
+            .into_iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, c)| c)
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_crashed_actor_shows_up_in_restarts_and_leaves_the_directory() {
+        let (parent, parent_stats) = Metered::spawn(Parent, (), None).await.unwrap();
+        let (child, stats) = Metered::spawn(Crasher, (), Some(parent.get_cell()))
+            .await
+            .unwrap();
+        assert_eq!(stats.parent(), parent_stats.id());
+        let live = |id| directory().live().iter().any(|s| s.id() == Some(id));
+        assert!(live(child.get_id()));
+        stats.note_sent();
+        child.send_message(Poke::Fine).unwrap();
+        stats.note_sent();
+        child.send_message(Poke::Crash).unwrap();
+        let _ = child
+            .get_cell()
+            .wait(Some(std::time::Duration::from_secs(5)))
+            .await;
+        // The parent's supervision event is handled right after the child dies.
+        for _ in 0..100 {
+            if counts("test_crasher").restarted == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(counts("test_crasher").restarted, 1);
+        assert_eq!(counts("test_crasher").started, 1);
+        assert!(!live(child.get_id()));
+        assert_eq!(
+            stats.handled(),
+            2,
+            "both messages were handled, the second one failed"
+        );
+        assert_eq!(stats.mailbox_depth(), 0);
+        parent.stop(None);
+    }
+}

@@ -1,5 +1,6 @@
 //! The domain, as ractor actors: stream actors relaying completions, account
-//! actors owning balances, the ledger actor in front of the durable store, and
+//! actors owning balances, the ledger actor in front of the durable store, the
+//! snapshot actor copying it to Postgres, and
 //! their supervision and counters. Knows nothing of axum, HTTP status codes or
 //! the public JSON shapes; talks to upstreams only through `tokun-providers`
 //! and to disk only through `tokun-storage`.
@@ -9,6 +10,8 @@ pub mod instrument;
 pub mod ledger;
 pub mod meter;
 pub mod relay;
+pub mod snapshot;
+pub mod snapshot_supervisor;
 pub mod stats;
 pub mod stream;
 pub mod stream_supervisor;
@@ -19,5 +22,6 @@ pub use meter::{AccountMeter, Meter, MeterRecord};
 pub use relay::{
     RelayEvent, RequestError, Route, Settlement, StreamFailure, Timeouts, UsageSource,
 };
+pub use snapshot_supervisor::SnapshotHandle;
 pub use stream::StreamArgs;
 pub use stream_supervisor::StreamSupervisorHandle;

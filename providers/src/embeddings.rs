@@ -69,10 +69,15 @@ pub struct EmbeddingResponse {
     pub data: Vec<Embedding>,
     pub model: String,
     pub usage: EmbeddingUsage,
+    /// Whether `usage` is tokun's own o200k count rather than the upstream's
+    /// (Gemini reports no embedding usage; some OpenAI-compatible servers omit
+    /// it), so billing can tell a guess from an exact count. Not on the wire.
+    #[serde(skip)]
+    pub usage_estimated: bool,
 }
 
 impl EmbeddingResponse {
-    /// A response holding `vectors` in order.
+    /// A response holding `vectors` in order, with exact usage.
     pub fn new(model: &str, vectors: Vec<Vec<f32>>, prompt_tokens: u64) -> Self {
         let data = vectors
             .into_iter()
@@ -91,6 +96,7 @@ impl EmbeddingResponse {
                 prompt_tokens,
                 total_tokens: prompt_tokens,
             },
+            usage_estimated: false,
         }
     }
 }

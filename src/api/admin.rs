@@ -1,6 +1,6 @@
 //! The operator API under `/admin`, guarded by the admin token: accounts
 //! (search, create, show, disable, credit/debit with a reason), keys (create
-//! for an account, revoke) and ledger verification.
+//! for an account, revoke), ledger verification and Stripe payments.
 
 use axum::Json;
 use axum::body::Body;
@@ -295,4 +295,35 @@ pub async fn verify_ledger(
         "clean": report.is_clean(), "entries": report.entries, "accounts": report.accounts,
         "open_holds": report.open_holds, "problems": report.problems,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PaymentQuery {
+    /// `open`, `paid`, `failed`, `expired`, `refunded`,
+    /// `partially_refunded` or `orphaned`; all without it.
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Stripe payments, newest first; `?status=orphaned` lists the money an
+/// operator must match by hand.
+pub async fn list_payments(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PaymentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state, &headers)?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(crate::stripe::parse_status(name).ok_or_else(|| {
+            ApiError::bad_request(format!("`{name}` is not a payment status."), Some("status"))
+        })?),
+    };
+    let payments = state
+        .services()
+        .store
+        .payments(status, q.limit.unwrap_or(100).min(1000))
+        .map_err(|_| ApiError::Internal)?;
+    let data: Vec<Value> = payments.iter().map(crate::stripe::payment_json).collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }

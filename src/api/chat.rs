@@ -73,6 +73,14 @@ async fn serve<'a>(
     let bytes = read_json_body(headers, body, state.config().server.max_body_bytes).await?;
     let request: ChatRequest = parse_json(&bytes)?;
     labels.model = state.model(&request.model).map(|m| m.config.id.as_str());
+    let span = tracing::Span::current();
+    if let Some(caller) = &caller {
+        span.record("account", tracing::field::display(caller.account));
+        span.record("key", caller.key.prefix.as_str());
+    }
+    if let Some(model) = labels.model {
+        span.record("model", model);
+    }
     check_request(state, caller.as_ref(), &request)?;
     let ticket = match idempotency_key(headers)? {
         Some(key) => match state.idempotency().claim(account_of(&caller), key) {
@@ -112,6 +120,7 @@ async fn serve<'a>(
                 provider,
                 upstream: took,
             }) => {
+                span.record("route", provider.as_ref());
                 labels.provider = Some(provider);
                 upstream = took;
             }

@@ -9,6 +9,7 @@ pub mod completion;
 mod health;
 mod models;
 mod ops;
+mod snapshots;
 pub mod sse;
 pub(crate) mod ws;
 
@@ -51,6 +52,14 @@ pub fn router() -> Router<AppState> {
             "/admin/ledger/verify",
             get(admin::verify_ledger).post(admin::verify_ledger),
         )
+        .route(
+            "/admin/snapshots",
+            get(snapshots::status).post(snapshots::trigger),
+        )
+        .route("/v1/topups", post(crate::stripe::checkout::create_topup))
+        .route("/v1/payments", get(crate::stripe::checkout::list_payments))
+        .route("/stripe/webhook", post(crate::stripe::webhook::receive))
+        .route("/admin/payments", get(admin::list_payments))
         .route("/admin/actors", get(ops::actors))
         .route("/admin/providers", get(ops::providers))
         .route("/metrics", get(ops::metrics))

@@ -3,8 +3,10 @@
 //! `SocketAddr`, `Price` in nanos, [`Secret`]). Every error names the field path.
 //! With no file at all, [`Config::default`] runs the `echo` provider.
 
+mod postgres;
 mod raw;
 mod secret;
+mod stripe;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,8 +17,10 @@ use std::time::Duration;
 use tokun_actors::Timeouts;
 use tokun_storage::{Nanos, Price};
 
+pub use postgres::PostgresConfig;
 pub use raw::RawConfig;
 pub use secret::{Secret, expand_env};
+pub use stripe::{NANOS_PER_CENT, StripeConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +51,17 @@ pub struct Config {
     pub billing: BillingConfig,
     pub ledger: LedgerConfig,
     pub websocket: WebSocketConfig,
+    /// Postgres snapshots; `None` runs on sled alone.
+    pub postgres: Option<PostgresConfig>,
+    pub metrics: MetricsConfig,
+    /// Stripe top-ups; `None`: `/v1/topups` answers 501.
+    pub stripe: Option<StripeConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Record metrics and serve `GET /metrics`.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +178,12 @@ impl Config {
                 .transpose()
         };
         let server = server_config(raw.server, &secret)?;
+        let stripe = stripe::stripe_config(
+            raw.stripe,
+            &secret,
+            server.public_url.as_deref(),
+            server.listen,
+        )?;
         let mut providers = Vec::with_capacity(raw.providers.len().max(1));
         for (i, p) in raw.providers.into_iter().enumerate() {
             let api_key = secret(&format!("providers[{i}].api_key"), p.api_key.clone())?;
@@ -201,7 +222,12 @@ impl Config {
                     raw.ledger.max_batch_delay_us.unwrap_or(500),
                 ),
             },
+            metrics: MetricsConfig {
+                enabled: raw.metrics.enabled.unwrap_or(true),
+            },
             websocket: websocket_config(raw.websocket)?,
+            postgres: postgres::postgres_config(raw.postgres, &secret)?,
+            stripe,
         })
     }
 

@@ -20,6 +20,18 @@ pub struct RawConfig {
     pub ledger: RawLedger,
     #[serde(default)]
     pub websocket: RawWebSocket,
+    /// Snapshots to Postgres; absent: sled only.
+    pub postgres: Option<RawPostgres>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// Stripe top-ups; absent: off.
+    pub stripe: Option<RawStripe>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,4 +124,25 @@ pub struct RawWebSocket {
     pub pong_timeout_ms: Option<u64>,
     pub stall_timeout_ms: Option<u64>,
     pub ticket_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub url: String,
+    pub snapshot_interval_secs: Option<u64>,
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStripe {
+    pub secret_key: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub api_base: Option<String>,
+    pub currency: Option<String>,
+    pub min_topup_usd: Option<f64>,
+    pub max_topup_usd: Option<f64>,
+    pub success_url: Option<String>,
+    pub cancel_url: Option<String>,
 }

@@ -67,6 +67,17 @@ fn the_example_file_is_valid_and_documents_every_key() {
         "pong_timeout_ms",
         "stall_timeout_ms",
         "ticket_ttl_secs",
+        "url",
+        "schema",
+        "snapshot_interval_secs",
+        "secret_key",
+        "webhook_secret",
+        "api_base",
+        "currency",
+        "min_topup_usd",
+        "max_topup_usd",
+        "success_url",
+        "cancel_url",
     ] {
         assert!(
             text.contains(&format!("{key} =")) || text.contains(&format!("{key} = ")),
@@ -146,4 +157,67 @@ fn websocket_limits_and_realtime_urls_are_checked() {
     let text = "[[providers]]\nname = \"o\"\nkind = \"openai\"\nrealtime_url = \"https://x\"\n";
     let error = parse(text).unwrap_err().to_string();
     assert!(error.starts_with("providers[0].realtime_url"), "{error}");
+}
+
+#[test]
+fn postgres_snapshots_are_optional_and_checked() {
+    assert!(parse("").unwrap().postgres.is_none());
+    let text = "[postgres]\nurl = \"postgres://tokun:${TEST_KEY}@db:5433/ledger\"\n";
+    let postgres = parse(text).unwrap().postgres.unwrap();
+    assert_eq!(postgres.schema, "public");
+    assert_eq!(postgres.snapshot_interval, Duration::from_secs(60));
+    assert!(postgres.url.expose().contains("sk-from-env"));
+    assert!(!format!("{postgres:?}").contains("sk-from-env"));
+    assert_eq!(postgres.target().unwrap().shown(), "tokun@db:5433/ledger");
+    let bad = [
+        ("schema = \"Bad-Name\"", "postgres.schema"),
+        ("snapshot_interval_secs = 0", "postgres.snapshot_interval_secs"),
+        ("colour = 1", "postgres.colour"),
+    ];
+    for (line, field) in bad {
+        let err = parse(&format!("{text}{line}\n")).unwrap_err().to_string();
+        assert!(err.contains(field), "{line}: {err}");
+    }
+    let err = parse("[postgres]\nurl = \"postgres://u:hunter2@h:nope/db\"\n").unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("postgres.url") && !err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn stripe_is_optional_and_checked() {
+    assert!(parse("").unwrap().stripe.is_none());
+    let text = "[server]\npublic_url = \"https://gw.example.com/\"\n[stripe]\nsecret_key = \"${TEST_KEY}\"\nwebhook_secret = \"whsec_1\"\n";
+    let stripe = parse(text).unwrap().stripe.unwrap();
+    assert_eq!(stripe.secret_key.expose(), "sk-from-env");
+    assert!(!format!("{stripe:?}").contains("sk-from-env"));
+    assert!(!format!("{stripe:?}").contains("whsec_1"));
+    assert_eq!(stripe.api_base, "https://api.stripe.com/");
+    assert_eq!(stripe.currency, "usd");
+    assert_eq!(stripe.min_topup, Nanos::new(5_000_000_000));
+    assert_eq!(stripe.max_topup, Nanos::new(1_000_000_000_000));
+    assert!(
+        stripe
+            .success_url
+            .starts_with("https://gw.example.com/?topup=success&session_id={CHECKOUT_SESSION_ID}")
+    );
+    let keys = "[stripe]\nsecret_key = \"sk\"\nwebhook_secret = \"wh\"\n";
+    let bad: [(&str, &str); 9] = [
+        ("[stripe]\nsecret_key = \"sk\"\n", "stripe.webhook_secret"),
+        ("[stripe]\nwebhook_secret = \"wh\"\n", "stripe.secret_key"),
+        (&format!("{keys}api_base = \"ftp://x\"\n"), "stripe.api_base"),
+        (&format!("{keys}currency = \"eur\"\n"), "stripe.currency"),
+        (&format!("{keys}min_topup_usd = 0.25\n"), "stripe.min_topup_usd"),
+        (&format!("{keys}min_topup_usd = 5.005\n"), "stripe.min_topup_usd"),
+        (&format!("{keys}max_topup_usd = 1.0\n"), "stripe.max_topup_usd"),
+        (&format!("{keys}success_url = \"nope\"\n"), "stripe.success_url"),
+        (&format!("{keys}colour = 1\n"), "colour"),
+    ];
+    for (text, field) in bad {
+        let error = parse(text).unwrap_err().to_string();
+        assert!(error.contains(field), "{text}: {error}");
+    }
+    let missing = parse("[stripe]\nsecret_key = \"${NOPE}\"\nwebhook_secret = \"wh\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(missing.starts_with("stripe.secret_key") && missing.contains("NOPE"), "{missing}");
 }

@@ -45,6 +45,17 @@ pub enum StorageError {
         key: KeyId,
         reason: &'static str,
     },
+    /// A Stripe payment change broke a payment rule (credited twice, moved
+    /// to another account, a refund taken back, a credit without its entry).
+    #[error("write op {op_index} refused: payment {session} {reason}")]
+    PaymentConflict {
+        op_index: usize,
+        session: String,
+        reason: &'static str,
+    },
+    /// A Stripe event id or refund key that was already processed.
+    #[error("write op {op_index} refused: {key} was already processed")]
+    AlreadyProcessed { op_index: usize, key: String },
     /// A writer is already running on this store.
     #[error("a ledger writer is already running on this store")]
     WriterRunning,
@@ -60,7 +71,7 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// A submission refused by a rule (ledger, email or key): nothing was
+    /// A submission refused by a rule (ledger, email, key or payment): nothing was
     /// written, and the writer is fine. Every other error is a storage
     /// failure or a stopped writer.
     pub fn is_refusal(&self) -> bool {
@@ -70,6 +81,8 @@ impl StorageError {
                 | StorageError::UnknownAccount { .. }
                 | StorageError::EmailTaken { .. }
                 | StorageError::KeyConflict { .. }
+                | StorageError::PaymentConflict { .. }
+                | StorageError::AlreadyProcessed { .. }
         )
     }
 

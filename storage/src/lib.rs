@@ -2,15 +2,18 @@
 //! the money type (`Nanos`, `Price`), ledger entries and their arithmetic
 //! (`ledger::apply`), the sled trees and their layout (`Store`), the one
 //! writer thread that group-commits to them (`LedgerWriter`), and the audit
-//! (`Store::verify`). It knows nothing of actors, async runtimes, HTTP or
-//! providers, and depends on no other tokun crate.
+//! (`Store::verify`), and the Postgres snapshot and restore (`postgres`, the
+//! crate's only async code). It knows nothing of actors, HTTP or providers,
+//! and depends on no other tokun crate.
 //!
 //! Trees: `entries` (seq → entry), `account_entries` (account ++ batch's
 //! first seq → the account's seqs in that batch),
 //! `balances` (account → books as of its last entry), `accounts` and
 //! `emails`, `keys` (secret hash → key) with `key_ids` and `account_keys`,
 //! `holds` (open holds only), `usage` (account ++ time ++ unique → request
-//! metadata), `meta` (last committed seq) and `ids` (reserved id ranges).
+//! metadata), `meta` (last committed seq) and `ids` (reserved id ranges);
+//! for Stripe, `payments`, `account_payments`, `payment_intents` and
+//! `stripe_events` (see `payments`).
 //!
 //! **Invariant:** every write except id reservation goes through the
 //! writer thread, one atomic transaction and one flush per batch; an ack
@@ -26,6 +29,8 @@ mod ids_alloc;
 pub mod ledger;
 mod money;
 mod ops;
+mod payments;
+pub mod postgres;
 mod price;
 mod records;
 mod replay;
@@ -38,6 +43,7 @@ pub use ids::{AccountId, HoldId, IdError, KeyId};
 pub use ledger::{Book, Books, EntryKind, LedgerEntry, LedgerError, apply, apply_within_floor};
 pub use money::{MoneyError, NANOS_PER_USD, Nanos};
 pub use ops::{Ack, Durable, NewEntry, WriteOp};
+pub use payments::{PaymentRecord, PaymentStatus};
 pub use price::Price;
 pub use records::{
     AccountRecord, BalanceRow, KEY_PREFIX_CHARS, KeyRecord, OpenHold, UsageRecord, hash_secret,

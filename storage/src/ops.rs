@@ -11,6 +11,7 @@ use crate::ledger::{Books, EntryKind, LedgerEntry};
 use crate::money::Nanos;
 use crate::price::Price;
 use crate::records::{AccountRecord, KeyRecord, UsageRecord};
+use crate::payments::PaymentRecord;
 
 /// One change for the writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +32,15 @@ pub enum WriteOp {
     PutKey { hash: [u8; 32], record: KeyRecord },
     /// Record one request's metadata.
     PutUsage(UsageRecord),
+    /// Create or update a Stripe payment. The writer refuses a change its
+    /// rules forbid (crediting a session twice, moving it to another
+    /// account, taking back a refund; see `writer/stage/payments.rs`), and a
+    /// payment becoming paid must come with its `Topup` entry in the same
+    /// submission.
+    PutPayment(PaymentRecord),
+    /// Mark a Stripe event id (or refund key) processed. Marking one twice
+    /// is refused, so a submission carrying a mark is written at most once.
+    MarkProcessed { key: String, at_ms: u64 },
 }
 
 /// A ledger entry before the writer gives it a seq. `balance_after` and

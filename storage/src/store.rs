@@ -63,6 +63,14 @@ pub(crate) struct Trees {
     pub(crate) holds: Tree,
     /// Writer bookkeeping: the last committed seq.
     pub(crate) meta: Tree,
+    /// Stripe session id → `PaymentRecord` (see `payments`).
+    pub(crate) payments: Tree,
+    /// account ++ session id → nothing: an account's payments.
+    pub(crate) account_payments: Tree,
+    /// PaymentIntent id → session id.
+    pub(crate) payment_intents: Tree,
+    /// Processed Stripe event id or refund key → when (BE u64 ms).
+    pub(crate) stripe_events: Tree,
 }
 
 impl Default for StoreOptions {
@@ -113,6 +121,10 @@ impl Store {
             balances: open("balances")?,
             holds: open("holds")?,
             meta: open("meta")?,
+            payments: open("payments")?,
+            account_payments: open("account_payments")?,
+            payment_intents: open("payment_intents")?,
+            stripe_events: open("stripe_events")?,
         };
         let ids = IdAllocator::open(db.clone(), open("ids")?)?;
         Ok(Store {

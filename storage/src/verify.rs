@@ -17,6 +17,7 @@ use crate::codec::{decode, read_u64};
 use crate::error::StorageError;
 use crate::ids::AccountId;
 use crate::ledger::Book;
+use crate::payments::PaymentEntries;
 use crate::records::{AccountRecord, BalanceRow, OpenHold};
 use crate::replay::{Replay, SeqFingerprint};
 use crate::store::{Store, unpack_seqs};
@@ -56,15 +57,18 @@ impl Store {
     /// the double-entry postings sum to zero and match each account's
     /// available and held books; every closed hold took out exactly what
     /// went in; the `holds` tree holds exactly the unclosed holds with their
-    /// remaining amounts, which add up to each account's held.
+    /// remaining amounts, which add up to each account's held; every Stripe
+    /// payment matches the entries that reference it (see `payments`).
     pub fn verify(&self) -> Result<VerifyReport, StorageError> {
         let last_seq = self.last_seq()?;
         let mut replay = Replay::new(self.floors()?);
+        let mut payment_entries = PaymentEntries::default();
         for entry in self.entries(0) {
             let entry = entry?;
             if entry.seq > last_seq {
                 break;
             }
+            payment_entries.note(&entry);
             replay.step(&entry);
         }
         if replay.next_seq != last_seq + 1 {
@@ -85,6 +89,12 @@ impl Store {
         compare_postings(&mut replay, &skipped);
         compare_holds(&mut replay, &holds, &skipped);
         self.compare_index(&mut replay, last_seq)?;
+        // After balances: see `verify_payments` for why the order matters.
+        let mut payment_problems = Vec::new();
+        self.verify_payments(&payment_entries, last_seq, &mut payment_problems)?;
+        for problem in payment_problems {
+            replay.problems.add(problem);
+        }
         Ok(VerifyReport {
             entries: replay.entries,
             accounts: replay.accounts.len() as u64,

@@ -108,7 +108,10 @@ fn message_response(script: &Script, model: &str) -> Response {
 }
 
 fn event(data: &Value) -> String {
-    let kind = data.get("type").and_then(Value::as_str).unwrap_or("unknown");
+    let kind = data
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
     format!("event: {kind}\ndata: {data}\n\n")
 }
 
@@ -134,8 +137,7 @@ fn opening(script: &Script, model: &str) -> String {
 
 /// The block's end and `message_delta` with the stop reason and final output count.
 fn closing(script: &Script) -> String {
-    let mut delta =
-        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}});
+    let mut delta = json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}});
     if !script.omit_usage {
         delta["usage"] = json!({"output_tokens": usage_of(script).1});
     }
@@ -157,7 +159,9 @@ fn frame(step: usize, script: &Script) -> Option<Result<String, std::io::Error>>
     } else if script.garbage_after == Some(sent) {
         "event: content_block_delta\ndata: {\"type\": not json\n\n".to_owned()
     } else if script.error_event_after == Some(sent) {
-        event(&json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+        event(
+            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        )
     } else if step <= tokens {
         let text = &script.tokens[step - 1];
         event(&json!({"type": "content_block_delta", "index": 0,
@@ -175,7 +179,12 @@ fn frame(step: usize, script: &Script) -> Option<Result<String, std::io::Error>>
 /// Whether the frame at `step` ends the stream early (a drop, garbage or an error event).
 fn breaks_at(step: usize, script: &Script) -> bool {
     let sent = Some(step.saturating_sub(1));
-    [script.drop_after, script.garbage_after, script.error_event_after].contains(&sent)
+    [
+        script.drop_after,
+        script.garbage_after,
+        script.error_event_after,
+    ]
+    .contains(&sent)
 }
 
 fn stream_response(script: Script, model: String) -> Response {
@@ -191,7 +200,11 @@ fn stream_response(script: Script, model: String) -> Response {
             }
             tokio::time::sleep(script.delay).await;
             let frame = frame(step, &script)?;
-            let next = if breaks_at(step, &script) { usize::MAX } else { step + 1 };
+            let next = if breaks_at(step, &script) {
+                usize::MAX
+            } else {
+                step + 1
+            };
             Some((frame.map(Bytes::from), (next, script)))
         }
     });
@@ -260,7 +273,10 @@ mod tests {
         });
         let (text, finish, usage, error) = drain(&fake).await;
         assert_eq!(text, "Hello from the fake upstream.");
-        assert_eq!((finish.as_deref(), usage, error), (Some("stop"), Some(Usage::new(31, 7)), None));
+        assert_eq!(
+            (finish.as_deref(), usage, error),
+            (Some("stop"), Some(Usage::new(31, 7)), None)
+        );
 
         let [request] = fake.recorded().try_into().unwrap();
         assert_eq!(request.path_and_query, "/v1/messages");
@@ -275,7 +291,10 @@ mod tests {
     async fn completes_without_streaming() {
         let fake = FakeAnthropic::start().await.unwrap();
         let completion = adapter(&fake).complete(&hello()).await.unwrap();
-        assert_eq!(completion.choices[0].message["content"], "Hello from the fake upstream.");
+        assert_eq!(
+            completion.choices[0].message["content"],
+            "Hello from the fake upstream."
+        );
         assert_eq!(completion.usage, Some(Usage::new(10, 6)));
         assert!(fake.requests()[0].get("stream").is_none());
     }
@@ -290,7 +309,10 @@ mod tests {
         let err = adapter(&fake).stream(&hello()).await.err().unwrap();
         assert_eq!((err.kind(), err.retryable()), ("status", true));
         assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
-        assert_eq!(err.to_string(), "the upstream answered HTTP 529: fake anthropic says 529");
+        assert_eq!(
+            err.to_string(),
+            "the upstream answered HTTP 529: fake anthropic says 529"
+        );
     }
 
     #[tokio::test]
@@ -319,7 +341,10 @@ mod tests {
         let (text, _, _, error) = drain(&fake).await;
         assert_eq!((text.as_str(), error), ("", Some("protocol")));
         let (_, finish, usage, error) = drain(&fake).await;
-        assert_eq!((finish.as_deref(), usage, error), (Some("stop"), None, None));
+        assert_eq!(
+            (finish.as_deref(), usage, error),
+            (Some("stop"), None, None)
+        );
         assert_eq!(fake.calls(), 4);
     }
 

@@ -124,6 +124,13 @@ impl AccountBook {
         }
     }
 
+    /// Replaces the books with the store's, after the ledger refused an
+    /// entry this book had already applied (see `payment`). Holds are kept:
+    /// only the refused entry's effect on the books is undone.
+    pub fn restore_books(&mut self, books: Books) {
+        self.books = books;
+    }
+
     /// Seeds a key's settled spend (loaded at start).
     pub fn set_key_spent(&mut self, key: KeyId, spent: Nanos) {
         self.key_committed.insert(key, spent);

@@ -9,6 +9,7 @@
 //! itself never waits on a disk flush, so its mailbox keeps moving.
 
 pub mod book;
+pub mod payment;
 pub mod registry;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ use tokun_storage::{AccountId, HoldId};
 use tokun_storage::{AccountRecord, UsageRecord};
 
 pub use book::{AccountBook, AccountError, Reservation, ReserveRequest, Settled};
+pub use payment::{PaidSession, PaymentCommand, PaymentOutcome, StripeRefund};
 
 use crate::ledger::LedgerHandle;
 
@@ -97,6 +99,8 @@ pub enum AccountMsg {
     SetDisabled(bool, Durably<AccountRecord>),
     View(RpcReplyPort<Result<AccountView, AccountError>>),
     IdleCheck,
+    /// A Stripe payment event; replies once durable (see `payment`).
+    Payment(PaymentCommand, Durably<PaymentOutcome>),
 }
 
 impl crate::instrument::ActorKind for AccountActor {
@@ -116,6 +120,7 @@ impl crate::instrument::MessageKind for AccountMsg {
             AccountMsg::SetDisabled(..) => "set_disabled",
             AccountMsg::View(_) => "view",
             AccountMsg::IdleCheck => "idle_check",
+            AccountMsg::Payment(..) => "payment",
         }
     }
 }
@@ -185,7 +190,13 @@ impl Actor for AccountActor {
         }
         let now = now_ms();
         let holds_before = state.book.open_holds();
-        state.dispatch(&myself, message, now);
+        match message {
+            // Handled to completion, durable write included: see `payment`.
+            AccountMsg::Payment(command, reply) => {
+                let _ = reply.send(state.payment(command, now).await);
+            }
+            message => state.dispatch(&myself, message, now),
+        }
         // One place keeps the open-holds gauge right, whatever the message did.
         let holds_after = state.book.open_holds();
         metrics::gauge!("tokun_holds_open").increment(holds_after as f64 - holds_before as f64);
@@ -273,6 +284,10 @@ impl AccountState {
                 {
                     myself.stop(Some("idle".into()));
                 }
+            }
+            // `handle` awaits payments itself; this arm is never reached.
+            AccountMsg::Payment(_, reply) => {
+                let _ = reply.send(Err(AccountError::LedgerUnavailable));
             }
         }
     }

@@ -21,8 +21,8 @@ use tokun_storage::{AccountRecord, UsageRecord};
 use crate::instrument::{ActorKind, ActorStats, MessageKind, Metered};
 
 use super::{
-    AccountActor, AccountArgs, AccountError, AccountMsg, AccountView, Billed, Reservation,
-    ReserveRequest, Settled,
+    AccountActor, AccountArgs, AccountError, AccountMsg, AccountView, Billed, PaymentCommand,
+    PaymentOutcome, Reservation, ReserveRequest, Settled,
 };
 use crate::ledger::LedgerHandle;
 
@@ -344,6 +344,19 @@ impl AccountsHandle {
     ) -> Result<AccountRecord, AccountError> {
         self.call_durably(account, |reply| AccountMsg::SetDisabled(disabled, reply))
             .await
+    }
+
+    /// Applies a Stripe payment event to the account, exactly once; answers
+    /// once what it wrote is durable (see `account::payment`).
+    pub async fn payment(
+        &self,
+        account: AccountId,
+        command: PaymentCommand,
+    ) -> Result<PaymentOutcome, AccountError> {
+        self.call_durably(account, |reply| {
+            AccountMsg::Payment(command.clone(), reply)
+        })
+        .await
     }
 
     pub async fn view(&self, account: AccountId) -> Result<AccountView, AccountError> {

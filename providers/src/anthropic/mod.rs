@@ -16,6 +16,7 @@ use std::sync::Arc;
 use futures_util::TryStreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 
+pub use self::request::DEFAULT_MAX_TOKENS;
 pub use self::stream::parse_chunk_stream;
 use crate::ChunkStream;
 use crate::error::ProviderError;

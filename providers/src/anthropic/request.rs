@@ -8,8 +8,9 @@ use serde_json::{Map, Value, json};
 use crate::error::ProviderError;
 use crate::types::{ChatRequest, Content, Message, Role};
 
-/// Anthropic requires `max_tokens`; this is used when the client set none.
-pub(super) const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// Anthropic requires `max_tokens`; this is sent when the client set none
+/// (so it is also the output cap to reserve for such requests).
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// Anthropic-only parameters a client may send through the OpenAI shape.
 /// Nothing else is relayed: Anthropic rejects unknown fields.

@@ -1,7 +1,7 @@
 //! OpenAI embeddings ↔ Gemini `:batchEmbedContents`: one `EmbedContentRequest`
 //! per input text, `dimensions` as `outputDimensionality`. Gemini reports no
-//! usage for embeddings, so prompt tokens are counted with o200k — an
-//! estimate, but never zero for a non-empty input.
+//! usage for embeddings, so prompt tokens are counted with o200k and marked
+//! `usage_estimated` — a guess, but never zero for a non-empty input.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -89,10 +89,13 @@ pub(super) fn parse(
             ),
         });
     }
-    let prompt_tokens = wire
+    let reported = wire
         .usage_metadata
-        .and_then(|usage| usage.prompt_token_count)
-        .unwrap_or_else(|| req.input.count_tokens());
+        .and_then(|usage| usage.prompt_token_count);
+    let prompt_tokens = reported.unwrap_or_else(|| req.input.count_tokens());
     let vectors = wire.embeddings.into_iter().map(|e| e.values).collect();
-    Ok(EmbeddingResponse::new(&req.model, vectors, prompt_tokens))
+    Ok(EmbeddingResponse {
+        usage_estimated: reported.is_none(),
+        ..EmbeddingResponse::new(&req.model, vectors, prompt_tokens)
+    })
 }

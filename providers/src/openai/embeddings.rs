@@ -65,6 +65,7 @@ fn parse(body: &[u8], req: &EmbeddingRequest) -> Result<EmbeddingResponse, Provi
             },
         }
     })?;
+    let usage_estimated = wire.usage.is_none();
     let usage = wire.usage.unwrap_or_else(|| {
         let tokens = req.input.count_tokens();
         EmbeddingUsage {
@@ -77,6 +78,7 @@ fn parse(body: &[u8], req: &EmbeddingRequest) -> Result<EmbeddingResponse, Provi
         data: wire.data,
         model: wire.model.unwrap_or_else(|| req.model.clone()),
         usage,
+        usage_estimated,
     })
 }
 
@@ -116,10 +118,12 @@ mod tests {
         let with = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-0.25]}],"model":"m-2","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
         let out = parse(with, &req).unwrap();
         assert_eq!((out.model.as_str(), out.usage.prompt_tokens), ("m-2", 3));
+        assert!(!out.usage_estimated);
         assert_eq!(out.data[0].embedding, vec![0.5, -0.25]);
         let without = br#"{"data":[{"object":"embedding","index":0,"embedding":[1]}]}"#;
         let out = parse(without, &req).unwrap();
         assert_eq!((out.model.as_str(), out.usage.total_tokens), ("m", 2));
+        assert!(out.usage_estimated);
         let error = br#"{"error":{"message":"model not found"}}"#;
         assert_eq!(parse(error, &req).unwrap_err().kind(), "stream_error");
         assert_eq!(parse(b"<html>", &req).unwrap_err().kind(), "protocol");

@@ -3,9 +3,9 @@
 //! one unit, so after a crash either all of a batch is there or none of it.
 //!
 //! Trees are committed in a fixed order that `verify` relies on to check a
-//! live store: `balances` before `holds`, and `meta` (the last committed
-//! seq) last, so a reader that sees a seq in `meta` sees everything written
-//! up to it.
+//! live store: `balances` before `holds`, `balances` before the payment
+//! trees, and `meta` (the last committed seq) last, so a reader that sees a
+//! seq in `meta` sees everything written up to it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -16,6 +16,7 @@ use sled::transaction::{ConflictableTransactionResult, TransactionError, Transac
 use super::stage::Changes;
 use crate::codec::{encode, pair_key, read_u64};
 use crate::error::StorageError;
+use crate::payments::account_payment_key;
 use crate::store::{META_LAST_SEQ, Store};
 
 const ENTRIES: usize = 0;
@@ -28,8 +29,12 @@ const KEY_IDS: usize = 6;
 const ACCOUNT_KEYS: usize = 7;
 const BALANCES: usize = 8;
 const HOLDS: usize = 9;
-const META: usize = 10;
-const TREES: usize = 11;
+const PAYMENTS: usize = 10;
+const ACCOUNT_PAYMENTS: usize = 11;
+const PAYMENT_INTENTS: usize = 12;
+const STRIPE_EVENTS: usize = 13;
+const META: usize = 14;
+const TREES: usize = 15;
 
 /// A write to one tree: `None` removes the key.
 type Write = (IVec, Option<IVec>);
@@ -49,6 +54,10 @@ pub(super) fn write(store: &Store, changes: &Changes) -> Result<(), StorageError
         &t.account_keys,
         &t.balances,
         &t.holds,
+        &t.payments,
+        &t.account_payments,
+        &t.payment_intents,
+        &t.stripe_events,
         &t.meta,
     ];
     let result = trees[..].transaction(|tx| -> ConflictableTransactionResult<(), Infallible> {
@@ -114,6 +123,19 @@ fn encode_all(changes: &Changes) -> Result<[Vec<Write>; TREES], StorageError> {
             .map(|open| encode("an open hold", open))
             .transpose()?;
         writes[HOLDS].push((IVec::from(&id.to_key()[..]), value.map(IVec::from)));
+    }
+    for (session, payment) in &changes.payments {
+        writes[PAYMENTS].push(put(session, encode("a payment", payment)?));
+        if let Some(account) = payment.account {
+            let index = account_payment_key(account, session);
+            writes[ACCOUNT_PAYMENTS].push(put(index, Vec::new()));
+        }
+        if let Some(intent) = &payment.payment_intent {
+            writes[PAYMENT_INTENTS].push(put(intent, session.as_bytes().to_vec()));
+        }
+    }
+    for (key, at_ms) in &changes.processed {
+        writes[STRIPE_EVENTS].push(put(key, at_ms.to_be_bytes().to_vec()));
     }
     Ok(writes)
 }

@@ -4,11 +4,16 @@
 
 use std::collections::{HashMap, HashSet};
 
+mod payments;
+#[cfg(test)]
+mod payments_tests;
+
 use crate::codec::{normalize_email, usage_key};
 use crate::error::StorageError;
 use crate::ids::{AccountId, HoldId, KeyId};
 use crate::ledger::{EntryKind, LedgerEntry, LedgerError, apply};
 use crate::ops::{NewEntry, WriteOp};
+use crate::payments::PaymentRecord;
 use crate::records::{AccountRecord, BalanceRow, KeyRecord, OpenHold, UsageRecord};
 use crate::store::Store;
 
@@ -23,6 +28,10 @@ pub(super) struct Changes {
     pub(super) keys: HashMap<[u8; 32], KeyRecord>,
     pub(super) balances: HashMap<AccountId, BalanceRow>,
     pub(super) holds: HashMap<HoldId, Option<OpenHold>>,
+    /// Stripe payments by session id.
+    pub(super) payments: HashMap<String, PaymentRecord>,
+    /// Stripe event ids and refund keys marked processed, with when.
+    pub(super) processed: HashMap<String, u64>,
     /// Holds opened by these changes (so absent from the store). One that
     /// is also closed here is dropped from `holds` instead of becoming a
     /// removal: most requests open and close their hold within one batch,
@@ -42,6 +51,7 @@ pub(super) fn stage(
         batch,
         scratch: Changes::default(),
         first_seq,
+        credits: Vec::new(),
     };
     for (op_index, op) in ops.iter().enumerate() {
         match op {
@@ -56,8 +66,11 @@ pub(super) fn stage(
             WriteOp::PutAccount(account) => stage.put_account(op_index, account)?,
             WriteOp::PutKey { hash, record } => stage.put_key(op_index, *hash, record)?,
             WriteOp::PutUsage(usage) => stage.put_usage(usage)?,
+            WriteOp::PutPayment(payment) => stage.put_payment(op_index, payment)?,
+            WriteOp::MarkProcessed { key, at_ms } => stage.mark_processed(op_index, key, *at_ms)?,
         }
     }
+    stage.check_credits(ops)?;
     Ok(stage.scratch)
 }
 
@@ -70,6 +83,8 @@ impl Changes {
             && self.keys.is_empty()
             && self.balances.is_empty()
             && self.holds.is_empty()
+            && self.payments.is_empty()
+            && self.processed.is_empty()
     }
 
     /// Records a hold's new state; `opened` marks a hold this entry opens.
@@ -92,6 +107,8 @@ impl Changes {
         self.emails.extend(later.emails);
         self.keys.extend(later.keys);
         self.balances.extend(later.balances);
+        self.payments.extend(later.payments);
+        self.processed.extend(later.processed);
         for (hold, state) in later.holds {
             let opened = later.fresh_holds.contains(&hold);
             self.set_hold(hold, state, opened);
@@ -105,6 +122,9 @@ struct Stage<'a> {
     batch: &'a Changes,
     scratch: Changes,
     first_seq: u64,
+    /// Payments this submission marks paid, with their op index: each needs
+    /// its `Topup` entry in the same submission (`check_credits`).
+    credits: Vec<(usize, String)>,
 }
 
 impl Stage<'_> {

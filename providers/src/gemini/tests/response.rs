@@ -162,6 +162,7 @@ fn embeddings_translate_both_ways() {
     );
     // Gemini reports no usage: o200k counts stand in ("hello world" 2 + "bye" 1).
     assert_eq!((out.usage.prompt_tokens, out.usage.total_tokens), (3, 3));
+    assert!(out.usage_estimated);
     assert_eq!(out.model, "text-embedding-004");
 
     let single = embedding_request(json!({"model": "m", "input": "only one"}));

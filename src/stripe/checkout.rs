@@ -1,0 +1,208 @@
+//! `POST /v1/topups` and `GET /v1/payments`, authenticated by an API key.
+//!
+//! A top-up opens a Stripe Checkout Session (mode `payment`, one line item
+//! of `price_data` in USD cents, `client_reference_id` = the account,
+//! metadata with the account and amount) and records it `open`. Nothing is
+//! credited here: only Stripe's webhook, with the amount Stripe reports
+//! paid, credits an account.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use stripe_checkout::CheckoutSessionMode;
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
+    ProductData,
+};
+use tokun_storage::{AccountId, Nanos, PaymentRecord, WriteOp};
+
+use super::{Stripe, now_ms, payment_json};
+use crate::api::{parse_json, read_json_body};
+use crate::config::NANOS_PER_CENT;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const TOPUP_BODY_LIMIT: usize = 16 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopupRequest {
+    /// A JSON number or a decimal string, read from its exact text.
+    amount_usd: Box<RawValue>,
+}
+
+pub async fn create_topup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let stripe = configured(&state)?;
+    let caller = state
+        .keys()
+        .authenticate(&state.services().store, &headers)?;
+    let bytes = read_json_body(&headers, body, TOPUP_BODY_LIMIT).await?;
+    let request: TopupRequest = parse_json(&bytes)?;
+    let amount = topup_amount(request.amount_usd.get(), stripe)?;
+    let session = open_session(stripe, caller.account, amount).await?;
+    let url = session.url.clone().ok_or_else(|| ApiError::Unavailable {
+        message: "Stripe created a Checkout Session without a URL; nothing was charged.".into(),
+    })?;
+    let id = session.id.as_str().to_owned();
+    let record = PaymentRecord::open(
+        &id,
+        caller.account,
+        amount,
+        &stripe.config().currency,
+        now_ms(),
+    );
+    match state
+        .services()
+        .ledger
+        .append(vec![WriteOp::PutPayment(record)])
+        .await
+    {
+        Ok(_) => {}
+        // The webhook got there first (it records the session itself).
+        Err(error) if error.is_refusal() => {
+            tracing::info!(session = %id, %error, "checkout session already recorded");
+        }
+        Err(_) => {
+            return Err(ApiError::Unavailable {
+                message: "The ledger is unavailable; the Checkout Session was not recorded. Retry later.".into(),
+            });
+        }
+    }
+    Ok(Json(json!({
+        "id": id,
+        "object": "checkout.session",
+        "url": url,
+        "amount_usd": amount.to_string(),
+        "currency": stripe.config().currency,
+        "status": "open",
+    })))
+}
+
+pub async fn list_payments(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = state
+        .keys()
+        .authenticate(&state.services().store, &headers)?;
+    let payments = state
+        .services()
+        .store
+        .payments_for(caller.account)
+        .map_err(|_| ApiError::Internal)?;
+    let data: Vec<Value> = payments.iter().map(payment_json).collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub(super) fn configured(state: &AppState) -> Result<&Stripe, ApiError> {
+    state.stripe().ok_or_else(|| ApiError::NotImplemented {
+        message: "Stripe top-ups are not configured on this server: the operator sets \
+                  [stripe] secret_key and webhook_secret (see docs/stripe.md)."
+            .into(),
+    })
+}
+
+/// The amount from its exact JSON text (`10`, `10.5`, `"10.50"`): positive,
+/// whole cents, within the configured bounds. Never a float.
+fn topup_amount(raw: &str, stripe: &Stripe) -> Result<Nanos, ApiError> {
+    let bad = |message: String| ApiError::bad_request(message, Some("amount_usd"));
+    let text = match raw.strip_prefix('"') {
+        Some(_) => serde_json::from_str::<String>(raw)
+            .map_err(|_| bad("`amount_usd` must be a number of dollars.".into()))?,
+        None => raw.to_owned(),
+    };
+    let amount = Nanos::parse_usd(text.trim())
+        .map_err(|_| bad(format!("`amount_usd` must be a decimal number of dollars like 10 or 10.50, not {raw}.")))?;
+    if amount.get() % NANOS_PER_CENT != 0 {
+        return Err(bad("`amount_usd` must be a whole number of cents.".into()));
+    }
+    let (min, max) = (stripe.config().min_topup, stripe.config().max_topup);
+    if amount < min || amount > max {
+        return Err(bad(format!(
+            "`amount_usd` must be between {min} and {max}."
+        )));
+    }
+    Ok(amount)
+}
+
+async fn open_session(
+    stripe: &Stripe,
+    account: AccountId,
+    amount: Nanos,
+) -> Result<stripe_checkout::CheckoutSession, ApiError> {
+    let config = stripe.config();
+    let cents = amount.get() / NANOS_PER_CENT;
+    let currency = config
+        .currency
+        .parse::<stripe_types::Currency>()
+        .map_err(|_| ApiError::Internal)?;
+    let mut price = CreateCheckoutSessionLineItemsPriceData::new(currency);
+    price.unit_amount = Some(cents);
+    price.product_data = Some(ProductData::new(format!("tokun credits (${amount})")));
+    let mut item = CreateCheckoutSessionLineItems::new();
+    item.price_data = Some(price);
+    item.quantity = Some(1);
+    let metadata = HashMap::from([
+        ("tokun_account".to_owned(), account.to_string()),
+        ("tokun_amount_usd".to_owned(), amount.to_string()),
+        ("tokun_amount_cents".to_owned(), cents.to_string()),
+    ]);
+    let request = CreateCheckoutSession::new()
+        .mode(CheckoutSessionMode::Payment)
+        .line_items(vec![item])
+        .client_reference_id(account.to_string())
+        .metadata(metadata)
+        .success_url(&config.success_url)
+        .cancel_url(&config.cancel_url);
+    request
+        .send(stripe.client())
+        .await
+        .map_err(|error| {
+            // The error may quote Stripe's answer but never the key (it is
+            // a sensitive header value the client does not print).
+            tracing::warn!(%account, error = %error, "Stripe refused to create a Checkout Session");
+            ApiError::Unavailable {
+                message: "Stripe could not create the Checkout Session; nothing was charged. Retry later.".into(),
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn stripe() -> Stripe {
+        let text = "[stripe]\nsecret_key = \"sk_test\"\nwebhook_secret = \"whsec\"\nmax_topup_usd = 100.0\n";
+        let config = Config::parse(text, |_| None).unwrap();
+        Stripe::new(config.stripe.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn amounts_come_from_their_exact_text() {
+        let stripe = stripe();
+        let ok = |raw: &str| topup_amount(raw, &stripe).map(Nanos::get).ok();
+        assert_eq!(ok("10"), Some(10_000_000_000));
+        assert_eq!(ok("10.5"), Some(10_500_000_000));
+        assert_eq!(ok("\"10.50\""), Some(10_500_000_000));
+        assert_eq!(ok("5"), Some(5_000_000_000));
+        assert_eq!(ok("100.00"), Some(100_000_000_000));
+        // A float would round these to whole cents; the text does not.
+        for bad in [
+            "10.001", "10.0000000000000001", "\"10.005\"", "1e1", "-10", "4.99", "100.01",
+            "\"ten\"", "null", "true", "[10]", "\"\"",
+        ] {
+            assert!(topup_amount(bad, &stripe).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Postgres's binary COPY format, written by hand: a header, then per row a
+//! field count and each field as a length and its big-endian bytes, then a
+//! trailer. Hand-written because the schema is fixed and small, and writing
+//! straight into one buffer per chunk keeps the snapshot's hot loop free of
+//! per-value dynamic dispatch and awaits. And the COPY itself: a blocking
+//! producer fills chunks, the async side forwards them to the server.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio_postgres::Transaction;
+
+use super::{PgError, PgTarget, blocking};
+
+/// Signature, flags and header-extension length.
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// A field count of −1 ends the data.
+const TRAILER: &[u8] = &[0xff, 0xff];
+/// A chunk is handed to the connection once it is this large.
+pub(super) const CHUNK_BYTES: usize = 1 << 20;
+/// The OID of `text`, for `text[]` values.
+const TEXT_OID: u32 = 25;
+
+/// Rows in COPY binary encoding.
+pub(super) struct CopyRows {
+    buf: BytesMut,
+    rows: u64,
+}
+
+/// Hands a full chunk to the COPY; false when nobody takes it any more.
+pub(super) type Emit<'a> = &'a mut dyn FnMut(Bytes) -> bool;
+
+impl CopyRows {
+    pub(super) fn new() -> CopyRows {
+        CopyRows {
+            buf: BytesMut::with_capacity(CHUNK_BYTES + 4096),
+            rows: 0,
+        }
+    }
+
+    /// Starts a row of `fields` values.
+    pub(super) fn row(&mut self, fields: i16) -> &mut CopyRows {
+        self.rows += 1;
+        self.buf.put_i16(fields);
+        self
+    }
+
+    pub(super) fn int8(&mut self, value: i64) -> &mut CopyRows {
+        self.buf.put_i32(8);
+        self.buf.put_i64(value);
+        self
+    }
+
+    /// A `u64` as `bigint`; values beyond `i64::MAX` are refused, not wrapped.
+    pub(super) fn uint8(&mut self, what: &'static str, value: u64) -> Result<&mut CopyRows, PgError> {
+        let value = i64::try_from(value).map_err(|_| PgError::OutOfRange { what, value })?;
+        Ok(self.int8(value))
+    }
+
+    pub(super) fn opt_uint8(
+        &mut self,
+        what: &'static str,
+        value: Option<u64>,
+    ) -> Result<&mut CopyRows, PgError> {
+        match value {
+            Some(value) => self.uint8(what, value),
+            None => Ok(self.null()),
+        }
+    }
+
+    pub(super) fn int4(&mut self, value: i32) -> &mut CopyRows {
+        self.buf.put_i32(4);
+        self.buf.put_i32(value);
+        self
+    }
+
+    pub(super) fn boolean(&mut self, value: bool) -> &mut CopyRows {
+        self.buf.put_i32(1);
+        self.buf.put_u8(u8::from(value));
+        self
+    }
+
+    /// `text` (and `bytea`): the bytes as they are.
+    pub(super) fn bytes(&mut self, value: &[u8]) -> Result<&mut CopyRows, PgError> {
+        let len = i32::try_from(value.len()).map_err(|_| PgError::OutOfRange {
+            what: "a text value's length",
+            value: value.len() as u64,
+        })?;
+        self.buf.put_i32(len);
+        self.buf.put_slice(value);
+        Ok(self)
+    }
+
+    pub(super) fn text(&mut self, value: &str) -> Result<&mut CopyRows, PgError> {
+        self.bytes(value.as_bytes())
+    }
+
+    pub(super) fn opt_text(&mut self, value: Option<&str>) -> Result<&mut CopyRows, PgError> {
+        match value {
+            Some(value) => self.text(value),
+            None => Ok(self.null()),
+        }
+    }
+
+    /// A one-dimensional `text[]` without NULLs.
+    pub(super) fn text_array(&mut self, values: &[String]) -> Result<&mut CopyRows, PgError> {
+        let mut array = BytesMut::new();
+        let dims = i32::from(!values.is_empty());
+        array.put_i32(dims);
+        array.put_i32(0);
+        array.put_u32(TEXT_OID);
+        if !values.is_empty() {
+            let len = i32::try_from(values.len()).map_err(|_| PgError::OutOfRange {
+                what: "an array's length",
+                value: values.len() as u64,
+            })?;
+            array.put_i32(len);
+            array.put_i32(1);
+        }
+        for value in values {
+            let len = i32::try_from(value.len()).map_err(|_| PgError::OutOfRange {
+                what: "a text value's length",
+                value: value.len() as u64,
+            })?;
+            array.put_i32(len);
+            array.put_slice(value.as_bytes());
+        }
+        self.bytes(&array)
+    }
+
+    pub(super) fn null(&mut self) -> &mut CopyRows {
+        self.buf.put_i32(-1);
+        self
+    }
+
+    #[cfg(test)]
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Emits the buffer once it is a chunk's worth. False: stop producing.
+    pub(super) fn flush_if_full(&mut self, emit: Emit<'_>) -> bool {
+        self.buf.len() < CHUNK_BYTES || emit(self.buf.split().freeze())
+    }
+
+    /// Emits what is left.
+    pub(super) fn finish(mut self, emit: Emit<'_>) -> bool {
+        self.buf.is_empty() || emit(self.buf.split().freeze())
+    }
+}
+
+/// Runs `COPY … FROM STDIN (FORMAT binary)` with rows from `produce`, which
+/// runs on a blocking thread and hands chunks over through a small bounded
+/// channel (so at most a few MiB are in flight). Returns the rows the server
+/// took and what `produce` returned.
+pub(super) async fn copy_in<T: Send + 'static>(
+    tx: &Transaction<'_>,
+    target: &PgTarget,
+    statement: &str,
+    produce: impl FnOnce(Emit<'_>) -> Result<T, PgError> + Send + 'static,
+) -> Result<(u64, T), PgError> {
+    let mut sink = Box::pin(
+        tx.copy_in::<_, Bytes>(statement)
+            .await
+            .map_err(target.fail("start a COPY"))?,
+    );
+    let (chunks, received) = mpsc::channel::<Bytes>(2);
+    let producer = blocking(move || {
+        let mut emit = |chunk: Bytes| chunks.blocking_send(chunk).is_ok();
+        produce(&mut emit)
+    });
+    let forward = async {
+        // Owned by this block: if the COPY fails, `received` is dropped and
+        // the producer stops at its next chunk instead of waiting forever.
+        let mut received = received;
+        sink.send(Bytes::from_static(HEADER))
+            .await
+            .map_err(target.fail("send COPY data"))?;
+        while let Some(chunk) = received.recv().await {
+            sink.send(chunk).await.map_err(target.fail("send COPY data"))?;
+        }
+        Ok::<_, PgError>(())
+    };
+    let (forwarded, produced) = futures_util::future::join(forward, producer).await;
+    forwarded?;
+    // A failed producer leaves the COPY unfinished; dropping the sink aborts it.
+    let produced = produced?;
+    sink.send(Bytes::from_static(TRAILER))
+        .await
+        .map_err(target.fail("send COPY data"))?;
+    let rows = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(target.fail("finish a COPY"))?;
+    Ok((rows, produced))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_rows_as_postgres_expects() {
+        let mut rows = CopyRows::new();
+        rows.row(3).int8(-2).null();
+        rows.text("hé").unwrap();
+        assert_eq!(rows.rows(), 1);
+        let mut expected = vec![0, 3];
+        expected.extend([0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]);
+        expected.extend([0xff, 0xff, 0xff, 0xff]);
+        expected.extend([0, 0, 0, 3, b'h', 0xc3, 0xa9]);
+        assert_eq!(&rows.buf[..], &expected[..]);
+    }
+
+    #[test]
+    fn refuses_values_beyond_bigint() {
+        let mut rows = CopyRows::new();
+        assert!(rows.uint8("seq", u64::MAX).is_err());
+        assert!(rows.uint8("seq", i64::MAX as u64).is_ok());
+    }
+
+    #[test]
+    fn empty_arrays_have_no_dimensions() {
+        let mut rows = CopyRows::new();
+        rows.text_array(&[]).unwrap();
+        assert_eq!(&rows.buf[..], &[0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25]);
+    }
+}
