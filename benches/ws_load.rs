@@ -1,3 +1,437 @@
-//! WebSocket load benchmark (being written).
+//! WebSocket load benchmark: many completions open at once on `/v1/ws`,
+//! each streaming slowly, against a `tokun serve` child process whose RSS is
+//! tokun's alone (`/proc/<pid>/status`).
+//!
+//! Run it with `cargo bench --bench ws_load` (`-- --help` lists the flags);
+//! `benches/README.md` has the command and the numbers. `--sockets` sockets
+//! each keep `--per-socket` completions running: when one ends (`done`), the
+//! client starts the next on the same socket, so `sockets × per-socket`
+//! completions stay open for the whole window. The upstream is tokun's
+//! built-in `echo` provider with `--token-delay-ms` (20) between tokens and
+//! `--tokens` (100) tokens per reply: no network upstream, so what is
+//! measured is tokun's WebSocket edge, stream actors and billing.
+//!
+//! Reported: completions open (min over the window), completions finished,
+//! chunks/s, the gap between two chunks of one completion as the client saw
+//! it (p50/p99/max: 20 ms when tokun keeps up), time to first chunk, errors
+//! (an `error` message, a socket that closed or failed), tokun's RSS (idle,
+//! peak, high-water mark) and its CPU seconds in the window.
+//!
+//! This is a benchmark program, not a test: it reports on stdout.
 
-fn main() {}
+#![expect(clippy::print_stdout, reason = "a benchmark program reports on stdout")]
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Debug, Parser)]
+#[command(about = "tokun WebSocket load benchmark (127.0.0.1 only)")]
+struct Args {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    #[arg(long, default_value_t = 1000)]
+    sockets: usize,
+    /// Completions each socket keeps running.
+    #[arg(long, default_value_t = 10)]
+    per_socket: usize,
+    #[arg(long, default_value_t = 20)]
+    token_delay_ms: u64,
+    /// Tokens per reply.
+    #[arg(long, default_value_t = 100)]
+    tokens: u32,
+    /// Measured seconds, after every completion was started and `--warmup`.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 5.0)]
+    warmup: f64,
+    /// Worker threads of the load generator's runtime.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// tokun runs on core 1 (`taskset -c 1`), this process on the rest.
+    #[arg(long)]
+    pin: bool,
+    /// The tokun binary (default: the one cargo built).
+    #[arg(long)]
+    tokun_bin: Option<PathBuf>,
+}
+
+/// Counters shared by every socket task.
+#[derive(Default)]
+struct Stats {
+    open: AtomicU64,
+    started: AtomicU64,
+    finished: AtomicU64,
+    chunks: AtomicU64,
+    errors: AtomicU64,
+    socket_failures: AtomicU64,
+    measuring: AtomicBool,
+    stopping: AtomicBool,
+    /// Chunk gaps and first-chunk times in 1 ms buckets (the last one: 10 s or more).
+    gaps: Histogram,
+    first: Histogram,
+}
+
+struct Histogram(Vec<AtomicU64>);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self((0..10_001).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl Histogram {
+    fn record(&self, elapsed: Duration) {
+        let ms = (elapsed.as_millis() as usize).min(self.0.len() - 1);
+        self.0[ms].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `q` quantile and the maximum, in ms.
+    fn quantiles(&self, qs: &[f64]) -> (Vec<usize>, usize) {
+        let counts: Vec<u64> = self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let at = |q: f64| {
+            let target = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            counts
+                .iter()
+                .position(|c| {
+                    seen += c;
+                    seen >= target
+                })
+                .unwrap_or(0)
+        };
+        let max = counts.iter().rposition(|c| *c > 0).unwrap_or(0);
+        (qs.iter().map(|q| at(*q)).collect(), max)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = std::env::temp_dir().join(format!("tokun-ws-load-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (mut child, addr, key) = spawn_tokun(&args, &dir)?;
+    let pid = child.id();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run(&args, addr, &key, pid));
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run(args: &Args, addr: SocketAddr, key: &str, pid: u32) -> anyhow::Result<()> {
+    let target = (args.sockets * args.per_socket) as u64;
+    println!(
+        "ws_load: {} sockets × {} completions = {target} open, {} tokens × {} ms, {} client thread(s){}",
+        args.sockets,
+        args.per_socket,
+        args.tokens,
+        args.token_delay_ms,
+        args.client_threads,
+        if args.pin {
+            ", tokun pinned to core 1"
+        } else {
+            ""
+        }
+    );
+    let rss_idle = proc_kib(pid, "VmRSS:");
+    let stats = Arc::new(Stats::default());
+    // At most this many handshakes at once: the listen backlog is finite.
+    let handshakes = Arc::new(Semaphore::new(256));
+    let ramp = Instant::now();
+    let mut sockets = Vec::with_capacity(args.sockets);
+    for n in 0..args.sockets {
+        let (stats, handshakes, key) = (stats.clone(), handshakes.clone(), key.to_owned());
+        let per_socket = args.per_socket;
+        sockets.push(tokio::spawn(async move {
+            if socket(n, addr, &key, per_socket, &stats, &handshakes)
+                .await
+                .is_err()
+            {
+                stats.socket_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    while stats.started.load(Ordering::Relaxed) < target {
+        if stats.socket_failures.load(Ordering::Relaxed) > 0 {
+            bail!("a socket failed during the ramp-up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "all {target} completions started in {:.1} s",
+        ramp.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let cpu_before = cpu_seconds(pid);
+    let (finished_before, chunks_before) = (
+        stats.finished.load(Ordering::Relaxed),
+        stats.chunks.load(Ordering::Relaxed),
+    );
+    stats.measuring.store(true, Ordering::Relaxed);
+    let window = Instant::now();
+    let (mut rss_peak, mut open_min) = (0, u64::MAX);
+    while window.elapsed().as_secs_f64() < args.duration {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss_peak = rss_peak.max(proc_kib(pid, "VmRSS:").unwrap_or(0));
+        open_min = open_min.min(stats.open.load(Ordering::Relaxed));
+    }
+    let seconds = window.elapsed().as_secs_f64();
+    stats.measuring.store(false, Ordering::Relaxed);
+    let cpu = cpu_seconds(pid)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let finished = stats.finished.load(Ordering::Relaxed) - finished_before;
+    let chunks = stats.chunks.load(Ordering::Relaxed) - chunks_before;
+    stats.stopping.store(true, Ordering::Relaxed);
+    let rss_hwm = proc_kib(pid, "VmHWM:");
+    for socket in sockets {
+        socket.abort();
+    }
+    let (gaps, gap_max) = stats.gaps.quantiles(&[0.5, 0.99]);
+    let (first, first_max) = stats.first.quantiles(&[0.5, 0.99]);
+    let mib =
+        |kib: Option<u64>| kib.map_or("?".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+    println!("window {seconds:.1} s");
+    println!("  completions open (min)   {open_min} of {target}");
+    println!(
+        "  completions finished     {finished} ({:.0}/s)",
+        finished as f64 / seconds
+    );
+    println!(
+        "  chunks                   {:.0}/s",
+        chunks as f64 / seconds
+    );
+    println!(
+        "  chunk gap p50/p99/max    {} / {} / {} ms",
+        gaps[0], gaps[1], gap_max
+    );
+    println!(
+        "  first chunk p50/p99/max  {} / {} / {} ms",
+        first[0], first[1], first_max
+    );
+    println!(
+        "  errors                   {} error messages, {} failed sockets",
+        stats.errors.load(Ordering::Relaxed),
+        stats.socket_failures.load(Ordering::Relaxed)
+    );
+    println!(
+        "  tokun RSS idle/peak/HWM  {} / {} / {}",
+        mib(rss_idle),
+        mib(Some(rss_peak)),
+        mib(rss_hwm)
+    );
+    println!(
+        "  tokun CPU                {}",
+        cpu.map_or("?".into(), |c| format!(
+            "{c:.1} s ({:.0}% of a core)",
+            100.0 * c / seconds
+        ))
+    );
+    Ok(())
+}
+
+/// One socket: keeps `per_socket` completions running until told to stop.
+async fn socket(
+    n: usize,
+    addr: SocketAddr,
+    key: &str,
+    per_socket: usize,
+    stats: &Stats,
+    handshakes: &Semaphore,
+) -> anyhow::Result<()> {
+    let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse()?);
+    let permit = handshakes.acquire().await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    drop(permit);
+    // Per completion id: when it started and when its last chunk came.
+    let mut running: HashMap<String, (Instant, Option<Instant>)> = HashMap::new();
+    let mut next_id = 0u64;
+    for _ in 0..per_socket {
+        start(&mut ws, n, &mut next_id, &mut running, stats).await?;
+    }
+    while let Some(message) = ws.next().await {
+        let Message::Text(text) = message? else {
+            continue;
+        };
+        let id = message_id(&text)
+            .context("a message without id")?
+            .to_owned();
+        let measuring = stats.measuring.load(Ordering::Relaxed);
+        if text.starts_with(r#"{"type":"chunk""#) {
+            stats.chunks.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            if let Some((started, last)) = running.get_mut(&id) {
+                if measuring {
+                    match last {
+                        Some(last) => stats.gaps.record(now - *last),
+                        None => stats.first.record(now - *started),
+                    }
+                }
+                *last = Some(now);
+            }
+        } else if text.starts_with(r#"{"type":"done""#) {
+            running.remove(&id);
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            stats.finished.fetch_add(1, Ordering::Relaxed);
+            if !stats.stopping.load(Ordering::Relaxed) {
+                start(&mut ws, n, &mut next_id, &mut running, stats).await?;
+            }
+        } else if text.starts_with(r#"{"type":"error""#) {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            println!("error: {text}");
+        }
+    }
+    bail!("socket {n} closed")
+}
+
+async fn start(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    n: usize,
+    next_id: &mut u64,
+    running: &mut HashMap<String, (Instant, Option<Instant>)>,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let id = format!("s{n}-{next_id}");
+    *next_id += 1;
+    let create = format!(
+        r#"{{"type":"chat.completion.create","id":"{id}","request":{{"model":"bench-slow","stream":true,"messages":[{{"role":"user","content":"Tell me about WebSockets"}}]}}}}"#
+    );
+    ws.send(Message::text(create)).await?;
+    running.insert(id, (Instant::now(), None));
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    stats.started.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The `id` of a server message, which tokun writes right after `type`.
+fn message_id(text: &str) -> Option<&str> {
+    let start = text.find(r#""id":""#)? + 6;
+    let end = start + text[start..].find('"')?;
+    Some(&text[start..end])
+}
+
+/// Starts `tokun serve` on 127.0.0.1:0; returns it, its address and the demo key.
+fn spawn_tokun(args: &Args, dir: &std::path::Path) -> anyhow::Result<(Child, SocketAddr, String)> {
+    let data_dir = toml::Value::String(dir.display().to_string());
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = {data_dir}
+shutdown_grace_secs = 2
+
+[log]
+level = "warn"
+
+[billing]
+demo_credit_usd = 1000000.0
+
+[[providers]]
+name = "echo-slow"
+kind = "echo"
+delay_ms = {delay}
+reply_tokens = {tokens}
+
+[[models]]
+id = "bench-slow"
+price = {{ input = 1.0, output = 2.0 }}
+routes = [{{ provider = "echo-slow" }}]
+
+[websocket]
+max_completions = {per_socket}
+max_messages_per_sec = 10000
+"#,
+        delay = args.token_delay_ms,
+        tokens = args.tokens,
+        per_socket = args.per_socket.max(1),
+    );
+    let path = dir.join("ws-load.toml");
+    std::fs::write(&path, config)?;
+    let bin = args
+        .tokun_bin
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tokun")));
+    let mut command = if args.pin {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "1"]).arg(&bin);
+        command
+    } else {
+        Command::new(&bin)
+    };
+    let mut child = command
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stderr = child.stderr.take().context("child stderr")?;
+    let (found, announced) = std::sync::mpsc::channel();
+    // Reads the announcement, then keeps draining stderr (a full pipe would block tokun).
+    std::thread::spawn(move || {
+        let mut key = None;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.find("sk-tokun-") {
+                key = line[at..].split_whitespace().next().map(str::to_owned);
+            }
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = found.send((addr.trim().parse::<SocketAddr>().ok(), key.clone()));
+            }
+            if line.contains("WARN") || line.contains("ERROR") {
+                println!("tokun: {line}");
+            }
+        }
+    });
+    match announced.recv_timeout(Duration::from_secs(60)) {
+        Ok((Some(addr), Some(key))) => Ok((child, addr, key)),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("tokun did not announce its address and demo key")
+        }
+    }
+}
+
+/// `VmRSS` or `VmHWM` of a process, in KiB.
+fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU seconds of a process (assumes 100 clock ticks a second).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}

@@ -8,7 +8,10 @@
 //!
 //! `TOKUN_URL` defaults to `ws://127.0.0.1:8080/v1/ws`, `TOKUN_MODEL` to `echo-mini`.
 
-#![expect(clippy::print_stdout, reason = "an example program prints what it receives")]
+#![expect(
+    clippy::print_stdout,
+    reason = "an example program prints what it receives"
+)]
 
 use std::collections::HashMap;
 
@@ -23,7 +26,9 @@ async fn main() -> anyhow::Result<()> {
     let url = std::env::var("TOKUN_URL").unwrap_or_else(|_| "ws://127.0.0.1:8080/v1/ws".into());
     let key = std::env::var("TOKUN_API_KEY").context("set TOKUN_API_KEY to a tokun key")?;
     let model = std::env::var("TOKUN_MODEL").unwrap_or_else(|_| "echo-mini".into());
-    let prompt = std::env::args().nth(1).unwrap_or_else(|| "Hello, tokun!".into());
+    let prompt = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "Hello, tokun!".into());
 
     let mut request = url.as_str().into_client_request()?;
     request

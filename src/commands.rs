@@ -248,7 +248,10 @@ pub async fn snapshot(store: &StoreArgs) -> anyhow::Result<()> {
 /// latest snapshot. Refuses a data dir that is not empty.
 pub async fn restore(url: &Secret, data: &std::path::Path, schema: &str) -> anyhow::Result<()> {
     if std::fs::read_dir(data).is_ok_and(|mut entries| entries.next().is_some()) {
-        bail!("{} is not empty: restore only into a new or empty data dir", data.display());
+        bail!(
+            "{} is not empty: restore only into a new or empty data dir",
+            data.display()
+        );
     }
     let target = tokun_storage::postgres::PgTarget::parse(url.expose(), schema)?;
     let mut conn = target.connect_existing("tokun-restore").await?;

@@ -176,6 +176,10 @@ fn upstream_status(error: &ProviderError) -> StatusCode {
             phase: TimeoutPhase::FirstByte | TimeoutPhase::Total | TimeoutPhase::Idle,
         } => StatusCode::GATEWAY_TIMEOUT,
         ProviderError::Status { status: 429, .. } => StatusCode::TOO_MANY_REQUESTS,
+        // Upstreams overloaded or a circuit open: worth retrying later.
+        ProviderError::Status {
+            status: 503 | 529, ..
+        } => StatusCode::SERVICE_UNAVAILABLE,
         ProviderError::Status { status, .. } if error.source() == ErrorSource::Client => {
             StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
         }
@@ -251,10 +255,6 @@ impl From<StreamFailure> for ApiError {
     fn from(failure: StreamFailure) -> Self {
         match failure {
             StreamFailure::Upstream(error) => ApiError::Upstream(error),
-            StreamFailure::Budget => ApiError::InsufficientCredits {
-                balance: "0.00".into(),
-                estimate: "more".into(),
-            },
         }
     }
 }

@@ -18,9 +18,11 @@ fn main() -> anyhow::Result<()> {
             Command::Keys(command) => commands::keys(command).await,
             Command::Ledger(command) => commands::ledger(command).await,
             Command::Snapshot { store } => commands::snapshot(&store).await,
-            Command::Restore { from_postgres, data, schema } => {
-                commands::restore(&from_postgres, &data, &schema).await
-            }
+            Command::Restore {
+                from_postgres,
+                data,
+                schema,
+            } => commands::restore(&from_postgres, &data, &schema).await,
             Command::Top {
                 url,
                 admin_token,

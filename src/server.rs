@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokun_actors::StreamSupervisorHandle;
+use tokun_actors::provider::ProviderHandle;
 use tracing::Instrument;
 
 use crate::api;
@@ -126,7 +127,13 @@ impl RunningServer {
         let (services, first_start) = Services::start(&config, StartMode::Serve).await?;
         let streams = StreamSupervisorHandle::start().await?;
         let grace = config.server.shutdown_grace;
-        let state = AppState::new(config, streams.clone(), services.clone())?;
+        let mut limiters = std::collections::HashMap::new();
+        for provider in &config.providers {
+            let handle =
+                ProviderHandle::start(provider.name.as_str().into(), provider.limits).await?;
+            limiters.insert(provider.name.clone(), handle);
+        }
+        let state = AppState::new(config, streams.clone(), services.clone(), limiters)?;
         let (shutdown, signal) = oneshot::channel::<()>();
         let listener = listener.tap_io(|tcp| {
             // Nagle's algorithm meeting delayed ACKs costs ~40 ms per small write.

@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokun_actors::provider::ProviderHandle;
 use tokun_actors::{Route, StreamSupervisorHandle};
 use tokun_providers::echo::{EchoAdapter, EchoConfig};
 use tokun_providers::openai::OpenAiAdapter;
 use tokun_providers::{Adapter, ProviderError};
+use tokun_providers::{AnthropicAdapter, GeminiAdapter};
 
 use crate::api::ws::Tickets;
 use crate::auth::KeyCache;
@@ -32,6 +34,8 @@ struct Inner {
     /// Single-use WebSocket tickets for browsers (`POST /v1/ws/ticket`).
     tickets: Tickets,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// One provider actor per configured provider: limits and health.
+    limiters: HashMap<String, ProviderHandle>,
     /// The Stripe client when `[stripe]` is configured (top-ups and webhooks).
     stripe: Option<crate::stripe::Stripe>,
 }
@@ -47,6 +51,7 @@ impl AppState {
         config: Config,
         streams: StreamSupervisorHandle,
         services: Services,
+        limiters: HashMap<String, ProviderHandle>,
     ) -> Result<Self, ProviderError> {
         let adapters = build_adapters(&config)?;
         let mut models = HashMap::with_capacity(config.models.len());
@@ -61,6 +66,7 @@ impl AppState {
                         upstream_model: r.model.as_str().into(),
                         adapter: adapter.clone(),
                         timeouts: *timeouts,
+                        limiter: limiters.get(r.provider.as_str()).cloned(),
                     })
                 })
                 .collect();
@@ -81,7 +87,9 @@ impl AppState {
         let stripe = config.stripe.clone().and_then(|stripe| {
             // The config checked the key and URL, so this does not fail.
             crate::stripe::Stripe::new(stripe)
-                .inspect_err(|error| tracing::error!(%error, "Stripe is misconfigured; top-ups are off"))
+                .inspect_err(
+                    |error| tracing::error!(%error, "Stripe is misconfigured; top-ups are off"),
+                )
                 .ok()
         });
         let inner = Inner {
@@ -95,6 +103,7 @@ impl AppState {
             idempotency: Idempotency::default(),
             tickets,
             metrics,
+            limiters,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -141,6 +150,11 @@ impl AppState {
         self.inner.metrics.as_ref()
     }
 
+    /// The provider actor of a configured provider.
+    pub fn limiter(&self, provider: &str) -> Option<&ProviderHandle> {
+        self.inner.limiters.get(provider)
+    }
+
     pub fn billing_enabled(&self) -> bool {
         self.inner.config.billing.enabled
     }
@@ -149,27 +163,41 @@ impl AppState {
 type Adapters<'a> = HashMap<&'a str, (Adapter, tokun_actors::Timeouts)>;
 
 fn build_adapters(config: &Config) -> Result<Adapters<'_>, ProviderError> {
+    // One pooled HTTP client for every networked route.
     let mut client: Option<tokun_providers::http::Client> = None;
+    let mut shared_client =
+        |connect_timeout| -> Result<tokun_providers::http::Client, ProviderError> {
+            if let Some(shared) = &client {
+                return Ok(shared.clone());
+            }
+            let built = tokun_providers::http::http_client(connect_timeout)?;
+            client = Some(built.clone());
+            Ok(built)
+        };
     let mut adapters = HashMap::with_capacity(config.providers.len());
     for provider in &config.providers {
+        let key = provider.api_key.as_ref().map(|k| k.expose().to_owned());
+        let url = provider.base_url.as_str();
         let adapter = match provider.kind {
             ProviderKind::Echo => Adapter::Echo(EchoAdapter::new(EchoConfig {
                 delay: provider.echo_delay,
                 reply_tokens: provider.echo_reply_tokens,
             })),
-            ProviderKind::OpenAi => {
-                // One pooled client for every OpenAI-compatible route.
-                let client = match &client {
-                    Some(shared) => shared.clone(),
-                    None => {
-                        let built = tokun_providers::http::http_client(provider.connect_timeout)?;
-                        client = Some(built.clone());
-                        built
-                    }
-                };
-                let key = provider.api_key.as_ref().map(|k| k.expose().to_owned());
-                Adapter::OpenAi(OpenAiAdapter::new(&provider.base_url, key, client))
-            }
+            ProviderKind::OpenAi => Adapter::OpenAi(OpenAiAdapter::new(
+                url,
+                key,
+                shared_client(provider.connect_timeout)?,
+            )),
+            ProviderKind::Anthropic => Adapter::Anthropic(AnthropicAdapter::new(
+                url,
+                key,
+                shared_client(provider.connect_timeout)?,
+            )),
+            ProviderKind::Gemini => Adapter::Gemini(GeminiAdapter::new(
+                url,
+                key,
+                shared_client(provider.connect_timeout)?,
+            )),
         };
         adapters.insert(provider.name.as_str(), (adapter, provider.timeouts));
     }

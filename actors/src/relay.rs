@@ -17,6 +17,8 @@ pub struct Route {
     pub upstream_model: Arc<str>,
     pub adapter: Adapter,
     pub timeouts: Timeouts,
+    /// The provider actor that grants permits for this route (limits, circuit).
+    pub limiter: Option<crate::provider::ProviderHandle>,
 }
 
 /// Watchdog limits for one route.
@@ -61,12 +63,10 @@ pub struct Settlement {
     pub balance_nanos: Option<i64>,
 }
 
-/// Why a stream ended without the upstream finishing it.
+/// Why a committed stream failed (sent as one error event before the usage chunk).
 #[derive(Debug, Clone)]
 pub enum StreamFailure {
     Upstream(ProviderError),
-    /// The stream could not go on because the account's hold could not be extended.
-    Budget,
 }
 
 /// Events a stream actor sends to the edge, in order.

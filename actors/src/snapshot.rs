@@ -138,7 +138,10 @@ impl Actor for SnapshotActor {
                     Ok(_) => state.args.interval,
                     Err(_) => state.backoff(),
                 };
-                if let Some(timer) = state.timer.replace(myself.send_after(next, || SnapshotMsg::Tick)) {
+                if let Some(timer) = state
+                    .timer
+                    .replace(myself.send_after(next, || SnapshotMsg::Tick))
+                {
                     timer.abort();
                 }
             }
@@ -212,7 +215,8 @@ impl SnapshotState {
             view.running = false;
         });
         metrics::gauge!("tokun_snapshot_last_success_timestamp_seconds").set(now as f64 / 1000.0);
-        metrics::histogram!("tokun_snapshot_duration_seconds").record(report.duration.as_secs_f64());
+        metrics::histogram!("tokun_snapshot_duration_seconds")
+            .record(report.duration.as_secs_f64());
         for (table, rows) in [
             ("ledger_entries", report.entries),
             ("balances", report.balances),

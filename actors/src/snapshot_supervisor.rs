@@ -13,7 +13,9 @@ use tokun_storage::Store;
 use tokun_storage::postgres::{PgTarget, SnapshotReport, snapshot_lag};
 
 use crate::instrument::{ActorKind, ActorStats, MessageKind, Metered};
-use crate::snapshot::{SnapshotActor, SnapshotArgs, SnapshotError, SnapshotMsg, SnapshotStatus, SnapshotView};
+use crate::snapshot::{
+    SnapshotActor, SnapshotArgs, SnapshotError, SnapshotMsg, SnapshotStatus, SnapshotView,
+};
 
 /// The live snapshot actor (`None` between a failure and its restart).
 type Slot = Arc<Mutex<Option<(ActorRef<SnapshotMsg>, Arc<ActorStats>)>>>;
@@ -123,7 +125,8 @@ impl SnapshotHandle {
             status: status.clone(),
         };
         let slot = Slot::default();
-        let (supervisor, _) = Metered::spawn(SnapshotSupervisor, (args, slot.clone()), None).await?;
+        let (supervisor, _) =
+            Metered::spawn(SnapshotSupervisor, (args, slot.clone()), None).await?;
         Ok(SnapshotHandle {
             supervisor,
             slot,

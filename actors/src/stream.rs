@@ -20,6 +20,7 @@ use tokun_providers::{
 };
 
 use crate::meter::{Meter, MeterRecord};
+use crate::provider::{Outcome, Permit, Refusal};
 use crate::relay::{RelayEvent, RequestError, Route, StreamFailure, UsageSource};
 use crate::stats::StreamStats;
 
@@ -71,6 +72,8 @@ pub struct StreamState {
     deadline: Instant,
     route: Option<Route>,
     upstream: Option<ChunkStream>,
+    /// The provider's permit, held while the stream runs (concurrency cap).
+    permit: Option<Permit>,
     /// Text relayed so far, for tokun's own count when the upstream gives no usage.
     relayed_text: String,
     upstream_usage: Option<Usage>,
@@ -123,6 +126,7 @@ impl Actor for StreamActor {
             args,
             route: None,
             upstream: None,
+            permit: None,
             relayed_text: String::new(),
             upstream_usage: None,
             finish_reason_sent: false,
@@ -179,20 +183,32 @@ impl StreamState {
     /// Tries each route until one yields a first chunk; relays it.
     /// `None` means the request ended before streaming (already reported).
     async fn open_stream(&mut self) -> Option<Result<(), End>> {
+        let routes = self.args.routes.clone();
+        let mut plan = Attempts::new(routes.len());
         let mut last_error = None;
-        for route in self.args.routes.iter() {
+        while let Some(index) = plan.next() {
+            let route = &routes[index];
             let mut request = self.args.request.clone();
             request.model = route.upstream_model.to_string();
             let attempt_started = Instant::now();
-            let attempt = timeout(route.timeouts.first_byte, first_chunk(route, &request));
+            let tokens = self.tpm_tokens();
+            let attempt = async {
+                let permit = acquire(route, tokens).await?;
+                let opened = timeout(route.timeouts.first_byte, first_chunk(route, &request)).await;
+                let opened = opened.unwrap_or(Err(ProviderError::Timeout {
+                    phase: TimeoutPhase::FirstByte,
+                }));
+                Ok::<_, ProviderError>((permit, opened))
+            };
             let outcome = tokio::select! {
                 outcome = attempt => outcome,
                 () = self.args.out.closed() => return Some(Err(End::ClientGone)),
             };
             let error = match outcome {
-                Ok(Ok((stream, first))) => {
+                Ok((permit, Ok((stream, first)))) => {
                     self.route = Some(route.clone());
                     self.upstream = Some(stream);
+                    self.permit = permit;
                     let routed = RelayEvent::Routed {
                         provider: route.provider.clone(),
                         upstream: attempt_started.elapsed(),
@@ -202,23 +218,28 @@ impl StreamState {
                     }
                     return Some(self.accept(first).await);
                 }
-                Ok(Err(error)) => error,
-                Err(_) => ProviderError::Timeout {
-                    phase: TimeoutPhase::FirstByte,
-                },
+                Ok((permit, Err(error))) => {
+                    finish_permit(permit, &error);
+                    error
+                }
+                Err(refused) => refused,
             };
-            let retry = error.retryable();
-            note_upstream_error(route, &error, retry);
+            plan.failed(route, &error);
             last_error = Some(error);
-            if !retry {
-                break;
-            }
         }
         let error = last_error.unwrap_or(ProviderError::Request {
             detail: "the model has no routes".into(),
         });
         self.reject(RequestError::Upstream(error)).await;
         None
+    }
+
+    /// Tokens counted against a provider's tokens-per-minute limit.
+    fn tpm_tokens(&self) -> u32 {
+        let output = self.args.request.requested_max_tokens().unwrap_or(0);
+        u32::try_from(self.args.prompt_tokens_estimate)
+            .unwrap_or(u32::MAX)
+            .saturating_add(output)
     }
 
     /// Relays the next chunk, or says why the stream ended.
@@ -309,15 +330,22 @@ impl StreamState {
     /// Ends a stream that was committed: error event, closing chunk, settlement.
     async fn finish(&mut self, end: End) {
         self.upstream = None;
+        if let Some(permit) = self.permit.take() {
+            permit.finish(match &end {
+                End::Completed => Outcome::Success,
+                End::Failed(StreamFailure::Upstream(error)) => outcome_of(error),
+                End::Cancelled | End::ClientGone | End::Budget => Outcome::Neutral,
+            });
+        }
         let closing_reason = match &end {
             End::Completed | End::ClientGone => None,
             End::Cancelled => Some("stop"),
-            End::Budget | End::Failed(StreamFailure::Budget) => Some("length"),
+            End::Budget => Some("length"),
             End::Failed(StreamFailure::Upstream(_)) => None,
         };
         let error_kind = match &end {
             End::Failed(StreamFailure::Upstream(error)) => Some(error.kind()),
-            End::Failed(StreamFailure::Budget) | End::Budget => Some("budget"),
+            End::Budget => Some("budget"),
             End::ClientGone => Some("client_gone"),
             End::Cancelled => Some("cancelled"),
             End::Completed => None,
@@ -359,22 +387,36 @@ impl StreamState {
 
     /// Non-streaming: one upstream call per route until one answers.
     async fn complete_unary(&mut self) {
+        let routes = self.args.routes.clone();
+        let mut plan = Attempts::new(routes.len());
         let mut last_error = None;
-        for route in self.args.routes.iter() {
+        while let Some(index) = plan.next() {
+            let route = &routes[index];
             let mut request = self.args.request.clone();
             request.model = route.upstream_model.to_string();
             let attempt_started = Instant::now();
-            let call = timeout(route.timeouts.total, route.adapter.complete(&request));
+            let tokens = self.tpm_tokens();
+            let attempt = async {
+                let permit = acquire(route, tokens).await?;
+                let answer = timeout(route.timeouts.total, route.adapter.complete(&request)).await;
+                let answer = answer.unwrap_or(Err(ProviderError::Timeout {
+                    phase: TimeoutPhase::Total,
+                }));
+                Ok::<_, ProviderError>((permit, answer))
+            };
             let outcome = tokio::select! {
-                outcome = call => outcome,
+                outcome = attempt => outcome,
                 () = self.args.out.closed() => {
                     // The upstream call is dropped; bill the prompt it already read.
                     let _ = self.settle("interrupted", Some("client_gone")).await;
                     return;
                 }
             };
-            match outcome {
-                Ok(Ok(completion)) => {
+            let error = match outcome {
+                Ok((permit, Ok(completion))) => {
+                    if let Some(permit) = permit {
+                        permit.finish(Outcome::Success);
+                    }
                     self.route = Some(route.clone());
                     let routed = RelayEvent::Routed {
                         provider: route.provider.clone(),
@@ -383,22 +425,14 @@ impl StreamState {
                     let _ = self.send(routed).await;
                     return self.deliver(completion).await;
                 }
-                Ok(Err(error)) => {
-                    let retry = error.retryable();
-                    note_upstream_error(route, &error, retry);
-                    last_error = Some(error);
-                    if !retry {
-                        break;
-                    }
+                Ok((permit, Err(error))) => {
+                    finish_permit(permit, &error);
+                    error
                 }
-                Err(_) => {
-                    let error = ProviderError::Timeout {
-                        phase: TimeoutPhase::Total,
-                    };
-                    note_upstream_error(route, &error, true);
-                    last_error = Some(error);
-                }
-            }
+                Err(refused) => refused,
+            };
+            plan.failed(route, &error);
+            last_error = Some(error);
         }
         let error = last_error.unwrap_or(ProviderError::Request {
             detail: "the model has no routes".into(),
@@ -499,13 +533,97 @@ impl StreamState {
     }
 }
 
-/// Logs and counts a failed route; a retryable failure moves to the next route.
-fn note_upstream_error(route: &Route, error: &ProviderError, retry: bool) {
-    tracing::warn!(provider = %route.provider, kind = error.kind(), retry, "route failed before any output");
-    metrics::counter!("tokun_upstream_errors_total", "provider" => route.provider.to_string(), "kind" => error.kind()).increment(1);
-    if retry {
-        metrics::counter!("tokun_failovers_total", "provider" => route.provider.to_string())
-            .increment(1);
+/// The order in which routes are tried for one request: each once, in order,
+/// moving on only after a retryable failure — except that a 429 with a short
+/// `retry-after` is retried once on the same route (its provider actor holds
+/// the next permit until the pause is over).
+struct Attempts {
+    routes: usize,
+    next: Option<usize>,
+    retried_same: bool,
+}
+
+/// Longest `retry-after` worth waiting for on the same route.
+const SAME_ROUTE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Attempts {
+    fn new(routes: usize) -> Self {
+        Self {
+            routes,
+            next: (routes > 0).then_some(0),
+            retried_same: false,
+        }
+    }
+
+    fn next(&mut self) -> Option<usize> {
+        self.next
+    }
+
+    fn failed(&mut self, route: &Route, error: &ProviderError) {
+        let Some(current) = self.next else { return };
+        let short_429 = matches!(error, ProviderError::Status { status: 429, retry_after: Some(wait), .. } if *wait <= SAME_ROUTE_RETRY_AFTER);
+        let (next, failover) = if short_429 && !self.retried_same {
+            self.retried_same = true;
+            (Some(current), false)
+        } else if error.retryable() && current + 1 < self.routes {
+            self.retried_same = false;
+            (Some(current + 1), true)
+        } else {
+            (None, false)
+        };
+        tracing::warn!(provider = %route.provider, kind = error.kind(), failover, "route failed before any output");
+        metrics::counter!("tokun_upstream_errors_total", "provider" => route.provider.to_string(), "kind" => error.kind()).increment(1);
+        if failover {
+            metrics::counter!("tokun_failovers_total", "provider" => route.provider.to_string())
+                .increment(1);
+        }
+        self.next = next;
+    }
+}
+
+/// A permit from the route's provider actor; a refusal reads like the
+/// upstream status it stands for (429 rate limited, 503 circuit open).
+async fn acquire(route: &Route, tokens: u32) -> Result<Option<Permit>, ProviderError> {
+    let Some(limiter) = &route.limiter else {
+        return Ok(None);
+    };
+    limiter
+        .acquire(tokens)
+        .await
+        .map(Some)
+        .map_err(|refusal| match refusal {
+            Refusal::RateLimited { retry_after } => ProviderError::Status {
+                status: 429,
+                message: "tokun's rate limit for this provider is reached".into(),
+                retry_after: Some(retry_after),
+            },
+            Refusal::Open { retry_after } => ProviderError::Status {
+                status: 503,
+                message: "this provider is failing; its circuit is open".into(),
+                retry_after: Some(retry_after),
+            },
+        })
+}
+
+/// Reports a failed attempt to the provider actor: 429s pause it, upstream
+/// failures count against its health, rejections of the request do not.
+fn finish_permit(permit: Option<Permit>, error: &ProviderError) {
+    if let Some(permit) = permit {
+        permit.finish(outcome_of(error));
+    }
+}
+
+fn outcome_of(error: &ProviderError) -> Outcome {
+    match error {
+        ProviderError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => Outcome::RateLimited {
+            retry_after: *retry_after,
+        },
+        _ if error.source() == tokun_providers::ErrorSource::Client => Outcome::Neutral,
+        _ => Outcome::Failed,
     }
 }
 

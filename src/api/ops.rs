@@ -95,10 +95,17 @@ pub async fn providers(
 ) -> Result<Json<Value>, ApiError> {
     check_admin(&headers, &state.services().admin_token_hash)?;
     let config = state.config();
+    let mut health = HashMap::new();
+    for provider in &config.providers {
+        if let Some(limiter) = state.limiter(&provider.name) {
+            health.insert(provider.name.as_str(), limiter.health().await);
+        }
+    }
     let data: Vec<Value> = config
         .providers
         .iter()
         .map(|p| {
+            let health = health.get(p.name.as_str()).cloned().flatten();
             let models: Vec<&str> = config
                 .models
                 .iter()
@@ -110,6 +117,15 @@ pub async fn providers(
                 "kind": format!("{:?}", p.kind).to_lowercase(),
                 "base_url": p.base_url,
                 "models": models,
+                "circuit": health.as_ref().map(|h| h.circuit),
+                "in_flight": health.as_ref().map(|h| h.in_flight),
+                "waiting": health.as_ref().map(|h| h.waiting),
+                "limits": {
+                    "rpm": p.limits.rpm,
+                    "tpm": p.limits.tpm,
+                    "max_concurrency": p.limits.max_concurrency,
+                    "max_wait_ms": p.limits.max_wait.as_millis() as u64,
+                },
                 "timeouts_ms": {
                     "connect": p.connect_timeout.as_millis() as u64,
                     "first_byte": p.timeouts.first_byte.as_millis() as u64,

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokun_actors::Timeouts;
+use tokun_actors::provider::ProviderLimits;
+use tokun_actors::provider::breaker::BreakerConfig;
 use tokun_storage::{Nanos, Price};
 
 pub use postgres::PostgresConfig;
@@ -83,6 +85,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
     OpenAi,
+    Anthropic,
+    Gemini,
     Echo,
 }
 
@@ -96,6 +100,8 @@ pub struct ProviderConfig {
     pub timeouts: Timeouts,
     pub echo_delay: Duration,
     pub echo_reply_tokens: u32,
+    /// Rate limits, concurrency cap, permit wait bound and circuit breaker.
+    pub limits: ProviderLimits,
     /// `ws://` or `wss://` URL of the upstream's OpenAI Realtime endpoint.
     pub realtime_url: Option<String>,
 }
@@ -282,16 +288,20 @@ fn provider_config(
     let field = |name: &str| format!("providers[{i}].{name}");
     let kind = match p.kind.as_str() {
         "openai" => ProviderKind::OpenAi,
+        "anthropic" => ProviderKind::Anthropic,
+        "gemini" => ProviderKind::Gemini,
         "echo" => ProviderKind::Echo,
         other => {
             return Err(invalid(
                 field("kind"),
-                format!("`{other}` is not one of: openai, echo"),
+                format!("`{other}` is not one of: openai, anthropic, gemini, echo"),
             ));
         }
     };
     let base_url = match (kind, p.base_url) {
         (ProviderKind::OpenAi, None) => "https://api.openai.com/v1".to_string(),
+        (ProviderKind::Anthropic, None) => "https://api.anthropic.com".to_string(),
+        (ProviderKind::Gemini, None) => "https://generativelanguage.googleapis.com".to_string(),
         (_, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
             return Err(invalid(
                 field("base_url"),
@@ -321,6 +331,17 @@ fn provider_config(
         },
         echo_delay: ms(p.delay_ms, 0),
         echo_reply_tokens: p.reply_tokens.unwrap_or(16),
+        limits: ProviderLimits {
+            rpm: p.rpm.filter(|r| *r > 0),
+            tpm: p.tpm.filter(|t| *t > 0),
+            max_concurrency: p.max_concurrency.filter(|c| *c > 0),
+            max_wait: ms(p.max_wait_ms, 2_000),
+            breaker: BreakerConfig {
+                consecutive_failures: p.breaker_failures.unwrap_or(5).max(1),
+                cool_down: Duration::from_secs(p.breaker_cooldown_secs.unwrap_or(10)),
+                ..BreakerConfig::default()
+            },
+        },
         realtime_url: p.realtime_url,
     })
 }
@@ -448,6 +469,7 @@ fn default_providers() -> Vec<ProviderConfig> {
         timeouts: Timeouts::default(),
         echo_delay: Duration::from_millis(delay_ms),
         echo_reply_tokens: 16,
+        limits: ProviderLimits::default(),
         realtime_url: None,
     };
     vec![echo("echo", 0), echo("echo-slow", 20)]

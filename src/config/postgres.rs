@@ -40,7 +40,12 @@ pub(super) fn postgres_config(
         url,
         schema: raw.schema.unwrap_or_else(|| "public".into()),
         snapshot_interval: Duration::from_secs(match raw.snapshot_interval_secs.unwrap_or(60) {
-            0 => return Err(invalid("postgres.snapshot_interval_secs", "must be at least 1")),
+            0 => {
+                return Err(invalid(
+                    "postgres.snapshot_interval_secs",
+                    "must be at least 1",
+                ));
+            }
             secs => secs,
         }),
     };

@@ -105,10 +105,9 @@ pub(super) fn stripe_config(
         .map(|url| url.trim_end_matches('/').to_owned())
         .unwrap_or_else(|| format!("http://{listen}"));
     let url = |field: &str, value: Option<String>, default: String| match value {
-        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => Err(invalid(
-            field,
-            "must start with http:// or https://",
-        )),
+        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            Err(invalid(field, "must start with http:// or https://"))
+        }
         Some(url) => Ok(url),
         None => Ok(default),
     };

@@ -50,6 +50,12 @@ fn the_example_file_is_valid_and_documents_every_key() {
         "total_timeout_ms",
         "delay_ms",
         "reply_tokens",
+        "rpm",
+        "tpm",
+        "max_concurrency",
+        "max_wait_ms",
+        "breaker_failures",
+        "breaker_cooldown_secs",
         "context_window",
         "cached_input",
         "routes",
@@ -171,7 +177,10 @@ fn postgres_snapshots_are_optional_and_checked() {
     assert_eq!(postgres.target().unwrap().shown(), "tokun@db:5433/ledger");
     let bad = [
         ("schema = \"Bad-Name\"", "postgres.schema"),
-        ("snapshot_interval_secs = 0", "postgres.snapshot_interval_secs"),
+        (
+            "snapshot_interval_secs = 0",
+            "postgres.snapshot_interval_secs",
+        ),
         ("colour = 1", "postgres.colour"),
     ];
     for (line, field) in bad {
@@ -180,7 +189,10 @@ fn postgres_snapshots_are_optional_and_checked() {
     }
     let err = parse("[postgres]\nurl = \"postgres://u:hunter2@h:nope/db\"\n").unwrap_err();
     let err = err.to_string();
-    assert!(err.contains("postgres.url") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("postgres.url") && !err.contains("hunter2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -204,12 +216,27 @@ fn stripe_is_optional_and_checked() {
     let bad: [(&str, &str); 9] = [
         ("[stripe]\nsecret_key = \"sk\"\n", "stripe.webhook_secret"),
         ("[stripe]\nwebhook_secret = \"wh\"\n", "stripe.secret_key"),
-        (&format!("{keys}api_base = \"ftp://x\"\n"), "stripe.api_base"),
+        (
+            &format!("{keys}api_base = \"ftp://x\"\n"),
+            "stripe.api_base",
+        ),
         (&format!("{keys}currency = \"eur\"\n"), "stripe.currency"),
-        (&format!("{keys}min_topup_usd = 0.25\n"), "stripe.min_topup_usd"),
-        (&format!("{keys}min_topup_usd = 5.005\n"), "stripe.min_topup_usd"),
-        (&format!("{keys}max_topup_usd = 1.0\n"), "stripe.max_topup_usd"),
-        (&format!("{keys}success_url = \"nope\"\n"), "stripe.success_url"),
+        (
+            &format!("{keys}min_topup_usd = 0.25\n"),
+            "stripe.min_topup_usd",
+        ),
+        (
+            &format!("{keys}min_topup_usd = 5.005\n"),
+            "stripe.min_topup_usd",
+        ),
+        (
+            &format!("{keys}max_topup_usd = 1.0\n"),
+            "stripe.max_topup_usd",
+        ),
+        (
+            &format!("{keys}success_url = \"nope\"\n"),
+            "stripe.success_url",
+        ),
         (&format!("{keys}colour = 1\n"), "colour"),
     ];
     for (text, field) in bad {
@@ -219,5 +246,8 @@ fn stripe_is_optional_and_checked() {
     let missing = parse("[stripe]\nsecret_key = \"${NOPE}\"\nwebhook_secret = \"wh\"\n")
         .unwrap_err()
         .to_string();
-    assert!(missing.starts_with("stripe.secret_key") && missing.contains("NOPE"), "{missing}");
+    assert!(
+        missing.starts_with("stripe.secret_key") && missing.contains("NOPE"),
+        "{missing}"
+    );
 }

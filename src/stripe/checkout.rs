@@ -74,7 +74,9 @@ pub async fn create_topup(
         }
         Err(_) => {
             return Err(ApiError::Unavailable {
-                message: "The ledger is unavailable; the Checkout Session was not recorded. Retry later.".into(),
+                message:
+                    "The ledger is unavailable; the Checkout Session was not recorded. Retry later."
+                        .into(),
             });
         }
     }
@@ -121,8 +123,11 @@ fn topup_amount(raw: &str, stripe: &Stripe) -> Result<Nanos, ApiError> {
             .map_err(|_| bad("`amount_usd` must be a number of dollars.".into()))?,
         None => raw.to_owned(),
     };
-    let amount = Nanos::parse_usd(text.trim())
-        .map_err(|_| bad(format!("`amount_usd` must be a decimal number of dollars like 10 or 10.50, not {raw}.")))?;
+    let amount = Nanos::parse_usd(text.trim()).map_err(|_| {
+        bad(format!(
+            "`amount_usd` must be a decimal number of dollars like 10 or 10.50, not {raw}."
+        ))
+    })?;
     if amount.get() % NANOS_PER_CENT != 0 {
         return Err(bad("`amount_usd` must be a whole number of cents.".into()));
     }
@@ -164,17 +169,16 @@ async fn open_session(
         .metadata(metadata)
         .success_url(&config.success_url)
         .cancel_url(&config.cancel_url);
-    request
-        .send(stripe.client())
-        .await
-        .map_err(|error| {
-            // The error may quote Stripe's answer but never the key (it is
-            // a sensitive header value the client does not print).
-            tracing::warn!(%account, error = %error, "Stripe refused to create a Checkout Session");
-            ApiError::Unavailable {
-                message: "Stripe could not create the Checkout Session; nothing was charged. Retry later.".into(),
-            }
-        })
+    request.send(stripe.client()).await.map_err(|error| {
+        // The error may quote Stripe's answer but never the key (it is
+        // a sensitive header value the client does not print).
+        tracing::warn!(%account, error = %error, "Stripe refused to create a Checkout Session");
+        ApiError::Unavailable {
+            message:
+                "Stripe could not create the Checkout Session; nothing was charged. Retry later."
+                    .into(),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -199,8 +203,18 @@ mod tests {
         assert_eq!(ok("100.00"), Some(100_000_000_000));
         // A float would round these to whole cents; the text does not.
         for bad in [
-            "10.001", "10.0000000000000001", "\"10.005\"", "1e1", "-10", "4.99", "100.01",
-            "\"ten\"", "null", "true", "[10]", "\"\"",
+            "10.001",
+            "10.0000000000000001",
+            "\"10.005\"",
+            "1e1",
+            "-10",
+            "4.99",
+            "100.01",
+            "\"ten\"",
+            "null",
+            "true",
+            "[10]",
+            "\"\"",
         ] {
             assert!(topup_amount(bad, &stripe).is_err(), "{bad} accepted");
         }

@@ -137,15 +137,25 @@ mod tests {
     fn types_map_to_handlings() {
         let cases = [
             ("checkout.session.completed", Handling::Completed),
-            ("checkout.session.async_payment_succeeded", Handling::AsyncSucceeded),
-            ("checkout.session.async_payment_failed", Handling::AsyncFailed),
+            (
+                "checkout.session.async_payment_succeeded",
+                Handling::AsyncSucceeded,
+            ),
+            (
+                "checkout.session.async_payment_failed",
+                Handling::AsyncFailed,
+            ),
             ("checkout.session.expired", Handling::Expired),
             ("charge.refunded", Handling::Refunded),
             ("customer.created", Handling::Ignored),
             ("made.up.type", Handling::Ignored),
         ];
         for (kind, handling) in cases {
-            assert_eq!(event(kind, serde_json::json!({})).handling(), handling, "{kind}");
+            assert_eq!(
+                event(kind, serde_json::json!({})).handling(),
+                handling,
+                "{kind}"
+            );
         }
     }
 
@@ -161,11 +171,21 @@ mod tests {
         .unwrap();
         assert_eq!(session.metadata("tokun_account"), Some("acct_1"));
         assert_eq!(session.metadata("n"), None);
-        assert_eq!(session.payment_intent.as_ref().map(Expandable::id), Some("pi_1"));
-        let bare = event("checkout.session.completed", serde_json::json!({"id": "cs_2", "metadata": null}));
+        assert_eq!(
+            session.payment_intent.as_ref().map(Expandable::id),
+            Some("pi_1")
+        );
+        let bare = event(
+            "checkout.session.completed",
+            serde_json::json!({"id": "cs_2", "metadata": null}),
+        );
         let bare = bare.session().unwrap();
         assert_eq!((bare.amount_total, bare.metadata("x")), (None, None));
-        assert!(event("charge.refunded", serde_json::json!({"id": "ch_1"})).charge().is_err());
+        assert!(
+            event("charge.refunded", serde_json::json!({"id": "ch_1"}))
+                .charge()
+                .is_err()
+        );
         assert_eq!(cents_to_nanos(1_005), Some(Nanos::new(10_050_000_000)));
         assert_eq!(cents_to_nanos(i64::MAX), None);
     }

@@ -139,7 +139,10 @@ mod tests {
         let payload = event();
         let good = sign(payload.as_bytes(), SECRET, NOW);
         let wrong_secret = sign(payload.as_bytes(), "whsec_other", NOW);
-        assert_eq!(check(&wrong_secret, &payload), Err(SignatureError::Mismatch));
+        assert_eq!(
+            check(&wrong_secret, &payload),
+            Err(SignatureError::Mismatch)
+        );
         let altered = payload.replace("ba_1", "ba_2");
         assert_eq!(check(&good, &altered), Err(SignatureError::Mismatch));
         let old = sign(payload.as_bytes(), SECRET, NOW - 600);
@@ -154,7 +157,11 @@ mod tests {
         let missing = verify(None, payload.as_bytes(), SECRET, NOW, TOLERANCE);
         assert_eq!(missing, Err(SignatureError::Missing));
         for malformed in ["", "t=abc,v1=00", "v1=00ff", &format!("t={NOW}"), "garbage"] {
-            assert_eq!(check(malformed, &payload), Err(SignatureError::Malformed), "{malformed}");
+            assert_eq!(
+                check(malformed, &payload),
+                Err(SignatureError::Malformed),
+                "{malformed}"
+            );
         }
         let not_hex = format!("t={NOW},v1=zz");
         assert_eq!(check(&not_hex, &payload), Err(SignatureError::Malformed));

@@ -15,7 +15,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use serde_json::{Value, json};
-use tokun_actors::account::{AccountError, PaidSession, PaymentCommand, PaymentOutcome, StripeRefund};
+use tokun_actors::account::{
+    AccountError, PaidSession, PaymentCommand, PaymentOutcome, StripeRefund,
+};
 use tokun_storage::{AccountId, Nanos, PaymentRecord, PaymentStatus, WriteOp};
 
 use super::checkout::configured;
@@ -91,7 +93,10 @@ async fn dispatch(state: &AppState, stripe: &Stripe, event: &Event) -> Result<Do
             let charge = event.charge().map_err(|_| malformed("charge"))?;
             refund(state, event, charge).await
         }
-        Handling::Completed | Handling::AsyncSucceeded | Handling::AsyncFailed | Handling::Expired => {
+        Handling::Completed
+        | Handling::AsyncSucceeded
+        | Handling::AsyncFailed
+        | Handling::Expired => {
             let session = event.session().map_err(|_| malformed("Checkout Session"))?;
             let paid = session.payment_status.as_deref() == Some("paid");
             match handling {
@@ -119,10 +124,22 @@ async fn credit(
     };
     let amount = match reported {
         Some(amount) if amount.get() > 0 => amount,
-        _ => return orphan(state, event, session, reported, "Stripe reported no amount paid".into()).await,
+        _ => {
+            return orphan(
+                state,
+                event,
+                session,
+                reported,
+                "Stripe reported no amount paid".into(),
+            )
+            .await;
+        }
     };
     if currency != stripe.config().currency {
-        let reason = format!("paid in `{currency}`, tokun takes `{}`", stripe.config().currency);
+        let reason = format!(
+            "paid in `{currency}`, tokun takes `{}`",
+            stripe.config().currency
+        );
         return orphan(state, event, session, reported, reason).await;
     }
     let command = PaymentCommand::Credit(PaidSession {
@@ -157,11 +174,17 @@ async fn close(
 }
 
 /// `charge.refunded`: found through the PaymentIntent tokun credited.
-async fn refund(state: &AppState, event: &Event, charge: super::event::Charge) -> Result<Done, ApiError> {
+async fn refund(
+    state: &AppState,
+    event: &Event,
+    charge: super::event::Charge,
+) -> Result<Done, ApiError> {
     let store = &state.services().store;
     let intent = charge.payment_intent.as_ref().map(|pi| pi.id().to_owned());
     let payment = match &intent {
-        Some(intent) => store.payment_by_intent(intent).map_err(|_| ApiError::Internal)?,
+        Some(intent) => store
+            .payment_by_intent(intent)
+            .map_err(|_| ApiError::Internal)?,
         None => None,
     };
     let refunded = cents_to_nanos(charge.amount_refunded).filter(|n| !n.is_negative());
@@ -192,7 +215,11 @@ async fn refund(state: &AppState, event: &Event, charge: super::event::Charge) -
     apply(state, account, command).await
 }
 
-async fn apply(state: &AppState, account: AccountId, command: PaymentCommand) -> Result<Done, ApiError> {
+async fn apply(
+    state: &AppState,
+    account: AccountId,
+    command: PaymentCommand,
+) -> Result<Done, ApiError> {
     match state.services().accounts.payment(account, command).await {
         Ok(outcome) => Ok(Done::Applied(outcome)),
         Err(AccountError::UnknownAccount) => Ok(Done::Ignored),
@@ -209,9 +236,15 @@ async fn apply(state: &AppState, account: AccountId, command: PaymentCommand) ->
 /// Whose session this is: the account tokun recorded when it opened the
 /// session, else `client_reference_id`, else the metadata. `Err` says why
 /// it belongs to nobody live.
-fn session_account(state: &AppState, session: &Session) -> Result<Result<AccountId, String>, ApiError> {
+fn session_account(
+    state: &AppState,
+    session: &Session,
+) -> Result<Result<AccountId, String>, ApiError> {
     let store = &state.services().store;
-    let recorded = store.payment(&session.id).map_err(|_| ApiError::Internal)?.and_then(|p| p.account);
+    let recorded = store
+        .payment(&session.id)
+        .map_err(|_| ApiError::Internal)?
+        .and_then(|p| p.account);
     let claimed = session
         .client_reference_id
         .as_deref()
@@ -220,15 +253,24 @@ fn session_account(state: &AppState, session: &Session) -> Result<Result<Account
         (Some(account), _) => account,
         (None, Some(text)) => match text.parse::<AccountId>() {
             Ok(account) => account,
-            Err(_) => return Ok(Err(format!("`{}` is not a tokun account id", text.chars().take(64).collect::<String>()))),
+            Err(_) => {
+                return Ok(Err(format!(
+                    "`{}` is not a tokun account id",
+                    text.chars().take(64).collect::<String>()
+                )));
+            }
         },
         (None, None) => {
-            return Ok(Err("no tokun account in client_reference_id or metadata".into()));
+            return Ok(Err(
+                "no tokun account in client_reference_id or metadata".into()
+            ));
         }
     };
     match store.account(account).map_err(|_| ApiError::Internal)? {
         None => Ok(Err(format!("unknown account {account}"))),
-        Some(record) if record.deleted_ms.is_some() => Ok(Err(format!("account {account} is deleted"))),
+        Some(record) if record.deleted_ms.is_some() => {
+            Ok(Err(format!("account {account} is deleted")))
+        }
         Some(_) => Ok(Ok(account)),
     }
 }
@@ -271,14 +313,24 @@ async fn orphan(
 
 /// Writes an orphan with its event mark; a refusal means a concurrent
 /// delivery of the same event wrote it first.
-async fn record_orphan(state: &AppState, event: &Event, record: PaymentRecord) -> Result<Done, ApiError> {
+async fn record_orphan(
+    state: &AppState,
+    event: &Event,
+    record: PaymentRecord,
+) -> Result<Done, ApiError> {
     let store = &state.services().store;
-    if store.is_processed(&event.id).map_err(|_| ApiError::Internal)? {
+    if store
+        .is_processed(&event.id)
+        .map_err(|_| ApiError::Internal)?
+    {
         return Ok(Done::Duplicate);
     }
     let ops = vec![
         WriteOp::PutPayment(record),
-        WriteOp::MarkProcessed { key: event.id.clone(), at_ms: now_ms() },
+        WriteOp::MarkProcessed {
+            key: event.id.clone(),
+            at_ms: now_ms(),
+        },
     ];
     match state.services().ledger.append(ops).await {
         Ok(_) => Ok(Done::Orphaned),

@@ -9,9 +9,9 @@ use crate::error::StorageError;
 use crate::ids::{AccountId, HoldId};
 use crate::ledger::{Books, EntryKind, LedgerEntry};
 use crate::money::Nanos;
+use crate::payments::PaymentRecord;
 use crate::price::Price;
 use crate::records::{AccountRecord, KeyRecord, UsageRecord};
-use crate::payments::PaymentRecord;
 
 /// One change for the writer.
 #[derive(Clone, Debug, PartialEq, Eq)]

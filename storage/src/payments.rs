@@ -253,7 +253,8 @@ struct ReferencedMoney {
 
 impl PaymentEntries {
     pub(crate) fn note(&mut self, entry: &LedgerEntry) {
-        let (Some(reference), EntryKind::Topup | EntryKind::Refund) = (&entry.reference, entry.kind)
+        let (Some(reference), EntryKind::Topup | EntryKind::Refund) =
+            (&entry.reference, entry.kind)
         else {
             return;
         };

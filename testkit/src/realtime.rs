@@ -115,6 +115,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
     let record = shared.clone();
+    #[expect(
+        clippy::result_large_err,
+        reason = "the signature is tungstenite's handshake callback"
+    )]
     let callback = move |request: &Request, response: Response| {
         let authorization = request
             .headers()

@@ -353,10 +353,8 @@ impl AccountsHandle {
         account: AccountId,
         command: PaymentCommand,
     ) -> Result<PaymentOutcome, AccountError> {
-        self.call_durably(account, |reply| {
-            AccountMsg::Payment(command.clone(), reply)
-        })
-        .await
+        self.call_durably(account, |reply| AccountMsg::Payment(command.clone(), reply))
+            .await
     }
 
     pub async fn view(&self, account: AccountId) -> Result<AccountView, AccountError> {

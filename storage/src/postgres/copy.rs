@@ -52,7 +52,11 @@ impl CopyRows {
     }
 
     /// A `u64` as `bigint`; values beyond `i64::MAX` are refused, not wrapped.
-    pub(super) fn uint8(&mut self, what: &'static str, value: u64) -> Result<&mut CopyRows, PgError> {
+    pub(super) fn uint8(
+        &mut self,
+        what: &'static str,
+        value: u64,
+    ) -> Result<&mut CopyRows, PgError> {
         let value = i64::try_from(value).map_err(|_| PgError::OutOfRange { what, value })?;
         Ok(self.int8(value))
     }
@@ -177,7 +181,9 @@ pub(super) async fn copy_in<T: Send + 'static>(
             .await
             .map_err(target.fail("send COPY data"))?;
         while let Some(chunk) = received.recv().await {
-            sink.send(chunk).await.map_err(target.fail("send COPY data"))?;
+            sink.send(chunk)
+                .await
+                .map_err(target.fail("send COPY data"))?;
         }
         Ok::<_, PgError>(())
     };
@@ -224,6 +230,9 @@ mod tests {
     fn empty_arrays_have_no_dimensions() {
         let mut rows = CopyRows::new();
         rows.text_array(&[]).unwrap();
-        assert_eq!(&rows.buf[..], &[0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25]);
+        assert_eq!(
+            &rows.buf[..],
+            &[0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25]
+        );
     }
 }

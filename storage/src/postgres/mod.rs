@@ -63,7 +63,9 @@ pub struct PgConn {
 pub enum PgError {
     #[error("invalid postgres URL: {message}")]
     Url { message: String },
-    #[error("invalid postgres schema {schema:?}: use 1 to 63 of a-z, 0-9 and _, not starting with a digit")]
+    #[error(
+        "invalid postgres schema {schema:?}: use 1 to 63 of a-z, 0-9 and _, not starting with a digit"
+    )]
     Schema { schema: String },
     #[error("postgres ({target}) failed to {op}: {message}")]
     Postgres {
@@ -321,8 +323,11 @@ mod tests {
 
     #[test]
     fn targets_never_show_the_password() {
-        let target = PgTarget::parse("postgres://tokun:hunter2pw@db.internal:5433/ledger", "public")
-            .unwrap();
+        let target = PgTarget::parse(
+            "postgres://tokun:hunter2pw@db.internal:5433/ledger",
+            "public",
+        )
+        .unwrap();
         assert_eq!(target.shown(), "tokun@db.internal:5433/ledger");
         for shown in [format!("{target}"), format!("{target:?}")] {
             assert!(!shown.contains("hunter2pw"), "{shown}");
@@ -344,7 +349,15 @@ mod tests {
         for good in ["public", "tokun", "tokun_test_1", "_x"] {
             assert!(valid_schema(good), "{good}");
         }
-        for bad in ["", "1abc", "Public", "a-b", "a;drop", "a\"b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "Public",
+            "a-b",
+            "a;drop",
+            "a\"b",
+            &"x".repeat(64),
+        ] {
             assert!(!valid_schema(bad), "{bad}");
             assert!(PgTarget::parse("postgres://u@h/db", bad).is_err());
         }

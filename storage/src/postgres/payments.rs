@@ -94,7 +94,9 @@ pub(super) async fn apply(tx: &Transaction<'_>, target: &PgTarget) -> Result<(u6
     if let Some(row) = mismatch {
         let id: String = row.try_get(0).map_err(target.fail("check payments"))?;
         return Err(PgError::Inconsistent {
-            message: format!("payment {id} does not match its entries (it changed during the snapshot?)"),
+            message: format!(
+                "payment {id} does not match its entries (it changed during the snapshot?)"
+            ),
         });
     }
     mirror(tx, target, "payments", "id", PAYMENT_COLUMNS).await?;
@@ -127,17 +129,26 @@ pub(super) struct Restored {
 impl Restored {
     pub(super) async fn load(tx: &Transaction<'_>, target: &PgTarget) -> Result<Restored, PgError> {
         let rows = tx
-            .query(&format!("SELECT {PAYMENT_COLUMNS} FROM payments ORDER BY id"), &[])
+            .query(
+                &format!("SELECT {PAYMENT_COLUMNS} FROM payments ORDER BY id"),
+                &[],
+            )
             .await
             .map_err(target.fail("read payments"))?;
-        let payments = rows.iter().map(payment_from).collect::<Result<Vec<_>, _>>()?;
+        let payments = rows
+            .iter()
+            .map(payment_from)
+            .collect::<Result<Vec<_>, _>>()?;
         let credited = payments
             .iter()
             .filter(|p| p.status.is_credited() && p.account.is_some())
             .map(|p| (p.session_id.clone(), p.clone()))
             .collect();
         let rows = tx
-            .query(&format!("SELECT {EVENT_COLUMNS} FROM stripe_events ORDER BY key"), &[])
+            .query(
+                &format!("SELECT {EVENT_COLUMNS} FROM stripe_events ORDER BY key"),
+                &[],
+            )
             .await
             .map_err(target.fail("read stripe_events"))?;
         let marks = rows
@@ -179,12 +190,17 @@ impl Restored {
         let payments = self
             .payments
             .iter()
-            .filter(|p| !(p.status == PaymentStatus::Paid && self.credited.contains_key(&p.session_id)))
+            .filter(|p| {
+                !(p.status == PaymentStatus::Paid && self.credited.contains_key(&p.session_id))
+            })
             .map(|p| WriteOp::PutPayment(p.clone()));
-        let marks = self.marks.iter().map(|(key, at_ms)| WriteOp::MarkProcessed {
-            key: key.clone(),
-            at_ms: *at_ms,
-        });
+        let marks = self
+            .marks
+            .iter()
+            .map(|(key, at_ms)| WriteOp::MarkProcessed {
+                key: key.clone(),
+                at_ms: *at_ms,
+            });
         payments.chain(marks).collect()
     }
 }
@@ -193,7 +209,8 @@ fn put_payment(copy: &mut CopyRows, payment: &PaymentRecord) -> Result<(), PgErr
     copy.row(12).text(&payment.session_id)?;
     copy.opt_uint8("an account id", payment.account.map(AccountId::get))?;
     copy.int8(payment.amount.get());
-    copy.text(&payment.currency)?.text(payment.status.as_str())?;
+    copy.text(&payment.currency)?
+        .text(payment.status.as_str())?;
     copy.uint8("a time", payment.created_ms)?;
     copy.uint8("a time", payment.updated_ms)?;
     copy.int8(payment.paid_amount.get())

@@ -24,11 +24,11 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio_postgres::{IsolationLevel, Transaction};
 
+use super::payments::Restored;
 use super::rows::{
     ACCOUNT_COLUMNS, BALANCE_COLUMNS, ENTRY_COLUMNS, HOLD_COLUMNS, HoldRow, KEY_COLUMNS,
     REQUEST_COLUMNS, account_from, entry_from, hold_from, key_from, request_from,
 };
-use super::payments::Restored;
 use super::{PgConn, PgError, PgTarget, blocking};
 use crate::codec::usage_key;
 use crate::error::StorageError;
@@ -91,7 +91,10 @@ async fn load(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError> {
         .map_err(target.fail("begin reading the snapshot"))?;
     let last_seq = snapshot_watermark(&tx, target).await?;
     let accounts = select(&tx, target, ACCOUNT_COLUMNS, "accounts", "id").await?;
-    let accounts = accounts.iter().map(account_from).collect::<Result<Vec<_>, _>>()?;
+    let accounts = accounts
+        .iter()
+        .map(account_from)
+        .collect::<Result<Vec<_>, _>>()?;
     let keys = select(&tx, target, KEY_COLUMNS, "api_keys", "id").await?;
     let keys = keys.iter().map(key_from).collect::<Result<Vec<_>, _>>()?;
     let holds = select(&tx, target, HOLD_COLUMNS, "open_holds", "hold_id").await?;
@@ -114,17 +117,32 @@ async fn load(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError> {
     let mut ids = Ids::default();
     for chunk in accounts.chunks(CHUNK as usize) {
         ids.account = chunk.iter().map(|a| a.id.get()).fold(ids.account, u64::max);
-        loader.submit(chunk.iter().cloned().map(WriteOp::PutAccount).collect(), "accounts").await?;
+        loader
+            .submit(
+                chunk.iter().cloned().map(WriteOp::PutAccount).collect(),
+                "accounts",
+            )
+            .await?;
     }
     for chunk in keys.chunks(CHUNK as usize) {
-        ids.key = chunk.iter().map(|(_, k)| k.id.get()).fold(ids.key, u64::max);
+        ids.key = chunk
+            .iter()
+            .map(|(_, k)| k.id.get())
+            .fold(ids.key, u64::max);
         let ops = chunk
             .iter()
-            .map(|(hash, record)| WriteOp::PutKey { hash: *hash, record: record.clone() })
+            .map(|(hash, record)| WriteOp::PutKey {
+                hash: *hash,
+                record: record.clone(),
+            })
             .collect();
         loader.submit(ops, "api keys").await?;
     }
-    let replay = Replay { holds: &holds, payments: &payments, last_seq };
+    let replay = Replay {
+        holds: &holds,
+        payments: &payments,
+        last_seq,
+    };
     replay_entries(&tx, target, &mut loader, &replay, &mut ids).await?;
     for chunk in payments.after_entries().chunks(CHUNK as usize) {
         loader.submit(chunk.to_vec(), "payments").await?;
@@ -133,25 +151,32 @@ async fn load(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError> {
         .values()
         .filter_map(|row| {
             let open = row.to_open_hold();
-            open.checkpoint_tokens.map(|(prompt, completion)| WriteOp::Checkpoint {
-                hold: open.hold,
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-            })
+            open.checkpoint_tokens
+                .map(|(prompt, completion)| WriteOp::Checkpoint {
+                    hold: open.hold,
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                })
         })
         .collect();
     loader.submit(checkpoints, "hold checkpoints").await?;
     let loaded = loader.finish().await;
     writer.close();
-    blocking(move || thread.join().map_err(|_| refused("the writer thread panicked".into())))
-        .await?;
+    blocking(move || {
+        thread
+            .join()
+            .map_err(|_| refused("the writer thread panicked".into()))
+    })
+    .await?;
     loaded?;
 
     let requests = copy_requests(&tx, target, &store).await?;
     write_id_ranges(&store, &ids)?;
     let balances = select(&tx, target, BALANCE_COLUMNS, "balances", "account_id").await?;
     let verify = check(&store, &balances, holds.len() as u64).await?;
-    tx.commit().await.map_err(target.fail("end reading the snapshot"))?;
+    tx.commit()
+        .await
+        .map_err(target.fail("end reading the snapshot"))?;
     let (payments, stripe_events) = payments.len();
     Ok(RestoreReport {
         last_seq,
@@ -183,7 +208,10 @@ struct Ids {
 /// Submissions to the writer with a few in flight; stops at the first refusal.
 struct Loader {
     writer: WriterHandle,
-    pending: VecDeque<(oneshot::Receiver<Result<Durable, StorageError>>, &'static str)>,
+    pending: VecDeque<(
+        oneshot::Receiver<Result<Durable, StorageError>>,
+        &'static str,
+    )>,
 }
 
 impl Loader {
@@ -217,7 +245,9 @@ impl Loader {
         };
         match durable.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(refused(format!("the writer refused the snapshot's {what}: {err}"))),
+            Ok(Err(err)) => Err(refused(format!(
+                "the writer refused the snapshot's {what}: {err}"
+            ))),
             Err(_) => Err(refused("the writer stopped".into())),
         }
     }
@@ -261,9 +291,12 @@ async fn select(
     table: &str,
     order: &str,
 ) -> Result<Vec<tokio_postgres::Row>, PgError> {
-    tx.query(&format!("SELECT {columns} FROM {table} ORDER BY {order}"), &[])
-        .await
-        .map_err(target.fail("read the snapshot"))
+    tx.query(
+        &format!("SELECT {columns} FROM {table} ORDER BY {order}"),
+        &[],
+    )
+    .await
+    .map_err(target.fail("read the snapshot"))
 }
 
 /// Submits entries `1..=last_seq` in order, a chunk per submission.
@@ -275,7 +308,8 @@ async fn replay_entries(
     ids: &mut Ids,
 ) -> Result<(), PgError> {
     let last_seq = replay.last_seq;
-    let statement = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE seq <= $1 ORDER BY seq");
+    let statement =
+        format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE seq <= $1 ORDER BY seq");
     let bound = i64::try_from(last_seq).unwrap_or(i64::MAX);
     let portal = tx
         .bind(&statement, &[&bound])
@@ -294,7 +328,9 @@ async fn replay_entries(
         for row in &rows {
             let entry = entry_from(row)?;
             if entry.seq != next {
-                return Err(refused(format!("the snapshot's ledger has no entry {next}")));
+                return Err(refused(format!(
+                    "the snapshot's ledger has no entry {next}"
+                )));
             }
             next += 1;
             ids.hold = entry.hold.map_or(ids.hold, |hold| ids.hold.max(hold.get()));
@@ -308,8 +344,12 @@ async fn replay_entries(
                     .unwrap_or_default()
             });
             let credit = replay.payments.credit(&entry);
-            let books = Books { balance: entry.balance_after, held: entry.held_after };
-            let mut new = NewEntry::new(entry.at_ms, entry.account, entry.kind, entry.amount, books);
+            let books = Books {
+                balance: entry.balance_after,
+                held: entry.held_after,
+            };
+            let mut new =
+                NewEntry::new(entry.at_ms, entry.account, entry.kind, entry.amount, books);
             new.hold = entry.hold;
             new.request_id = entry.request_id;
             new.reference = entry.reference;
@@ -330,7 +370,11 @@ async fn replay_entries(
 }
 
 /// Writes request metadata under the keys it had in the snapshotted store.
-async fn copy_requests(tx: &Transaction<'_>, target: &PgTarget, store: &Store) -> Result<u64, PgError> {
+async fn copy_requests(
+    tx: &Transaction<'_>,
+    target: &PgTarget,
+    store: &Store,
+) -> Result<u64, PgError> {
     let statement = format!("SELECT {REQUEST_COLUMNS} FROM requests");
     let portal = tx
         .bind(&statement, &[])
@@ -353,8 +397,12 @@ async fn copy_requests(tx: &Transaction<'_>, target: &PgTarget, store: &Store) -
         }
         written += rows.len() as u64;
         let tree = store.trees.usage.clone();
-        blocking(move || Ok(tree.apply_batch(batch).map_err(StorageError::sled("restore usage"))?))
-            .await?;
+        blocking(move || {
+            Ok(tree
+                .apply_batch(batch)
+                .map_err(StorageError::sled("restore usage"))?)
+        })
+        .await?;
     }
     Ok(written)
 }
@@ -366,7 +414,11 @@ fn write_id_ranges(store: &Store, ids: &Ids) -> Result<(), PgError> {
         .db
         .open_tree("ids")
         .map_err(StorageError::sled("open the ids tree"))?;
-    for (kind, highest) in [("account", ids.account), ("key", ids.key), ("hold", ids.hold)] {
+    for (kind, highest) in [
+        ("account", ids.account),
+        ("key", ids.key),
+        ("hold", ids.hold),
+    ] {
         let next = highest.saturating_add(1).to_be_bytes();
         tree.insert(kind, &next[..])
             .map_err(StorageError::sled("restore id ranges"))?;
@@ -388,7 +440,9 @@ async fn check(
     for row in balances {
         let account: i64 = row.try_get(0).map_err(|err| refused(err.to_string()))?;
         let books = Books {
-            balance: crate::money::Nanos::new(row.try_get(1).map_err(|err| refused(err.to_string()))?),
+            balance: crate::money::Nanos::new(
+                row.try_get(1).map_err(|err| refused(err.to_string()))?,
+            ),
             held: crate::money::Nanos::new(row.try_get(2).map_err(|err| refused(err.to_string()))?),
         };
         expected.insert(AccountId::new(u64::try_from(account).unwrap_or(0)), books);
@@ -398,7 +452,9 @@ async fn check(
         let report = store.verify()?;
         if !report.is_clean() {
             let first = report.problems.first().cloned().unwrap_or_default();
-            return Err(refused(format!("the rebuilt ledger does not verify: {first}")));
+            return Err(refused(format!(
+                "the rebuilt ledger does not verify: {first}"
+            )));
         }
         if report.open_holds != open_holds {
             return Err(refused(format!(
@@ -408,11 +464,15 @@ async fn check(
         }
         for (account, books) in &expected {
             if store.books(*account)? != *books {
-                return Err(refused(format!("{account}'s balance differs from the snapshot's")));
+                return Err(refused(format!(
+                    "{account}'s balance differs from the snapshot's"
+                )));
             }
         }
         if report.accounts != expected.len() as u64 {
-            return Err(refused("the snapshot's balances do not cover every account".into()));
+            return Err(refused(
+                "the snapshot's balances do not cover every account".into(),
+            ));
         }
         Ok(report)
     })

@@ -16,8 +16,7 @@ use crate::records::{AccountRecord, KeyRecord, OpenHold, UsageRecord};
 
 pub(super) const ENTRY_COLUMNS: &str = "seq, at_ms, account_id, kind, amount_nanos, hold_id, \
      request_id, reference, estimated, balance_after_nanos, held_after_nanos";
-pub(super) const ACCOUNT_COLUMNS: &str =
-    "id, email, created_ms, disabled, floor_nanos, deleted_ms";
+pub(super) const ACCOUNT_COLUMNS: &str = "id, email, created_ms, disabled, floor_nanos, deleted_ms";
 pub(super) const KEY_COLUMNS: &str = "id, account_id, key_hash, prefix, name, created_ms, \
      last_used_ms, revoked_ms, spend_limit_nanos, rpm_limit, allowed_models, debug";
 pub(super) const BALANCE_COLUMNS: &str = "account_id, balance_nanos, held_nanos, last_seq";
@@ -157,7 +156,10 @@ pub(super) fn put_hold(rows: &mut CopyRows, hold: &HoldRow) -> Result<(), PgErro
     rows.opt_text(hold.request_id.as_deref())?;
     rows.uint8("a time", hold.opened_ms)?;
     rows.opt_uint8("a token count", hold.checkpoint.map(|(prompt, _)| prompt))?;
-    rows.opt_uint8("a token count", hold.checkpoint.map(|(_, completion)| completion))?;
+    rows.opt_uint8(
+        "a token count",
+        hold.checkpoint.map(|(_, completion)| completion),
+    )?;
     match hold.price {
         Some(price) => rows
             .int8(price.input().get())
@@ -273,7 +275,9 @@ fn unsigned(row: &Row, index: usize) -> Result<u64, PgError> {
 fn opt_unsigned(row: &Row, index: usize) -> Result<Option<u64>, PgError> {
     let value: Option<i64> = get(row, index)?;
     value
-        .map(|v| u64::try_from(v).map_err(|_| inconsistent(format!("column {index} is negative: {v}"))))
+        .map(|v| {
+            u64::try_from(v).map_err(|_| inconsistent(format!("column {index} is negative: {v}")))
+        })
         .transpose()
 }
 

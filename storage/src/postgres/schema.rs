@@ -187,7 +187,11 @@ pub(super) async fn migrate(conn: &PgConn) -> Result<usize, PgError> {
         .await
         .map_err(conn.fail("begin the migration"))?;
     let applied = apply(conn, schema).await;
-    let end = if applied.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let end = if applied.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
     let ended = client
         .batch_execute(end)
         .await

@@ -109,7 +109,9 @@ pub async fn snapshot(store: &Store, conn: &mut PgConn) -> Result<SnapshotReport
     )
     .await
     .map_err(target.fail("move the watermark"))?;
-    tx.commit().await.map_err(target.fail("commit a snapshot"))?;
+    tx.commit()
+        .await
+        .map_err(target.fail("commit a snapshot"))?;
     report.duration = started.elapsed();
     Ok(report)
 }

@@ -120,7 +120,12 @@ fn an_event_mark_is_used_once_even_within_one_batch() {
     batch.absorb(stage(&store, &batch, 1, &[mark("evt_1")]).unwrap());
     let again = reason(stage(&store, &batch, 1, &[mark("evt_1")]));
     assert!(again.contains("already processed"), "{again}");
-    let twice = reason(stage(&store, &Changes::default(), 1, &[mark("k"), mark("k")]));
+    let twice = reason(stage(
+        &store,
+        &Changes::default(),
+        1,
+        &[mark("k"), mark("k")],
+    ));
     assert!(twice.contains("already processed"), "{twice}");
     let empty = reason(stage(&store, &Changes::default(), 1, &[mark("")]));
     assert!(empty.contains("already processed"), "{empty}");
@@ -130,9 +135,20 @@ fn an_event_mark_is_used_once_even_within_one_batch() {
 fn a_credit_needs_exactly_its_topup_entry() {
     let store = store_with_open_payment();
     let none = Changes::default();
-    let without = reason(stage(&store, &none, 1, &[WriteOp::PutPayment(paid(SESSION, 100))]));
-    assert!(without.contains("without exactly one matching topup"), "{without}");
-    let wrong_amount = vec![topup(SESSION, 90, 90), WriteOp::PutPayment(paid(SESSION, 100))];
+    let without = reason(stage(
+        &store,
+        &none,
+        1,
+        &[WriteOp::PutPayment(paid(SESSION, 100))],
+    ));
+    assert!(
+        without.contains("without exactly one matching topup"),
+        "{without}"
+    );
+    let wrong_amount = vec![
+        topup(SESSION, 90, 90),
+        WriteOp::PutPayment(paid(SESSION, 100)),
+    ];
     let wrong = reason(stage(&store, &none, 1, &wrong_amount));
     assert!(wrong.contains("matching topup"), "{wrong}");
     let two = vec![
@@ -144,7 +160,10 @@ fn a_credit_needs_exactly_its_topup_entry() {
     let stray = reason(stage(&store, &none, 1, &[topup(SESSION, 100, 100)]));
     assert!(stray.contains("without being marked paid"), "{stray}");
     // A topup with an ordinary reason is no payment's business.
-    assert_eq!(reason(stage(&store, &none, 1, &[topup("demo credit", 5, 5)])), "accepted");
+    assert_eq!(
+        reason(stage(&store, &none, 1, &[topup("demo credit", 5, 5)])),
+        "accepted"
+    );
 }
 
 #[test]
