@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokun_actors::account::ReserveRequest;
+use tokun_actors::routing::{Candidate, cheapest_fit};
 use tokun_actors::{AccountMeter, Meter, RelayEvent, StreamArgs};
 use tokun_providers::{ChatRequest, tokens};
 
@@ -28,6 +29,56 @@ pub struct Launched {
     pub wants_usage: bool,
 }
 
+/// The model name that asks tokun to pick (see `[auto]` in the config).
+pub const AUTO: &str = "auto";
+
+/// Picks the concrete model for `model: "auto"` by the configured policy,
+/// skipping candidates whose first route's circuit is open.
+async fn pick_auto<'a>(
+    state: &'a AppState,
+    request: &ChatRequest,
+    prompt_tokens: u64,
+) -> Result<&'a Model, ApiError> {
+    let mut candidates = Vec::new();
+    for id in &state.config().auto.candidates {
+        let Some(model) = state.model(id) else {
+            continue;
+        };
+        let healthy = match model.routes.first().and_then(|r| r.limiter.as_ref()) {
+            Some(limiter) => limiter.health().await.is_none_or(|h| h.circuit != "open"),
+            None => true,
+        };
+        candidates.push(Candidate {
+            id: model.config.id.as_str(),
+            context_window: u64::from(model.config.context_window),
+            price: model.config.price,
+            healthy,
+        });
+    }
+    let max_output = request.requested_max_tokens().map_or(1, u64::from);
+    let id = cheapest_fit(&candidates, prompt_tokens, max_output).ok_or_else(|| {
+        ApiError::bad_request(
+            "No `auto` candidate has a context window that fits this request.",
+            Some("messages"),
+        )
+    })?;
+    state.model(id).ok_or(ApiError::Internal)
+}
+
+fn check_request_model(caller: Option<&Caller>, model: &Model) -> Result<(), ApiError> {
+    match caller {
+        Some(caller)
+            if !caller.key.allowed_models.is_empty()
+                && !caller.key.allowed_models.contains(&model.config.id) =>
+        {
+            Err(ApiError::Forbidden {
+                message: format!("This API key may not use the model `{}`.", model.config.id),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks the body and that the key may use the model.
 pub fn check_request(
     state: &AppState,
@@ -35,18 +86,14 @@ pub fn check_request(
     request: &ChatRequest,
 ) -> Result<(), ApiError> {
     validate(request)?;
+    if request.model == AUTO {
+        // The concrete model is picked (and checked against the key) at launch.
+        return Ok(());
+    }
     let model = state
         .model(&request.model)
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
-    if let Some(caller) = caller {
-        let allowed = &caller.key.allowed_models;
-        if !allowed.is_empty() && !allowed.contains(&model.config.id) {
-            return Err(ApiError::Forbidden {
-                message: format!("This API key may not use the model `{}`.", model.config.id),
-            });
-        }
-    }
-    Ok(())
+    check_request_model(caller, model)
 }
 
 /// Reserves and spawns the stream actor. `request` must have passed `check_request`.
@@ -57,10 +104,17 @@ pub async fn launch(
     mut request: ChatRequest,
     transport: &'static str,
 ) -> Result<Launched, ApiError> {
-    let model = state
-        .model(&request.model)
-        .ok_or_else(|| ApiError::model_not_found(&request.model))?;
     let prompt_tokens = tokens::estimate_prompt(&request);
+    let model = if request.model == AUTO {
+        let model = pick_auto(state, &request, prompt_tokens).await?;
+        check_request_model(caller, model)?;
+        request.model = model.config.id.clone();
+        model
+    } else {
+        state
+            .model(&request.model)
+            .ok_or_else(|| ApiError::model_not_found(&request.model))?
+    };
     let meter = match caller {
         Some(caller) => {
             reserve(
@@ -144,13 +198,6 @@ async fn reserve(
     prompt_tokens: u64,
     transport: &'static str,
 ) -> Result<Meter, ApiError> {
-    let services = state.services();
-    if !services.ledger.is_healthy() {
-        // Nothing can be billed durably: refuse before any upstream call.
-        return Err(ApiError::Unavailable {
-            message: "The ledger is not writable; nothing was charged. Retry later.".into(),
-        });
-    }
     let billing = &state.config().billing;
     let context_left = u64::from(model.config.context_window)
         .saturating_sub(prompt_tokens)
@@ -164,33 +211,69 @@ async fn reserve(
     } else {
         max_output
     };
-    let reserve = ReserveRequest {
-        request_id: request_id.to_owned(),
-        key: Some(caller.key.id),
-        key_limit: caller.key.spend_limit,
-        price: model.config.price,
+    let hold = Hold {
+        request_id,
+        model,
         prompt_tokens,
         increment_tokens: increment,
         max_output_tokens: max_output,
     };
-    let reservation = services
-        .accounts
-        .reserve(caller.account, reserve)
-        .await
-        .map_err(ApiError::from)?;
-    if reservation.max_tokens < max_output || request.requested_max_tokens().is_some() {
-        let cap = u32::try_from(reservation.max_tokens).unwrap_or(u32::MAX);
+    let (meter, max_tokens) = hold_credit(state, caller, hold, transport).await?;
+    if max_tokens < max_output || request.requested_max_tokens().is_some() {
+        let cap = u32::try_from(max_tokens).unwrap_or(u32::MAX);
         if request.max_completion_tokens.is_some() {
             request.max_completion_tokens = Some(cap);
         } else {
             request.max_tokens = Some(cap);
         }
     }
-    Ok(Meter::Account(Box::new(AccountMeter {
+    Ok(meter)
+}
+
+/// What a request wants held before its upstream call.
+pub struct Hold<'a> {
+    pub request_id: &'a str,
+    pub model: &'a Model,
+    pub prompt_tokens: u64,
+    pub increment_tokens: u64,
+    pub max_output_tokens: u64,
+}
+
+/// Places a hold on the caller's account; returns the meter that settles it
+/// and the most output tokens the funds allow. Refused with 503 while the
+/// ledger is not writable, before any upstream call.
+pub async fn hold_credit(
+    state: &AppState,
+    caller: &Caller,
+    hold: Hold<'_>,
+    transport: &'static str,
+) -> Result<(Meter, u64), ApiError> {
+    let services = state.services();
+    if !services.ledger.is_healthy() {
+        return Err(ApiError::Unavailable {
+            message: "The ledger is not writable; nothing was charged. Retry later.".into(),
+        });
+    }
+    let reserve = ReserveRequest {
+        request_id: hold.request_id.to_owned(),
+        key: Some(caller.key.id),
+        key_limit: caller.key.spend_limit,
+        price: hold.model.config.price,
+        prompt_tokens: hold.prompt_tokens,
+        increment_tokens: hold.increment_tokens,
+        max_output_tokens: hold.max_output_tokens,
+    };
+    let reservation = services
+        .accounts
+        .reserve(caller.account, reserve)
+        .await
+        .map_err(ApiError::from)?;
+    let meter = Meter::Account(Box::new(AccountMeter {
         accounts: services.accounts.clone(),
         account: caller.account,
         key: Some(caller.key.id),
         reservation,
         transport,
-    })))
+    }));
+    Ok((meter, reservation.max_tokens))
 }

@@ -6,6 +6,7 @@ mod account;
 mod admin;
 mod chat;
 pub mod completion;
+mod embeddings;
 mod health;
 mod models;
 mod ops;
@@ -25,6 +26,7 @@ use crate::state::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/account", get(account::account))

@@ -58,6 +58,13 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Stripe top-ups; `None`: `/v1/topups` answers 501.
     pub stripe: Option<StripeConfig>,
+    pub auto: AutoConfig,
+}
+
+/// `model: "auto"`: the models it may pick from, in tie-break order.
+#[derive(Debug, Clone)]
+pub struct AutoConfig {
+    pub candidates: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +211,7 @@ impl Config {
             models = default_models()?;
         }
         check_references(&providers, &models)?;
+        let auto = auto_config(raw.auto, &models)?;
         Ok(Config {
             server,
             log: LogConfig {
@@ -228,6 +236,7 @@ impl Config {
                     raw.ledger.max_batch_delay_us.unwrap_or(500),
                 ),
             },
+            auto,
             metrics: MetricsConfig {
                 enabled: raw.metrics.enabled.unwrap_or(true),
             },
@@ -424,6 +433,30 @@ fn websocket_config(raw: raw::RawWebSocket) -> Result<WebSocketConfig, ConfigErr
             60_000,
         )?,
     })
+}
+
+fn auto_config(raw: raw::RawAuto, models: &[ModelConfig]) -> Result<AutoConfig, ConfigError> {
+    match raw.policy.as_deref() {
+        None | Some("cheapest_fit") => {}
+        Some(other) => {
+            return Err(invalid(
+                "auto.policy",
+                format!("`{other}` is not `cheapest_fit`"),
+            ));
+        }
+    }
+    let candidates = raw
+        .candidates
+        .unwrap_or_else(|| models.iter().map(|m| m.id.clone()).collect());
+    for (i, id) in candidates.iter().enumerate() {
+        if !models.iter().any(|m| m.id == *id) {
+            return Err(invalid(
+                format!("auto.candidates[{i}]"),
+                format!("no model is named `{id}`"),
+            ));
+        }
+    }
+    Ok(AutoConfig { candidates })
 }
 
 fn check_references(

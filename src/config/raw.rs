@@ -26,6 +26,15 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     /// Stripe top-ups; absent: off.
     pub stripe: Option<RawStripe>,
+    #[serde(default)]
+    pub auto: RawAuto,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuto {
+    pub candidates: Option<Vec<String>>,
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -56,6 +56,8 @@ fn the_example_file_is_valid_and_documents_every_key() {
         "max_wait_ms",
         "breaker_failures",
         "breaker_cooldown_secs",
+        "candidates",
+        "policy",
         "context_window",
         "cached_input",
         "routes",

@@ -81,6 +81,9 @@ pub async fn realtime(
     let Query(query) =
         query.map_err(|_| ApiError::bad_request("The query string is malformed.", None))?;
     let prepared = resolve_caller(&state, &headers, query.ticket.as_deref()).and_then(|caller| {
+        if let Some(caller) = &caller {
+            state.keys().check_rpm(&caller.key)?;
+        }
         let target = realtime::Target::resolve(&state, caller.as_ref(), query.model.as_deref())?;
         Ok((caller, target))
     });
@@ -114,6 +117,22 @@ pub async fn issue_ticket(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// Counts open sockets for `/metrics` while alive.
+struct OpenSocket(&'static str);
+
+impl OpenSocket {
+    pub fn count(endpoint: &'static str) -> Self {
+        metrics::gauge!("tokun_websockets_open", "endpoint" => endpoint).increment(1.0);
+        Self(endpoint)
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        metrics::gauge!("tokun_websockets_open", "endpoint" => self.0).decrement(1.0);
+    }
 }
 
 fn configure(upgrade: WebSocketUpgrade, limits: &WebSocketConfig) -> WebSocketUpgrade {

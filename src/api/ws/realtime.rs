@@ -25,9 +25,12 @@ use tokun_providers::ProviderError;
 use tokun_providers::TimeoutPhase;
 use tokun_storage::Price;
 
+use super::OpenSocket;
 use super::realtime_meter::{RealtimeMeter, Verdict};
-use super::socket::{Ending, OpenSocket, read_failed};
-use super::writer::{self, CLOSE_TIMEOUT, Outbox, close, close_for, close_frame, code};
+use super::writer::{
+    self, CLOSE_TIMEOUT, Ending, Outbox, close, close_for, close_frame, code, ping_timeout,
+    read_failed,
+};
 use super::{READ_BUFFER, WRITE_BUFFER};
 use crate::auth::Caller;
 use crate::config::{Secret, WebSocketConfig};
@@ -35,6 +38,10 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 type Upstream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// tokun's own events (refusals) queued for the client beyond which the
+/// client's frames stop being read.
+const MAX_QUEUED: usize = 64;
 
 /// Where a Realtime session goes and what it costs.
 pub(super) struct Target {
@@ -147,6 +154,8 @@ async fn relay(
         }
         let stall_at = write_started.map(|t| t + limits.stall_timeout);
         let pong_at = ping_sent.map(|t| t + limits.pong_timeout);
+        // Each side is read only while what it sends can be passed on.
+        let read_client = !to_upstream.pending() && to_client.len() < MAX_QUEUED;
         tokio::select! {
             biased;
             written = to_client.write(&mut client_sink), if to_client.pending() => {
@@ -164,20 +173,23 @@ async fn relay(
                 break End::Client(Ending::Gone);
             }
             () = sleep_until(pong_at.unwrap_or(start)), if pong_at.is_some() => {
-                let reason = format!("No pong within {} ms of a ping.", limits.pong_timeout.as_millis());
-                break End::Client(Ending::Close(close_frame(code::PING_TIMEOUT, &reason)));
+                break End::Client(ping_timeout(limits));
             }
-            frame = client_stream.next(), if !to_upstream.pending() => {
+            frame = client_stream.next(), if read_client => {
                 ping_sent = None;
                 match frame {
                     Some(Ok(Message::Text(text))) => match meter.on_client_text(&text).await {
                         Verdict::Forward => to_upstream.push_some(upstream_text(text)),
                         Verdict::Refuse(event) => to_client.push(Message::text(event)),
                     },
-                    Some(Ok(Message::Binary(data))) => to_upstream.push(UpstreamMessage::Binary(data)),
+                    Some(Ok(Message::Binary(data))) => {
+                        to_upstream.push(UpstreamMessage::Binary(data));
+                    }
                     Some(Ok(Message::Close(_))) => break End::ClientClosed,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Err(error)) => break End::Client(read_failed(error, limits.max_frame_bytes)),
+                    Some(Err(error)) => {
+                        break End::Client(read_failed(error, limits.max_frame_bytes));
+                    }
                     None => break End::Client(Ending::Gone),
                 }
             }
@@ -189,7 +201,9 @@ async fn relay(
                     to_client.push_some(client_text(&text));
                 }
                 Some(Ok(UpstreamMessage::Binary(data))) => to_client.push(Message::Binary(data)),
-                Some(Ok(UpstreamMessage::Close(frame))) => break End::Upstream(frame.map(|f| f.code)),
+                Some(Ok(UpstreamMessage::Close(frame))) => {
+                    break End::Upstream(frame.map(|f| f.code));
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break End::Upstream(None),
             },
@@ -238,7 +252,8 @@ async fn relay(
 
 async fn open_upstream(target: &Target, beta: Option<HeaderValue>) -> Result<Upstream, ApiError> {
     let upstream = |error: ProviderError| {
-        tracing::warn!(provider = %target.provider, kind = error.kind(), "realtime upstream failed");
+        let kind = error.kind();
+        tracing::warn!(provider = %target.provider, kind, "realtime upstream failed");
         ApiError::Upstream(error)
     };
     let mut request = target.url.as_str().into_client_request().map_err(|_| {

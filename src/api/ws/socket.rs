@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures_util::{FutureExt, SinkExt, StreamExt, stream};
@@ -22,9 +22,10 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tokun_actors::RelayEvent;
 use tokun_providers::ChatRequest;
 
+use super::OpenSocket;
 use super::limits::RateBucket;
 use super::protocol::{ClientMessage, Refused, ServerMessage, parse, peek_id};
-use super::writer::{Outbox, close, close_frame, code};
+use super::writer::{Ending, Outbox, close, ping_timeout, read_failed};
 use crate::api::completion::{Launched, check_request, launch};
 use crate::auth::Caller;
 use crate::config::WebSocketConfig;
@@ -61,6 +62,8 @@ pub(super) async fn run(socket: WebSocket, state: AppState, caller: Option<Calle
         }
         let stall_at = write_started.map(|t| t + limits.stall_timeout);
         let pong_at = ping_sent.map(|t| t + limits.pong_timeout);
+        // Relay events wait in their channels until the client took what is queued.
+        let pull_events = !writing && !session.events.is_empty();
         tokio::select! {
             biased;
             written = session.out.write(&mut sink), if writing => {
@@ -73,8 +76,7 @@ pub(super) async fn run(socket: WebSocket, state: AppState, caller: Option<Calle
                 break Ending::Gone;
             }
             () = sleep_until(pong_at.unwrap_or(start)), if pong_at.is_some() => {
-                let reason = format!("No pong within {} ms of a ping.", limits.pong_timeout.as_millis());
-                break Ending::Close(close_frame(code::PING_TIMEOUT, &reason));
+                break ping_timeout(&limits);
             }
             frame = stream.next(), if session.out.len() < MAX_QUEUED => {
                 ping_sent = None;
@@ -91,7 +93,7 @@ pub(super) async fn run(socket: WebSocket, state: AppState, caller: Option<Calle
             Some((seq, launched)) = session.launches.next(), if !session.launches.is_empty() => {
                 session.on_launched(seq, launched);
             }
-            Some((seq, event)) = session.events.next(), if !writing && !session.events.is_empty() => {
+            Some((seq, event)) = session.events.next(), if pull_events => {
                 session.on_event(seq, event);
                 for _ in 1..COALESCE {
                     match session.events.next().now_or_never() {
@@ -119,55 +121,6 @@ pub(super) async fn run(socket: WebSocket, state: AppState, caller: Option<Calle
     }
 }
 
-/// How the loop ended.
-pub(super) enum Ending {
-    /// tokun closes with this frame.
-    Close(CloseFrame),
-    /// The client sent a close frame.
-    ClientClosed,
-    /// The connection broke or the client stopped reading: nothing to send.
-    Gone,
-}
-
-/// Counts open sockets for `/metrics` while alive.
-pub(super) struct OpenSocket(&'static str);
-
-impl OpenSocket {
-    pub fn count(endpoint: &'static str) -> Self {
-        metrics::gauge!("tokun_websockets_open", "endpoint" => endpoint).increment(1.0);
-        Self(endpoint)
-    }
-}
-
-impl Drop for OpenSocket {
-    fn drop(&mut self) {
-        metrics::gauge!("tokun_websockets_open", "endpoint" => self.0).decrement(1.0);
-    }
-}
-
-/// Maps a read error to how the socket ends (1009 for an oversize frame).
-pub(super) fn read_failed(error: axum::Error, max_frame_bytes: usize) -> Ending {
-    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
-    let inner = error.into_inner();
-    match inner.downcast_ref::<Error>() {
-        Some(Error::Capacity(_)) => {
-            let reason =
-                format!("A frame or message exceeds the limit of {max_frame_bytes} bytes.");
-            Ending::Close(close_frame(code::TOO_BIG, &reason))
-        }
-        Some(Error::Utf8(_)) => Ending::Close(close_frame(
-            code::INVALID_DATA,
-            "A text frame is not valid UTF-8.",
-        )),
-        // A TCP close without a close frame is a network drop, not a protocol error.
-        Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Ending::Gone,
-        Some(Error::Protocol(_)) => {
-            Ending::Close(close_frame(code::PROTOCOL, "WebSocket protocol error."))
-        }
-        _ => Ending::Gone,
-    }
-}
-
 /// The completions of one socket and what is queued for its client.
 struct Session {
     state: AppState,
@@ -190,6 +143,8 @@ struct Running {
     request_id: Arc<str>,
     model: String,
     provider: Option<Arc<str>>,
+    /// When the client asked, until its first chunk (for the TTFT metric).
+    waiting_since: Option<Instant>,
     /// `None` while launching; keeps the completion cancellable by id.
     guard: Option<InFlightGuard>,
     cancel_requested: bool,
@@ -255,6 +210,7 @@ impl Session {
                 request_id: request_id.clone(),
                 model: request.model.clone(),
                 provider: None,
+                waiting_since: Some(Instant::now()),
                 guard: None,
                 cancel_requested: false,
             },
@@ -331,6 +287,10 @@ impl Session {
         match event {
             Some(RelayEvent::Routed { provider, .. }) => running.provider = Some(provider),
             Some(RelayEvent::Chunk(chunk)) => {
+                if let Some(since) = running.waiting_since.take() {
+                    metrics::histogram!("tokun_time_to_first_token_seconds", "transport" => "ws")
+                        .record(since.elapsed().as_secs_f64());
+                }
                 self.out.push(ServerMessage::chunk(&id, &chunk).encode());
             }
             Some(RelayEvent::Completion(completion, settlement)) => {

@@ -1,7 +1,8 @@
 //! Writing to a socket without ever buffering more than the loop decided to:
 //! an [`Outbox`] of messages queued for one direction, written and flushed by
 //! a future the socket loop can drop at any time without losing a message,
-//! and the close frames tokun sends (codes and reasons clients can read).
+//! and how a socket ends: what a read error means, and the close frames
+//! tokun sends (codes and reasons clients can read).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
+use crate::config::WebSocketConfig;
 use crate::error::ApiError;
 
 /// How long tokun waits for a close frame to go out and for the peer's reply.
@@ -107,6 +109,48 @@ pub(super) fn close_for(error: &ApiError) -> CloseFrame {
         code::INTERNAL
     };
     close_frame(code, &error.object().message)
+}
+
+/// How a socket loop ended.
+pub(super) enum Ending {
+    /// tokun closes with this frame.
+    Close(CloseFrame),
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The connection broke or the client stopped reading: nothing to send.
+    Gone,
+}
+
+/// The close for a client that sent nothing within `pong_timeout` of a ping.
+pub(super) fn ping_timeout(limits: &WebSocketConfig) -> Ending {
+    let reason = format!(
+        "No pong within {} ms of a ping.",
+        limits.pong_timeout.as_millis()
+    );
+    Ending::Close(close_frame(code::PING_TIMEOUT, &reason))
+}
+
+/// Maps a read error to how the socket ends (1009 for an oversize frame).
+pub(super) fn read_failed(error: axum::Error, max_frame_bytes: usize) -> Ending {
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+    let inner = error.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => {
+            let reason =
+                format!("A frame or message exceeds the limit of {max_frame_bytes} bytes.");
+            Ending::Close(close_frame(code::TOO_BIG, &reason))
+        }
+        Some(Error::Utf8(_)) => Ending::Close(close_frame(
+            code::INVALID_DATA,
+            "A text frame is not valid UTF-8.",
+        )),
+        // A TCP close without a close frame is a network drop, not a protocol error.
+        Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Ending::Gone,
+        Some(Error::Protocol(_)) => {
+            Ending::Close(close_frame(code::PROTOCOL, "WebSocket protocol error."))
+        }
+        _ => Ending::Gone,
+    }
 }
 
 /// Closes a socket that was refused before any work (bad credentials, unknown model).
