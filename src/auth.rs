@@ -48,7 +48,12 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub struct KeyCache {
     keys: Mutex<HashMap<[u8; 32], Arc<KeyRecord>>>,
     windows: Mutex<HashMap<u64, (Instant, u32)>>,
+    /// When each key's `last_used` was last written, so it is written at most once a minute.
+    last_used_written: Mutex<HashMap<u64, Instant>>,
 }
+
+/// How stale a key's `last_used` may get before it is written again.
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
 impl KeyCache {
     /// Resolves a bearer token to a live key.
@@ -102,6 +107,29 @@ impl KeyCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(hash, Arc::new(record));
+    }
+
+    /// The key's record with `last_used` set to now, when it is due to be
+    /// written (at most once a minute per key); `None` otherwise.
+    pub fn last_used_due(&self, key: &KeyRecord, now_ms: u64) -> Option<([u8; 32], KeyRecord)> {
+        let now = Instant::now();
+        let mut written = self
+            .last_used_written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if written
+            .get(&key.id.get())
+            .is_some_and(|at| now.duration_since(*at) < LAST_USED_EVERY)
+        {
+            return None;
+        }
+        written.insert(key.id.get(), now);
+        drop(written);
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let (hash, cached) = keys.iter().find(|(_, k)| k.id == key.id)?;
+        let mut record = KeyRecord::clone(cached);
+        record.last_used_ms = Some(now_ms);
+        Some((*hash, record))
     }
 
     /// Counts a request against the key's RPM limit (fixed one-minute windows).

@@ -208,8 +208,9 @@ impl Services {
         Ok(Some((hash, record)))
     }
 
-    /// Flushes and stops the ledger.
+    /// Stops the account actors, flushes and stops the ledger.
     pub async fn stop(&self) {
+        self.accounts.stop().await;
         let _ = self.ledger.barrier().await;
         if let Some(snapshots) = &self.snapshots {
             // Everything is flushed: copy it to Postgres before the ledger stops.

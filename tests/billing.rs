@@ -414,6 +414,24 @@ async fn keys_are_created_listed_revoked_and_revoked_keys_never_work() {
         200
     );
     let entries = verify_clean(&h).await["entries"].clone();
+    // verify waits for the ledger to flush, so the key's last-used stamp is on disk.
+    let listed: Value = h
+        .client
+        .get(h.url("/v1/keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == created["id"])
+        .unwrap()
+        .clone();
+    assert!(entry["last_used"].as_u64().is_some(), "{entry}");
     let id = created["id"].as_str().unwrap();
     assert_eq!(
         h.client

@@ -295,9 +295,9 @@ async fn restore_into_an_empty_dir_serves_the_same_balances() {
         .await
         .unwrap();
     let api_key = h.api_key.clone();
-    let original = h.data_dir.join("ledger");
+    let original = h.server.services().store.clone();
     h.server.shutdown().await.unwrap();
-    let totals = Totals::of(&Store::open(&original).unwrap());
+    let totals = Totals::of(&original);
     assert_eq!(
         Totals::in_postgres(&schema).await,
         totals,

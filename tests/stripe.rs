@@ -256,11 +256,11 @@ async fn the_same_event_delivered_five_times_at_once_credits_once() {
     assert_eq!(credited, 1, "{results:?}");
     // Different event ids for the same session, at once: still one credit.
     let object = event["data"]["object"].clone();
-    let others = (0..5).map(|_| {
-        let event = stripe.event("checkout.session.async_payment_succeeded", object.clone());
-        async move { deliver(&h, &stripe, &event).await }
-    });
-    let results = futures_util::future::join_all(others).await;
+    let others: Vec<Value> = (0..5)
+        .map(|_| stripe.event("checkout.session.async_payment_succeeded", object.clone()))
+        .collect();
+    let deliveries = others.iter().map(|event| deliver(&h, &stripe, event));
+    let results = futures_util::future::join_all(deliveries).await;
     assert!(
         results.iter().all(|(_, b)| b["outcome"] == "duplicate"),
         "{results:?}"

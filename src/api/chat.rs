@@ -168,6 +168,16 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Call
         .keys()
         .authenticate(&state.services().store, headers)?;
     state.keys().check_rpm(&caller.key)?;
+    if let Some((hash, record)) = state
+        .keys()
+        .last_used_due(&caller.key, tokun_actors::account::now_ms())
+    {
+        // Not awaited: a lost last-used stamp is harmless; revoked keys stay revoked (writer rule).
+        let services = state.services();
+        services
+            .ledger
+            .append_nowait(vec![tokun_storage::WriteOp::PutKey { hash, record }]);
+    }
     Ok(Some(caller))
 }
 

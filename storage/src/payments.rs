@@ -194,7 +194,7 @@ impl Store {
             let session = String::from_utf8_lossy(&key[8.min(key.len())..]).into_owned();
             payments.extend(self.payment(&session)?);
         }
-        payments.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        payments.sort_by_key(|p| std::cmp::Reverse(p.created_ms));
         Ok(payments)
     }
 
@@ -212,7 +212,7 @@ impl Store {
                 found.push(payment);
             }
         }
-        found.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms));
+        found.sort_by_key(|p| std::cmp::Reverse(p.updated_ms));
         found.truncate(limit);
         Ok(found)
     }

@@ -165,6 +165,13 @@ impl AccountState {
                     let reason = "the payment was already credited";
                     return Ok(Ok(Plan::nothing(PaymentOutcome::Ignored { reason })));
                 }
+                if before
+                    .as_ref()
+                    .is_some_and(|p| p.account != Some(self.record.id))
+                {
+                    let reason = "the session belongs to another account";
+                    return Ok(Ok(Plan::nothing(PaymentOutcome::Ignored { reason })));
+                }
                 let mut record = before.unwrap_or_else(|| {
                     PaymentRecord::open(&session, self.record.id, amount, currency, now)
                 });
@@ -192,6 +199,13 @@ impl AccountState {
         let before = self.store.payment(&paid.session)?;
         if before.as_ref().is_some_and(|p| p.status.is_credited()) {
             return Ok(Ok(Plan::nothing(PaymentOutcome::Duplicate)));
+        }
+        if before
+            .as_ref()
+            .is_some_and(|p| p.account != Some(self.record.id))
+        {
+            let reason = "the session belongs to another account";
+            return Ok(Ok(Plan::nothing(PaymentOutcome::Ignored { reason })));
         }
         if paid.amount.get() <= 0 {
             let message = format!("a paid session of {} cannot be credited", paid.amount);
@@ -319,3 +333,7 @@ impl AccountState {
 fn mark(key: String, at_ms: u64) -> WriteOp {
     WriteOp::MarkProcessed { key, at_ms }
 }
+
+#[cfg(test)]
+#[path = "payment_tests.rs"]
+mod tests;

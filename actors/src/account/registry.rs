@@ -174,6 +174,21 @@ impl AccountsHandle {
         })
     }
 
+    /// Stops every account actor and the supervisor (shutdown): they hold the
+    /// store, which stays locked while any of them lives.
+    pub async fn stop(&self) {
+        let timeout = Some(Duration::from_secs(5));
+        self.supervisor
+            .get_cell()
+            .stop_children_and_wait(Some("shutdown".into()), timeout)
+            .await;
+        let _ = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), timeout)
+            .await;
+        lock(&self.live).clear();
+    }
+
     /// Number of live account actors.
     pub fn live(&self) -> usize {
         lock(&self.live).len()

@@ -18,6 +18,7 @@
 //! proxy.
 
 mod copy;
+mod load;
 mod mirror;
 mod payments;
 mod restore;

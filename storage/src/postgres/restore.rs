@@ -17,32 +17,28 @@
 //! Holds open at the snapshot's cut come back open, with their price and
 //! last checkpoint, so the next `tokun serve` settles them as `recovered`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
-use tokio::sync::oneshot;
 use tokio_postgres::{IsolationLevel, Transaction};
 
+use super::load::{IN_FLIGHT, Ids, Loader, copy_requests, write_id_ranges};
 use super::payments::Restored;
 use super::rows::{
     ACCOUNT_COLUMNS, BALANCE_COLUMNS, ENTRY_COLUMNS, HOLD_COLUMNS, HoldRow, KEY_COLUMNS,
-    REQUEST_COLUMNS, account_from, entry_from, hold_from, key_from, request_from,
+    account_from, entry_from, hold_from, key_from,
 };
 use super::{PgConn, PgError, PgTarget, blocking};
-use crate::codec::usage_key;
-use crate::error::StorageError;
 use crate::ids::{AccountId, HoldId};
 use crate::ledger::{Books, EntryKind};
-use crate::ops::{Ack, Durable, NewEntry, WriteOp};
+use crate::ops::{NewEntry, WriteOp};
 use crate::store::Store;
 use crate::verify::VerifyReport;
-use crate::writer::{LedgerWriter, WriterConfig, WriterHandle};
+use crate::writer::{LedgerWriter, WriterConfig};
 
 /// Rows fetched from Postgres per round trip, and entries per submission.
-const CHUNK: i32 = 4096;
-/// Submissions in flight to the writer at once.
-const IN_FLIGHT: usize = 8;
+pub(super) const CHUNK: i32 = 4096;
 
 /// What a restore rebuilt.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -69,7 +65,7 @@ pub async fn restore(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgE
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
         Err(err) => return Err(refused(format!("cannot read {}: {err}", dir.display()))),
     };
-    let result = load(conn, dir).await;
+    let result = rebuild(conn, dir).await;
     if result.is_err() {
         // Leave the directory as it was, so nothing starts from half a store.
         let _ = std::fs::remove_dir_all(dir);
@@ -80,7 +76,7 @@ pub async fn restore(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgE
     result
 }
 
-async fn load(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError> {
+async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError> {
     let (client, target) = conn.parts();
     let tx = client
         .build_transaction()
@@ -197,69 +193,6 @@ struct Replay<'a> {
     last_seq: u64,
 }
 
-/// The highest id of each kind restored: new ids must come after them.
-#[derive(Default)]
-struct Ids {
-    account: u64,
-    key: u64,
-    hold: u64,
-}
-
-/// Submissions to the writer with a few in flight; stops at the first refusal.
-struct Loader {
-    writer: WriterHandle,
-    pending: VecDeque<(
-        oneshot::Receiver<Result<Durable, StorageError>>,
-        &'static str,
-    )>,
-}
-
-impl Loader {
-    fn new(writer: WriterHandle) -> Loader {
-        Loader {
-            writer,
-            pending: VecDeque::new(),
-        }
-    }
-
-    async fn submit(&mut self, ops: Vec<WriteOp>, what: &'static str) -> Result<(), PgError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        if self.pending.len() >= IN_FLIGHT {
-            self.wait_oldest().await?;
-        }
-        let (done, durable) = oneshot::channel();
-        let ack = Ack::new(move |result| {
-            let _ = done.send(result);
-        });
-        // Never blocks: the queue holds twice what is kept in flight.
-        self.writer.submit(ops, ack);
-        self.pending.push_back((durable, what));
-        Ok(())
-    }
-
-    async fn wait_oldest(&mut self) -> Result<(), PgError> {
-        let Some((durable, what)) = self.pending.pop_front() else {
-            return Ok(());
-        };
-        match durable.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(refused(format!(
-                "the writer refused the snapshot's {what}: {err}"
-            ))),
-            Err(_) => Err(refused("the writer stopped".into())),
-        }
-    }
-
-    async fn finish(mut self) -> Result<(), PgError> {
-        while !self.pending.is_empty() {
-            self.wait_oldest().await?;
-        }
-        Ok(())
-    }
-}
-
 /// The watermark of the last snapshot; `NoSnapshot` if none ever committed.
 async fn snapshot_watermark(tx: &Transaction<'_>, target: &PgTarget) -> Result<u64, PgError> {
     let row = tx
@@ -369,67 +302,6 @@ async fn replay_entries(
     Ok(())
 }
 
-/// Writes request metadata under the keys it had in the snapshotted store.
-async fn copy_requests(
-    tx: &Transaction<'_>,
-    target: &PgTarget,
-    store: &Store,
-) -> Result<u64, PgError> {
-    let statement = format!("SELECT {REQUEST_COLUMNS} FROM requests");
-    let portal = tx
-        .bind(&statement, &[])
-        .await
-        .map_err(target.fail("read requests"))?;
-    let mut written = 0;
-    loop {
-        let rows = tx
-            .query_portal(&portal, CHUNK)
-            .await
-            .map_err(target.fail("read requests"))?;
-        if rows.is_empty() {
-            break;
-        }
-        let mut batch = sled::Batch::default();
-        for row in &rows {
-            let (unique, usage) = request_from(row)?;
-            let key = usage_key(usage.account.get(), usage.at_ms, unique);
-            batch.insert(&key[..], crate::codec::encode("a usage record", &usage)?);
-        }
-        written += rows.len() as u64;
-        let tree = store.trees.usage.clone();
-        blocking(move || {
-            Ok(tree
-                .apply_batch(batch)
-                .map_err(StorageError::sled("restore usage"))?)
-        })
-        .await?;
-    }
-    Ok(written)
-}
-
-/// Makes the next id of each kind come after every restored one. The `ids`
-/// tree layout is `ids_alloc`'s: kind name → first id not yet handed out.
-fn write_id_ranges(store: &Store, ids: &Ids) -> Result<(), PgError> {
-    let tree = store
-        .db
-        .open_tree("ids")
-        .map_err(StorageError::sled("open the ids tree"))?;
-    for (kind, highest) in [
-        ("account", ids.account),
-        ("key", ids.key),
-        ("hold", ids.hold),
-    ] {
-        let next = highest.saturating_add(1).to_be_bytes();
-        tree.insert(kind, &next[..])
-            .map_err(StorageError::sled("restore id ranges"))?;
-    }
-    store
-        .db
-        .flush()
-        .map_err(StorageError::sled("flush the restored store"))?;
-    Ok(())
-}
-
 /// `verify` must be clean and every balance must match the snapshot's.
 async fn check(
     store: &Store,
@@ -479,6 +351,6 @@ async fn check(
     .await
 }
 
-fn refused(message: String) -> PgError {
+pub(super) fn refused(message: String) -> PgError {
     PgError::Restore { message }
 }

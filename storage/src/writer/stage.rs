@@ -300,6 +300,11 @@ impl Stage<'_> {
             if existing.account != record.account {
                 return Err(conflict("cannot move to another account"));
             }
+            // A revoked key is revoked forever: no later write may revive it
+            // (say, a last-used update made from a stale copy).
+            if existing.revoked_ms.is_some() && record.revoked_ms.is_none() {
+                return Err(conflict("is revoked and stays revoked"));
+            }
         }
         self.scratch.keys.insert(hash, record.clone());
         Ok(())
