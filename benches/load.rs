@@ -529,6 +529,10 @@ impl Mock {
     }
 }
 
+/// Connections the mock accepted: tokun's upstream connections during a run
+/// through tokun (the pool should keep them to about the concurrency).
+static MOCK_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
 async fn start_mock(mock: Arc<Mock>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -542,6 +546,7 @@ async fn start_mock(mock: Arc<Mock>) -> anyhow::Result<SocketAddr> {
                     continue;
                 }
             };
+            MOCK_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
             let _ = tcp.set_nodelay(true);
             let mock = mock.clone();
             tokio::spawn(async move {
@@ -1085,6 +1090,9 @@ struct Outcome {
     ttft: Percentiles,
     errors: u64,
     reconnects: u64,
+    /// Connections the mock accepted during the whole run, and requests made.
+    mock_connections: u64,
+    requests: usize,
     billed: u64,
     first_error: Option<String>,
     /// Sampled peak RSS during the run and the kernel's high-water mark, KiB.
@@ -1167,6 +1175,7 @@ fn run_load(
     let streaming = spec.streaming;
     let rss_idle = rss.and_then(|pid| proc_status_kib(pid, "VmRSS:"));
     let sample_rss = rss.is_some() && spec.slow;
+    let connections_before = MOCK_CONNECTIONS.load(Ordering::Relaxed);
     let outcome = env.client.block_on(async move {
         let begin = Instant::now();
         let plan = Arc::new(Plan {
@@ -1226,6 +1235,7 @@ fn run_load(
         (plan, merged, rss_peak, cpu)
     });
     let (plan, merged, rss_peak, cpu) = outcome;
+    let mock_connections = MOCK_CONNECTIONS.load(Ordering::Relaxed) - connections_before;
     let in_window: Vec<&Sample> = merged
         .samples
         .iter()
@@ -1248,6 +1258,8 @@ fn run_load(
         ttft: percentiles(started_in_window.iter().map(|s| s.ttft).collect()),
         errors: merged.errors,
         reconnects: merged.reconnects,
+        mock_connections,
+        requests: merged.samples.len(),
         billed: merged.billed,
         first_error: merged.first_error,
         rss_peak,
@@ -1279,9 +1291,9 @@ fn print_results(results: &[ScenarioResult]) {
     println!("## Results (load average now: {})", loadavg());
     println!();
     println!(
-        "| scenario | via | conn | done in window | rate /s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | SSE events /s | errors | reconnects | billed | tokun CPU % / µs per req | client+mock CPU % | RSS idle / peak / HWM MiB |"
+        "| scenario | via | conn | done in window | rate /s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | SSE events /s | errors | reconnects | mock conns / requests | billed | tokun CPU % / µs per req | client+mock CPU % | RSS idle / peak / HWM MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for result in results {
         for o in &result.outcomes {
             let rss = if o.rss_of.is_empty() {
@@ -1303,7 +1315,7 @@ fn print_results(results: &[ScenarioResult]) {
             });
             let client_cpu = format!("{:.0} %", 100.0 * o.cpu.client / secs);
             println!(
-                "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
                 result.spec.name,
                 o.via,
                 o.concurrency,
@@ -1328,6 +1340,8 @@ fn print_results(results: &[ScenarioResult]) {
                 },
                 o.errors,
                 o.reconnects,
+                o.mock_connections,
+                o.requests,
                 o.billed,
                 gateway_cpu,
                 client_cpu,

@@ -1,2 +1,229 @@
-//! Placeholder until the snapshot benchmark lands.
-fn main() {}
+//! Postgres snapshot benchmark, against the local Postgres
+//! (`TOKUN_TEST_PG_URL`, a fresh schema per measurement):
+//!
+//! - `throughput`: a store of `--entries` ledger entries snapshotted into an
+//!   empty schema, best of `--rounds`: entries/s (the whole snapshot:
+//!   entries, balances, accounts, keys, request metadata, one transaction).
+//! - `latency`: a tokun server (billing on, echo provider) whose store holds
+//!   `--entries` entries; `--concurrency` clients send non-streaming
+//!   completions, first with no snapshot running (baseline), then while a
+//!   full snapshot of the store runs (Postgres emptied before each round),
+//!   for `--rounds` rounds; p50/p90/p99 of both.
+//!
+//! Run: `TOKUN_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench snapshot`.
+//! Numbers: `benches/README.md`. A benchmark program, not a test: it reports on stdout.
+
+#![expect(clippy::print_stdout, reason = "a benchmark program reports on stdout")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark fails loudly"
+)]
+
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use pg_support::{TestSchema, build_ledger, key_secret, pg_url};
+use tokun::config::Config;
+use tokun::server::RunningServer;
+use tokun_storage::{AccountId, Store};
+
+#[derive(Parser)]
+struct Args {
+    /// Ledger entries in the store.
+    #[arg(long, default_value_t = 300_000)]
+    entries: u64,
+    /// Accounts the entries are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    accounts: u64,
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Clients sending completions in the latency run.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seconds of baseline load.
+    #[arg(long, default_value_t = 5)]
+    baseline_secs: u64,
+    /// Ignored (cargo bench passes it).
+    #[arg(long)]
+    bench: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        throughput(&args).await;
+        latency(&args).await;
+    });
+}
+
+async fn throughput(args: &Args) {
+    let store = Store::temporary().unwrap();
+    let built = Instant::now();
+    build_ledger(&store, args.accounts, args.entries, 0);
+    println!(
+        "built {} entries in {:.1}s",
+        store.last_seq().unwrap(),
+        built.elapsed().as_secs_f64()
+    );
+    let mut best = f64::MAX;
+    for round in 0..args.rounds {
+        let schema = TestSchema::new().await;
+        let mut conn = schema.target().connect("tokun-bench").await.unwrap();
+        let report = tokun_storage::postgres::snapshot(&store, &mut conn)
+            .await
+            .unwrap();
+        let secs = report.duration.as_secs_f64();
+        best = best.min(secs);
+        println!(
+            "throughput round {round}: {} entries, {} rows in {secs:.2}s = {:.0} entries/s",
+            report.entries,
+            report.rows(),
+            report.entries as f64 / secs
+        );
+        drop(conn);
+        schema.drop_schema().await;
+    }
+    println!(
+        "throughput best: {:.0} entries/s",
+        store.last_seq().unwrap() as f64 / best
+    );
+}
+
+async fn latency(args: &Args) {
+    let data = std::env::temp_dir().join(format!("tokun-bench-snapshot-{}", std::process::id()));
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        let store = Store::open(data.join("ledger")).unwrap();
+        build_ledger(&store, args.accounts, args.entries, 0);
+    }
+    let schema = TestSchema::new().await;
+    let toml = format!(
+        "[postgres]\nurl = \"{}\"\nschema = \"{}\"\nsnapshot_interval_secs = 3600\n",
+        pg_url(),
+        schema.name
+    );
+    let mut config = Config::parse(&toml, |_| None).unwrap();
+    config.server.data_dir = data.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = RunningServer::start(config, listener).await.unwrap();
+    let snapshots = server.services().snapshots.clone().unwrap();
+    // The startup snapshot copies everything; wait for it before measuring.
+    snapshots
+        .snapshot_now(Duration::from_secs(600))
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/chat/completions", server.addr());
+
+    let baseline = load(
+        &url,
+        args,
+        LoadUntil::For(Duration::from_secs(args.baseline_secs)),
+    )
+    .await;
+    let mut during = Vec::new();
+    let mut snapshot_secs = Vec::new();
+    for _ in 0..args.rounds {
+        schema
+            .client
+            .batch_execute(
+                "TRUNCATE ledger_entries, balances, open_holds, requests; \
+                 UPDATE snapshot_state SET last_seq = 0",
+            )
+            .await
+            .unwrap();
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = running.clone();
+        let handle = snapshots.clone();
+        let snapshot = tokio::spawn(async move {
+            let report = handle.snapshot_now(Duration::from_secs(600)).await.unwrap();
+            flag.store(false, Ordering::SeqCst);
+            report
+        });
+        during.extend(load(&url, args, LoadUntil::While(running)).await);
+        let report = snapshot.await.unwrap();
+        snapshot_secs.push(report.duration.as_secs_f64());
+        println!(
+            "snapshot under load: {} entries in {:.2}s = {:.0} entries/s",
+            report.entries,
+            report.duration.as_secs_f64(),
+            report.entries as f64 / report.duration.as_secs_f64()
+        );
+    }
+    report("without snapshot", baseline);
+    report("during snapshot", during);
+    server.shutdown().await.unwrap();
+    schema.drop_schema().await;
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+enum LoadUntil {
+    For(Duration),
+    While(Arc<AtomicBool>),
+}
+
+/// Latencies of non-streaming completions from `--concurrency` clients.
+async fn load(url: &str, args: &Args, until: LoadUntil) -> Vec<Duration> {
+    let until = Arc::new(until);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for client in 0..args.concurrency {
+        let account = AccountId::new(1 + client as u64 % args.accounts);
+        let http = reqwest::Client::new();
+        let (url, until, key) = (url.to_owned(), until.clone(), key_secret(account));
+        clients.push(tokio::spawn(async move {
+            let body = serde_json::json!({
+                "model": "echo-mini",
+                "messages": [{"role": "user", "content": "Say hello to tokun"}],
+            });
+            let mut latencies = Vec::new();
+            loop {
+                let go_on = match &*until {
+                    LoadUntil::For(limit) => started.elapsed() < *limit,
+                    LoadUntil::While(running) => running.load(Ordering::SeqCst),
+                };
+                if !go_on {
+                    return latencies;
+                }
+                let sent = Instant::now();
+                let response = http.post(&url).bearer_auth(&key).json(&body).send().await;
+                let response = response.unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap();
+                latencies.push(sent.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for client in clients {
+        all.extend(client.await.unwrap());
+    }
+    all
+}
+
+fn report(label: &str, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    let at = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    let mean = latencies.iter().map(Duration::as_secs_f64).sum::<f64>() / latencies.len() as f64;
+    println!(
+        "{label}: {} requests, mean {:.2} ms, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+        latencies.len(),
+        mean * 1000.0,
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
+}

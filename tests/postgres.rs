@@ -17,7 +17,7 @@ mod support;
 
 use std::time::Duration;
 
-use pg_support::{PgProxy, TestSchema, Totals, build_ledger, pg_url};
+use pg_support::{PgProxy, TestSchema, Totals, add_payments, build_ledger, pg_url};
 use serde_json::{Value, json};
 use support::{Harness, chat, temp_dir};
 use tokun_storage::Store;
@@ -362,11 +362,12 @@ async fn restore_into_an_empty_dir_serves_the_same_balances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_brings_back_open_holds_for_recovery() {
+async fn restore_brings_back_open_holds_and_payments() {
     let schema = TestSchema::new().await;
     let data = temp_dir("holds");
     let original = Store::open(data.join("ledger")).unwrap();
     build_ledger(&original, 5, 3_000, 6);
+    add_payments(&original);
     let mut conn = schema.target().connect("tokun-test").await.unwrap();
     snapshot(&original, &mut conn).await.unwrap();
 
@@ -382,6 +383,10 @@ async fn restore_brings_back_open_holds_for_recovery() {
         original.open_holds().unwrap()
     );
     assert_eq!(Totals::of(&restored), Totals::of(&original));
+    let payments = |store: &Store| store.payments(None, usize::MAX).unwrap();
+    assert_eq!(payments(&restored), payments(&original));
+    assert_eq!((report.payments, report.stripe_events), (3, 2));
+    assert!(restored.is_processed("evt_2").unwrap());
     // New ids never reuse restored ones.
     let highest_hold = original
         .open_holds()

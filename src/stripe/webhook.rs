@@ -15,9 +15,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use serde_json::{Value, json};
-use tokun_actors::account::{
-    AccountError, PaidSession, PaymentCommand, PaymentOutcome, StripeRefund,
-};
+use tokun_actors::account::{PaidSession, PaymentCommand, PaymentOutcome, StripeRefund};
 use tokun_storage::{AccountId, Nanos, PaymentRecord, PaymentStatus, WriteOp};
 
 use super::checkout::configured;
@@ -222,8 +220,9 @@ async fn apply(
 ) -> Result<Done, ApiError> {
     match state.services().accounts.payment(account, command).await {
         Ok(outcome) => Ok(Done::Applied(outcome)),
-        Err(AccountError::UnknownAccount) => Ok(Done::Ignored),
-        // Stripe retries a 503; the retry finds what was already done.
+        // Stripe retries a 503; the retry finds what was already done. (An
+        // account actor that cannot start is reported as an unknown
+        // account, but the account was just found in the store: retry too.)
         Err(error) => {
             tracing::warn!(%account, %error, "stripe payment not applied; Stripe will retry");
             Err(ApiError::Unavailable {

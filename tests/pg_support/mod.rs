@@ -188,7 +188,7 @@ pub fn build_ledger(store: &Store, accounts: u64, entries: u64, open: u64) {
             floor: Nanos::ZERO,
             deleted_ms: None,
         }));
-        let secret = format!("sk-tokun-test-{}", id.get());
+        let secret = key_secret(id);
         ops.push(WriteOp::PutKey {
             hash: hash_secret(&secret),
             record: KeyRecord {
@@ -200,8 +200,8 @@ pub fn build_ledger(store: &Store, accounts: u64, entries: u64, open: u64) {
                 last_used_ms: None,
                 revoked_ms: None,
                 spend_limit: None,
-                rpm_limit: Some(60),
-                allowed_models: vec!["echo-mini".into()],
+                rpm_limit: None,
+                allowed_models: Vec::new(),
                 debug: false,
             },
         });
@@ -276,6 +276,59 @@ pub fn build_ledger(store: &Store, accounts: u64, entries: u64, open: u64) {
     }
     writer.close();
     thread.join().unwrap();
+}
+
+/// Stripe payments for account 1, through the writer as the webhook makes
+/// them: one paid (its topup in the same submission), one paid then partly
+/// refunded, one still open, and the event marks.
+pub fn add_payments(store: &Store) {
+    use tokun_storage::{PaymentRecord, PaymentStatus};
+    let (writer, thread) = LedgerWriter::start(store.clone(), WriterConfig::default()).unwrap();
+    let account = AccountId::new(1);
+    let mut books = store.books(account).unwrap();
+    let mut paid = |session: &str, usd: i64| {
+        let amount = Nanos::new(usd * 1_000_000_000);
+        let mut payment = PaymentRecord::open(session, account, amount, "usd", 1_700_000_000_000);
+        payment.status = PaymentStatus::Paid;
+        payment.paid_amount = amount;
+        payment.payment_intent = Some(format!("pi_{session}"));
+        books = apply(books, EntryKind::Topup, amount).unwrap();
+        let topup = NewEntry::new(1_700_000_000_000, account, EntryKind::Topup, amount, books)
+            .with_reference(session);
+        writer
+            .submit_wait(vec![WriteOp::Entry(topup), WriteOp::PutPayment(payment.clone())])
+            .unwrap();
+        payment
+    };
+    paid("cs_paid", 20);
+    let mut refunded = paid("cs_refunded", 50);
+    let back = Nanos::new(5_000_000_000);
+    books = apply(books, EntryKind::Refund, back).unwrap();
+    let refund = NewEntry::new(1_700_000_000_001, account, EntryKind::Refund, back, books)
+        .with_reference("cs_refunded");
+    refunded.status = PaymentStatus::PartiallyRefunded;
+    refunded.refunded_amount = back;
+    refunded.debited_amount = back;
+    let open = PaymentRecord::open("cs_open", account, Nanos::new(9_000_000_000), "usd", 1);
+    let mark = |key: &str| WriteOp::MarkProcessed {
+        key: key.into(),
+        at_ms: 1_700_000_000_002,
+    };
+    let ops = vec![
+        WriteOp::Entry(refund),
+        WriteOp::PutPayment(refunded),
+        WriteOp::PutPayment(open),
+        mark("evt_1"),
+        mark("evt_2"),
+    ];
+    writer.submit_wait(ops).unwrap();
+    writer.close();
+    thread.join().unwrap();
+}
+
+/// The secret of the key `build_ledger` gives an account.
+pub fn key_secret(account: AccountId) -> String {
+    format!("sk-tokun-test{:0>32}", account.get())
 }
 
 pub fn usage(account: AccountId, at_ms: u64, request: &str, cost: i64) -> UsageRecord {
