@@ -296,7 +296,10 @@ pub fn add_payments(store: &Store) {
         let topup = NewEntry::new(1_700_000_000_000, account, EntryKind::Topup, amount, books)
             .with_reference(session);
         writer
-            .submit_wait(vec![WriteOp::Entry(topup), WriteOp::PutPayment(payment.clone())])
+            .submit_wait(vec![
+                WriteOp::Entry(topup),
+                WriteOp::PutPayment(payment.clone()),
+            ])
             .unwrap();
         payment
     };

@@ -181,3 +181,53 @@ pub fn chat(model: &str, stream: bool) -> Value {
 pub fn json(data: &str) -> Value {
     serde_json::from_str(data).expect("JSON event")
 }
+
+pub async fn admin_post(h: &Harness, path: &str, body: Value) -> reqwest::Response {
+    h.anonymous
+        .post(h.url(path))
+        .bearer_auth(&h.admin_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Creates an account with `credit` USD; returns (id, api key).
+pub async fn new_account(h: &Harness, email: &str, credit: &str) -> (String, String) {
+    let response = admin_post(
+        h,
+        "/admin/accounts",
+        serde_json::json!({"email": email, "credit_usd": credit}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["api_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+pub async fn account(client: &reqwest::Client, h: &Harness) -> Value {
+    client
+        .get(h.url("/v1/account"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub async fn verify_clean(h: &Harness) -> Value {
+    let response = h
+        .anonymous
+        .get(h.url("/admin/ledger/verify"))
+        .bearer_auth(&h.admin_token)
+        .send()
+        .await
+        .unwrap();
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["clean"], true, "{report}");
+    report
+}
