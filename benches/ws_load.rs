@@ -37,6 +37,9 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+/// The bench gateway's admin token (a throwaway data dir on 127.0.0.1).
+const ADMIN_TOKEN: &str = "bench-admin-token";
+
 #[derive(Debug, Parser)]
 #[command(about = "tokun WebSocket load benchmark (127.0.0.1 only)")]
 struct Args {
@@ -53,6 +56,10 @@ struct Args {
     /// Tokens per reply.
     #[arg(long, default_value_t = 100)]
     tokens: u32,
+    /// Seconds over which the first completions are started (spread evenly);
+    /// default: one reply's length.
+    #[arg(long)]
+    ramp: Option<f64>,
     /// Measured seconds, after every completion was started and `--warmup`.
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
@@ -61,6 +68,13 @@ struct Args {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Accounts the sockets are spread over (billing on): one account actor
+    /// serializes its account's holds, and real traffic has many accounts.
+    #[arg(long, default_value_t = 100)]
+    accounts: usize,
+    /// `off`: no key, nothing held or settled (the edge and stream actors alone).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    billing: String,
     /// tokun runs on core 1 (`taskset -c 1`), this process on the rest.
     #[arg(long)]
     pin: bool,
@@ -130,7 +144,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(args.client_threads)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(run(&args, addr, &key, pid));
+    let result = runtime.block_on(run(&args, addr, key.as_deref(), pid));
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -139,14 +153,20 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn run(args: &Args, addr: SocketAddr, key: &str, pid: u32) -> anyhow::Result<()> {
+async fn run(args: &Args, addr: SocketAddr, key: Option<&str>, pid: u32) -> anyhow::Result<()> {
     let target = (args.sockets * args.per_socket) as u64;
     println!(
-        "ws_load: {} sockets × {} completions = {target} open, {} tokens × {} ms, {} client thread(s){}",
+        "ws_load: {} sockets × {} completions = {target} open, {} tokens × {} ms, billing {}{}, {} client thread(s){}",
         args.sockets,
         args.per_socket,
         args.tokens,
         args.token_delay_ms,
+        args.billing,
+        if key.is_some() {
+            format!(" over {} accounts", args.accounts)
+        } else {
+            String::new()
+        },
         args.client_threads,
         if args.pin {
             ", tokun pinned to core 1"
@@ -159,15 +179,26 @@ async fn run(args: &Args, addr: SocketAddr, key: &str, pid: u32) -> anyhow::Resu
     // At most this many handshakes at once: the listen backlog is finite.
     let handshakes = Arc::new(Semaphore::new(256));
     let ramp = Instant::now();
+    let reply = Duration::from_millis(args.token_delay_ms) * args.tokens;
+    let plan = Arc::new(Plan {
+        addr,
+        keys: match key {
+            Some(_) => create_accounts(addr, args.accounts.max(1)).await?,
+            None => Vec::new(),
+        },
+        sockets: args.sockets,
+        per_socket: args.per_socket,
+        start: tokio::time::Instant::now(),
+        ramp: args.ramp.map_or(reply, Duration::from_secs_f64),
+    });
     let mut sockets = Vec::with_capacity(args.sockets);
     for n in 0..args.sockets {
-        let (stats, handshakes, key) = (stats.clone(), handshakes.clone(), key.to_owned());
-        let per_socket = args.per_socket;
+        let (stats, handshakes, plan) = (stats.clone(), handshakes.clone(), plan.clone());
         sockets.push(tokio::spawn(async move {
-            if socket(n, addr, &key, per_socket, &stats, &handshakes)
-                .await
-                .is_err()
-            {
+            if let Err(error) = socket(n, &plan, &stats, &handshakes).await {
+                if !stats.stopping.load(Ordering::Relaxed) {
+                    println!("socket {n}: {error:#}");
+                }
                 stats.socket_failures.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -184,6 +215,7 @@ async fn run(args: &Args, addr: SocketAddr, key: &str, pid: u32) -> anyhow::Resu
     );
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let cpu_before = cpu_seconds(pid);
+    let client_before = cpu_seconds(std::process::id());
     let (finished_before, chunks_before) = (
         stats.finished.load(Ordering::Relaxed),
         stats.chunks.load(Ordering::Relaxed),
@@ -198,6 +230,9 @@ async fn run(args: &Args, addr: SocketAddr, key: &str, pid: u32) -> anyhow::Resu
     }
     let seconds = window.elapsed().as_secs_f64();
     stats.measuring.store(false, Ordering::Relaxed);
+    let client = cpu_seconds(std::process::id())
+        .zip(client_before)
+        .map(|(after, before)| after - before);
     let cpu = cpu_seconds(pid)
         .zip(cpu_before)
         .map(|(after, before)| after - before);
@@ -248,32 +283,63 @@ async fn run(args: &Args, addr: SocketAddr, key: &str, pid: u32) -> anyhow::Resu
             100.0 * c / seconds
         ))
     );
+    println!(
+        "  load generator CPU       {}",
+        client.map_or("?".into(), |c| format!(
+            "{c:.1} s ({:.0}% of a core)",
+            100.0 * c / seconds
+        ))
+    );
     Ok(())
+}
+
+/// One socket: keeps `per_socket` completions running until told to stop.
+/// Where the sockets go and when their first completions start.
+struct Plan {
+    addr: SocketAddr,
+    /// One key per account; empty with billing off.
+    keys: Vec<String>,
+    sockets: usize,
+    per_socket: usize,
+    start: tokio::time::Instant,
+    ramp: Duration,
 }
 
 /// One socket: keeps `per_socket` completions running until told to stop.
 async fn socket(
     n: usize,
-    addr: SocketAddr,
-    key: &str,
-    per_socket: usize,
+    plan: &Plan,
     stats: &Stats,
     handshakes: &Semaphore,
 ) -> anyhow::Result<()> {
-    let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {key}").parse()?);
+    let mut request = format!("ws://{}/v1/ws", plan.addr).into_client_request()?;
+    if let Some(key) = plan.keys.get(n % plan.keys.len().max(1)) {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse()?);
+    }
     let permit = handshakes.acquire().await?;
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
     drop(permit);
     // Per completion id: when it started and when its last chunk came.
     let mut running: HashMap<String, (Instant, Option<Instant>)> = HashMap::new();
     let mut next_id = 0u64;
-    for _ in 0..per_socket {
-        start(&mut ws, n, &mut next_id, &mut running, stats).await?;
-    }
-    while let Some(message) = ws.next().await {
+    // The first completions start spread over the ramp, interleaved across sockets.
+    let total = (plan.sockets * plan.per_socket) as f64;
+    let mut first_starts = (0..plan.per_socket)
+        .map(|k| plan.start + plan.ramp.mul_f64((k * plan.sockets + n) as f64 / total))
+        .peekable();
+    loop {
+        let wake = first_starts.peek().copied();
+        let message = tokio::select! {
+            message = ws.next() => message,
+            () = tokio::time::sleep_until(wake.unwrap_or(plan.start)), if wake.is_some() => {
+                first_starts.next();
+                start(&mut ws, n, &mut next_id, &mut running, stats).await?;
+                continue;
+            }
+        };
+        let Some(message) = message else { break };
         let Message::Text(text) = message? else {
             continue;
         };
@@ -329,6 +395,30 @@ async fn start(
     Ok(())
 }
 
+/// Creates `n` accounts with ample credit through the admin API; their keys.
+async fn create_accounts(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<String>> {
+    let client = reqwest::Client::new();
+    let mut keys = Vec::with_capacity(n);
+    for i in 0..n {
+        let created: serde_json::Value = client
+            .post(format!("http://{addr}/admin/accounts"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"email": format!("bench{i}@example.com"), "credit_usd": "100000"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        keys.push(
+            created["api_key"]
+                .as_str()
+                .context("an api_key")?
+                .to_owned(),
+        );
+    }
+    Ok(keys)
+}
+
 /// The `id` of a server message, which tokun writes right after `type`.
 fn message_id(text: &str) -> Option<&str> {
     let start = text.find(r#""id":""#)? + 6;
@@ -336,20 +426,26 @@ fn message_id(text: &str) -> Option<&str> {
     Some(&text[start..end])
 }
 
-/// Starts `tokun serve` on 127.0.0.1:0; returns it, its address and the demo key.
-fn spawn_tokun(args: &Args, dir: &std::path::Path) -> anyhow::Result<(Child, SocketAddr, String)> {
+/// Starts `tokun serve` on 127.0.0.1:0; returns it, its address and the demo
+/// key (`None` with billing off).
+fn spawn_tokun(
+    args: &Args,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Child, SocketAddr, Option<String>)> {
     let data_dir = toml::Value::String(dir.display().to_string());
     let config = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 data_dir = {data_dir}
+admin_token = "{ADMIN_TOKEN}"
 shutdown_grace_secs = 2
 
 [log]
 level = "warn"
 
 [billing]
+enabled = {billing}
 demo_credit_usd = 1000000.0
 
 [[providers]]
@@ -370,6 +466,7 @@ max_messages_per_sec = 10000
         delay = args.token_delay_ms,
         tokens = args.tokens,
         per_socket = args.per_socket.max(1),
+        billing = args.billing == "on",
     );
     let path = dir.join("ws-load.toml");
     std::fs::write(&path, config)?;
@@ -412,7 +509,11 @@ max_messages_per_sec = 10000
         }
     });
     match announced.recv_timeout(Duration::from_secs(60)) {
-        Ok((Some(addr), Some(key))) => Ok((child, addr, key)),
+        Ok((Some(addr), key)) if args.billing == "off" => {
+            drop(key);
+            Ok((child, addr, None))
+        }
+        Ok((Some(addr), Some(key))) => Ok((child, addr, Some(key))),
         _ => {
             let _ = child.kill();
             let _ = child.wait();

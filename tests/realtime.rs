@@ -252,6 +252,10 @@ async fn a_client_leaving_mid_response_settles_it_and_closes_the_upstream() {
         hold_open: true,
         ..RealtimeScript::default()
     });
+    fake.push(RealtimeScript {
+        silent: true,
+        ..RealtimeScript::default()
+    });
     let mut ws = open(&h, "model=rt-model", &h.api_key).await;
     text(&mut ws).await;
     send(&mut ws, CREATE).await;

@@ -69,15 +69,6 @@ impl Actor for SnapshotSupervisor {
         Ok(SnapshotSupervisorState { args, slot })
     }
 
-    async fn post_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.spawn_child(&myself).await?;
-        Ok(())
-    }
-
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -102,11 +93,19 @@ impl SnapshotSupervisorState {
         &self,
         myself: &ActorRef<SnapshotSupervisorMsg>,
     ) -> Result<(), ractor::SpawnErr> {
-        let args = self.args.clone();
-        let child = Metered::spawn(SnapshotActor, args, Some(myself.get_cell())).await?;
-        *lock(&self.slot) = Some(child);
-        Ok(())
+        spawn_actor(self.args.clone(), myself, &self.slot).await
     }
+}
+
+/// Spawns the snapshot actor under `supervisor` and puts it in the slot.
+async fn spawn_actor(
+    args: SnapshotArgs,
+    supervisor: &ActorRef<SnapshotSupervisorMsg>,
+    slot: &Slot,
+) -> Result<(), ractor::SpawnErr> {
+    let child = Metered::spawn(SnapshotActor, args, Some(supervisor.get_cell())).await?;
+    *lock(slot) = Some(child);
+    Ok(())
 }
 
 impl SnapshotHandle {
@@ -126,7 +125,10 @@ impl SnapshotHandle {
         };
         let slot = Slot::default();
         let (supervisor, _) =
-            Metered::spawn(SnapshotSupervisor, (args, slot.clone()), None).await?;
+            Metered::spawn(SnapshotSupervisor, (args.clone(), slot.clone()), None).await?;
+        // Spawned here, not in the supervisor's `post_start`, so the actor is
+        // in the slot when `start` returns.
+        spawn_actor(args, &supervisor, &slot).await?;
         Ok(SnapshotHandle {
             supervisor,
             slot,

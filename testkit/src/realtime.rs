@@ -29,6 +29,8 @@ pub struct RealtimeScript {
     pub drop_after: Option<usize>,
     /// Never send `response.done`: the response stays open.
     pub hold_open: bool,
+    /// Answer nothing at all: the response is never started.
+    pub silent: bool,
 }
 
 impl Default for RealtimeScript {
@@ -38,6 +40,7 @@ impl Default for RealtimeScript {
             usage: Some((12, 3)),
             drop_after: None,
             hold_open: false,
+            silent: false,
         }
     }
 }
@@ -171,6 +174,9 @@ where
 
 /// The events answering one `response.create`; `None` means "drop now".
 fn response_events(id: &str, script: &RealtimeScript) -> Vec<Option<Value>> {
+    if script.silent {
+        return Vec::new();
+    }
     let mut events = vec![Some(json!({
         "type": "response.created", "event_id": format!("event_{id}_created"),
         "response": {"id": id, "object": "realtime.response", "status": "in_progress", "output": [], "usage": null},

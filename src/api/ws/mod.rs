@@ -38,8 +38,12 @@ use crate::state::AppState;
 const PROTOCOLS: [&str; 2] = ["bearer", "realtime"];
 /// OpenAI's browser convention: the key rides in a subprotocol with this prefix.
 const KEY_PROTOCOL_PREFIX: &str = "openai-insecure-api-key.";
-/// Socket read buffer; frames larger than this grow it for as long as needed.
-const READ_BUFFER: usize = 8 * 1024;
+/// Read buffer of a `/v1/ws` socket. tungstenite zero-fills all of it on
+/// every read, so it is resident memory per socket: small, since client
+/// messages are small (larger frames are read in several reads).
+const READ_BUFFER: usize = 2 * 1024;
+/// Read buffers of Realtime sockets, which carry audio.
+const REALTIME_READ_BUFFER: usize = 16 * 1024;
 /// Bytes the socket gathers before writing; every flush writes them anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -58,7 +62,7 @@ pub async fn connect(
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Result<Response, ApiError> {
-    let upgrade = configure(upgrade?, &state.config().websocket);
+    let upgrade = configure(upgrade?, &state.config().websocket, READ_BUFFER);
     let Query(query) =
         query.map_err(|_| ApiError::bad_request("The query string is malformed.", None))?;
     let caller = resolve_caller(&state, &headers, query.ticket.as_deref());
@@ -77,7 +81,8 @@ pub async fn realtime(
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Result<Response, ApiError> {
-    let upgrade = configure(upgrade?, &state.config().websocket);
+    let limits = &state.config().websocket;
+    let upgrade = configure(upgrade?, limits, REALTIME_READ_BUFFER);
     let Query(query) =
         query.map_err(|_| ApiError::bad_request("The query string is malformed.", None))?;
     let prepared = resolve_caller(&state, &headers, query.ticket.as_deref()).and_then(|caller| {
@@ -135,12 +140,16 @@ impl Drop for OpenSocket {
     }
 }
 
-fn configure(upgrade: WebSocketUpgrade, limits: &WebSocketConfig) -> WebSocketUpgrade {
+fn configure(
+    upgrade: WebSocketUpgrade,
+    limits: &WebSocketConfig,
+    read_buffer: usize,
+) -> WebSocketUpgrade {
     upgrade
         .protocols(PROTOCOLS)
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER)
 }
 

@@ -31,7 +31,7 @@ use super::writer::{
     self, CLOSE_TIMEOUT, Ending, Outbox, close, close_for, close_frame, code, ping_timeout,
     read_failed,
 };
-use super::{READ_BUFFER, WRITE_BUFFER};
+use super::{REALTIME_READ_BUFFER, WRITE_BUFFER};
 use crate::auth::Caller;
 use crate::config::{Secret, WebSocketConfig};
 use crate::error::ApiError;
@@ -273,7 +273,7 @@ async fn open_upstream(target: &Target, beta: Option<HeaderValue>) -> Result<Ups
         request.headers_mut().insert("openai-beta", beta);
     }
     let config = UpstreamConfig::default()
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(REALTIME_READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(target.handshake_timeout, connect).await {

@@ -71,7 +71,8 @@ CREATE TABLE ledger_entries (
     balance_after_nanos bigint NOT NULL,
     held_after_nanos bigint NOT NULL
 );
-CREATE INDEX ledger_entries_account ON ledger_entries (account_id, seq);
+-- No index on account_id: it would halve COPY throughput (random inserts
+-- into a second btree); docs/postgres.md shows how to add one.
 
 CREATE TABLE open_holds (
     hold_id bigint PRIMARY KEY,
