@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use tokio::task::JoinHandle;
 use tokun_storage::postgres::PgTarget;
 
-#[allow(unused_imports, reason = "the snapshot bench includes this module without the proxy")]
+#[allow(
+    unused_imports,
+    reason = "the snapshot bench includes this module without the proxy"
+)]
 pub use proxy::PgProxy;
 use tokun_storage::{
     AccountId, AccountRecord, Books, EntryKind, KeyRecord, LedgerWriter, Nanos, NewEntry, Price,
