@@ -199,51 +199,37 @@ async fn per_key_rpm_spend_limit_and_allowed_models() {
     verify_clean(&h).await;
 }
 
+/// `POST /admin/accounts/{id}/{op}` (credit or debit) with the admin token.
+async fn adjust(
+    h: &Harness,
+    id: &str,
+    op: &str,
+    amount_usd: &str,
+    reason: &str,
+) -> reqwest::Response {
+    let body = json!({"amount_usd": amount_usd, "reason": reason});
+    admin_post(h, &format!("/admin/accounts/{id}/{op}"), body).await
+}
+
 #[tokio::test]
 async fn admin_credits_debits_disables_and_guards_its_token() {
     let h = Harness::start(None).await;
     let (id, key) = new_account(&h, "ops-test@example.com", "1").await;
     let client = client_with_key(&key);
-    let credit = admin_post(
-        &h,
-        &format!("/admin/accounts/{id}/credit"),
-        json!({"amount_usd": "2.5", "reason": "goodwill"}),
-    )
-    .await;
+    let credit = adjust(&h, &id, "credit", "2.5", "goodwill").await;
     assert_eq!(credit.status(), 200);
     assert_eq!(account(&client, &h).await["balance"], "3.50");
-    let debit = admin_post(
-        &h,
-        &format!("/admin/accounts/{id}/debit"),
-        json!({"amount_usd": "0.5", "reason": "correction"}),
-    )
-    .await;
+    let debit = adjust(&h, &id, "debit", "0.5", "correction").await;
     assert_eq!(debit.status(), 200);
     assert_eq!(account(&client, &h).await["balance"], "3.00");
-    let too_much = admin_post(
-        &h,
-        &format!("/admin/accounts/{id}/debit"),
-        json!({"amount_usd": "10", "reason": "oops"}),
-    )
-    .await;
+    let too_much = adjust(&h, &id, "debit", "10", "oops").await;
     assert_eq!(too_much.status(), 400);
     for amount in ["-1", "0", "abc", "0.0000000001", "99999999999"] {
-        let response = admin_post(
-            &h,
-            &format!("/admin/accounts/{id}/credit"),
-            json!({"amount_usd": amount, "reason": "x"}),
-        )
-        .await;
+        let response = adjust(&h, &id, "credit", amount, "x").await;
         assert_eq!(response.status(), 400, "{amount}");
     }
     assert_eq!(
-        admin_post(
-            &h,
-            "/admin/accounts/acct_999999/credit",
-            json!({"amount_usd": "1", "reason": "x"})
-        )
-        .await
-        .status(),
+        adjust(&h, "acct_999999", "credit", "1", "x").await.status(),
         404
     );
     let no_token = h
