@@ -140,6 +140,10 @@ struct Args {
     /// Parent folder of the gateways' data dirs (default: the system temp dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// `off` sets `[metrics] enabled = false`: no recorder, `/metrics` is 404.
+    /// The recorder is process-wide, so compare on and off with `--gateway child`.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    metrics: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -581,7 +585,7 @@ enum GatewayKind {
     },
 }
 
-fn gateway_toml(mock: SocketAddr, billing: Billing, dir: &Path) -> String {
+fn gateway_toml(mock: SocketAddr, billing: Billing, metrics: bool, dir: &Path) -> String {
     let dir = toml::Value::String(dir.display().to_string());
     let enabled = billing == Billing::On;
     format!(
@@ -593,6 +597,9 @@ shutdown_grace_secs = 5
 
 [log]
 level = "warn"
+
+[metrics]
+enabled = {metrics}
 
 [billing]
 enabled = {enabled}
@@ -637,7 +644,7 @@ impl Gateway {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let toml = gateway_toml(env.mock, billing, &dir);
+        let toml = gateway_toml(env.mock, billing, env.args.metrics == "on", &dir);
         match mode {
             Mode::Inproc => {
                 let config = Config::parse(&toml, |_| None).context("bench config")?;

@@ -15,7 +15,9 @@
 //! chunks/s, the gap between two chunks of one completion as the client saw
 //! it (p50/p99/max: 20 ms when tokun keeps up), time to first chunk, errors
 //! (an `error` message, a socket that closed or failed), tokun's RSS (idle,
-//! peak, high-water mark) and its CPU seconds in the window.
+//! peak, high-water mark), its CPU seconds in the window, and how long
+//! `GET /admin/actors` takes with all those stream actors alive (polled every
+//! `--actors-poll-ms`).
 //!
 //! This is a benchmark program, not a test: it reports on stdout.
 
@@ -81,6 +83,9 @@ struct Args {
     /// The tokun binary (default: the one cargo built).
     #[arg(long)]
     tokun_bin: Option<PathBuf>,
+    /// How often `GET /admin/actors` is timed during the window (0: never).
+    #[arg(long, default_value_t = 500)]
+    actors_poll_ms: u64,
 }
 
 /// Counters shared by every socket task.
@@ -222,6 +227,11 @@ async fn run(args: &Args, addr: SocketAddr, key: Option<&str>, pid: u32) -> anyh
     );
     stats.measuring.store(true, Ordering::Relaxed);
     let window = Instant::now();
+    let poller = (args.actors_poll_ms > 0).then(|| {
+        let every = Duration::from_millis(args.actors_poll_ms);
+        let until = window + Duration::from_secs_f64(args.duration);
+        tokio::spawn(poll_actors(addr, every, until))
+    });
     let (mut rss_peak, mut open_min) = (0, u64::MAX);
     while window.elapsed().as_secs_f64() < args.duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -230,6 +240,10 @@ async fn run(args: &Args, addr: SocketAddr, key: Option<&str>, pid: u32) -> anyh
     }
     let seconds = window.elapsed().as_secs_f64();
     stats.measuring.store(false, Ordering::Relaxed);
+    let actors_view = match poller {
+        Some(poller) => Some(poller.await??),
+        None => None,
+    };
     let client = cpu_seconds(std::process::id())
         .zip(client_before)
         .map(|(after, before)| after - before);
@@ -283,6 +297,23 @@ async fn run(args: &Args, addr: SocketAddr, key: Option<&str>, pid: u32) -> anyh
             100.0 * c / seconds
         ))
     );
+    if let Some(view) = actors_view {
+        let mut micros = view.latencies;
+        micros.sort_unstable();
+        let at =
+            |q: f64| micros[((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len()) - 1];
+        println!(
+            "  GET /admin/actors        {} polls, p50/p99/max {:.2} / {:.2} / {:.2} ms, {}–{} live stream actors ({}–{} bytes)",
+            micros.len(),
+            at(0.5) as f64 / 1000.0,
+            at(0.99) as f64 / 1000.0,
+            at(1.0) as f64 / 1000.0,
+            view.streams_min,
+            view.streams_max,
+            view.bytes_min,
+            view.bytes_max,
+        );
+    }
     println!(
         "  load generator CPU       {}",
         client.map_or("?".into(), |c| format!(
@@ -417,6 +448,62 @@ async fn create_accounts(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Strin
         );
     }
     Ok(keys)
+}
+
+/// What timing `GET /admin/actors` during the window saw.
+struct ActorsView {
+    /// Request sent → whole body read, in µs.
+    latencies: Vec<u64>,
+    streams_min: u64,
+    streams_max: u64,
+    bytes_min: usize,
+    bytes_max: usize,
+}
+
+/// Times `GET /admin/actors` every `every` until `until`, on its own
+/// keep-alive connection, and reads the live stream actor count from each answer.
+async fn poll_actors(
+    addr: SocketAddr,
+    every: Duration,
+    until: Instant,
+) -> anyhow::Result<ActorsView> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/admin/actors");
+    let mut view = ActorsView {
+        latencies: Vec::new(),
+        streams_min: u64::MAX,
+        streams_max: 0,
+        bytes_min: usize::MAX,
+        bytes_max: 0,
+    };
+    let mut tick = tokio::time::interval(every);
+    while Instant::now() < until {
+        tick.tick().await;
+        let sent = Instant::now();
+        let body = client
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        view.latencies.push(sent.elapsed().as_micros() as u64);
+        let parsed: serde_json::Value = serde_json::from_slice(&body)?;
+        let streams = parsed["kinds"]
+            .as_array()
+            .and_then(|kinds| kinds.iter().find(|k| k["kind"] == "stream"))
+            .and_then(|k| k["alive"].as_u64())
+            .context("a stream kind in /admin/actors")?;
+        view.streams_min = view.streams_min.min(streams);
+        view.streams_max = view.streams_max.max(streams);
+        view.bytes_min = view.bytes_min.min(body.len());
+        view.bytes_max = view.bytes_max.max(body.len());
+    }
+    if view.latencies.is_empty() {
+        bail!("no /admin/actors poll fit in the window");
+    }
+    Ok(view)
 }
 
 /// The `id` of a server message, which tokun writes right after `type`.

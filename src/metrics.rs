@@ -27,6 +27,7 @@ pub fn install() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
+            tokun_actors::metric::enable();
             describe();
             register_snapshot_metrics();
             Some(handle)

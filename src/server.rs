@@ -16,8 +16,8 @@ use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokun_actors::StreamSupervisorHandle;
 use tokun_actors::provider::ProviderHandle;
+use tokun_actors::{StreamSupervisorHandle, metric};
 use tracing::Instrument;
 
 use crate::api;
@@ -79,7 +79,11 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     let status = response.status();
-    metrics::counter!("tokun_http_requests_total", "route" => route, "status" => status.as_str().to_owned()).increment(1);
+    metric::counter_add(
+        "tokun_http_requests_total",
+        &[("route", &route), ("status", status.as_str())],
+        1,
+    );
     if status.is_server_error() || status.is_client_error() {
         let kind = response
             .extensions()

@@ -1,5 +1,6 @@
 //! Provider behaviour through the public API: failover before the first
-//! chunk, same-route retry after a 429, breakers, watchdogs, Anthropic and
+//! chunk, same-route retry after a 429, limits learned from `x-ratelimit-*`
+//! headers, breakers, watchdogs, Anthropic and
 //! Gemini translated to OpenAI shapes with exact usage, `model: "auto"`, and
 //! embeddings billed by input tokens.
 
@@ -151,6 +152,63 @@ async fn a_429_with_retry_after_is_retried_on_the_same_route() {
         started.elapsed() >= Duration::from_secs(1),
         "waited for retry-after"
     );
+}
+
+#[tokio::test]
+async fn an_exhausted_x_ratelimit_window_moves_traffic_before_the_upstream_says_429() {
+    let (a, b) = fakes().await;
+    let h = Harness::start(Some(&two_routes(&a, &b, ""))).await;
+    a.push(Script {
+        headers: vec![
+            ("x-ratelimit-limit-requests", "100".into()),
+            ("x-ratelimit-remaining-requests", "0".into()),
+            ("x-ratelimit-reset-requests", "30s".into()),
+        ],
+        ..Script::default()
+    });
+    let first = h
+        .post_json("/v1/chat/completions", &chat("duo", true))
+        .await;
+    assert_eq!(first.headers()["x-tokun-route"], "a");
+    assert!(first.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+
+    // `a` said its window is spent for 30 s: tokun stops sending it traffic.
+    let second = h
+        .post_json("/v1/chat/completions", &chat("duo", false))
+        .await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-tokun-route"], "b");
+    let refused = h
+        .post_json("/v1/chat/completions", &chat("solo", false))
+        .await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((25..=30).contains(&retry_after), "{retry_after}");
+    assert_eq!(a.calls(), 1, "no call reached the exhausted upstream");
+
+    let providers: Value = h
+        .anonymous
+        .get(h.url("/admin/providers"))
+        .bearer_auth(&h.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a_view = providers["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(a_view["headroom"]["requests"], 0);
+    assert!(a_view["headroom"]["paused_ms"].as_u64().unwrap() > 25_000);
 }
 
 #[tokio::test]

@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
+use crate::metric;
+
 /// An actor's kind, as a bounded metric label.
 pub trait ActorKind {
     const KIND: &'static str;
@@ -133,8 +135,8 @@ impl Directory {
         }
         kinds.entry(stats.kind).or_default().started += 1;
         drop(kinds);
-        metrics::counter!("tokun_actor_started_total", "kind" => stats.kind).increment(1);
-        metrics::gauge!("tokun_actors_alive", "kind" => stats.kind).increment(1.0);
+        metric::counter_add("tokun_actor_started_total", &[("kind", stats.kind)], 1);
+        metric::gauge_add("tokun_actors_alive", &[("kind", stats.kind)], 1.0);
     }
 
     fn stopped(&self, id: ActorId, reason: Option<&'static str>) {
@@ -144,8 +146,8 @@ impl Directory {
         let mut kinds = lock(&self.kinds);
         let counts = kinds.entry(stats.kind).or_default();
         counts.stopped += 1;
-        metrics::counter!("tokun_actor_stopped_total", "kind" => stats.kind).increment(1);
-        metrics::gauge!("tokun_actors_alive", "kind" => stats.kind).decrement(1.0);
+        metric::counter_add("tokun_actor_stopped_total", &[("kind", stats.kind)], 1);
+        metric::gauge_add("tokun_actors_alive", &[("kind", stats.kind)], -1.0);
         if let Some(reason) = reason {
             counts.restarted += 1;
             metrics::counter!("tokun_actor_restarts_total", "kind" => stats.kind, "reason" => reason).increment(1);
@@ -254,10 +256,16 @@ where
         stats
             .last_handler_ns
             .store(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        metrics::counter!("tokun_actor_messages_total", "kind" => A::KIND, "message" => kind)
-            .increment(1);
-        metrics::histogram!("tokun_actor_handler_seconds", "kind" => A::KIND)
-            .record(elapsed.as_secs_f64());
+        metric::counter_add(
+            "tokun_actor_messages_total",
+            &[("kind", A::KIND), ("message", kind)],
+            1,
+        );
+        metric::histogram_record(
+            "tokun_actor_handler_seconds",
+            &[("kind", A::KIND)],
+            elapsed.as_secs_f64(),
+        );
         result
     }
 

@@ -9,6 +9,7 @@ pub mod account;
 pub mod instrument;
 pub mod ledger;
 pub mod meter;
+pub mod metric;
 pub mod provider;
 pub mod relay;
 pub mod routing;

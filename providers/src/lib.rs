@@ -9,6 +9,7 @@ pub mod error;
 pub mod gemini;
 pub mod http;
 pub mod openai;
+pub mod ratelimit;
 pub mod tokens;
 pub mod types;
 
@@ -20,6 +21,7 @@ pub use anthropic::AnthropicAdapter;
 pub use embeddings::{EmbeddingInput, EmbeddingRequest, EmbeddingResponse};
 pub use error::{ErrorSource, ProviderError, TimeoutPhase};
 pub use gemini::GeminiAdapter;
+pub use ratelimit::{RateLimits, Reply};
 pub use types::{ChatCompletion, ChatCompletionChunk, ChatRequest, Usage};
 
 /// The chunks of one streamed completion, ending after the upstream's `[DONE]`.
@@ -39,24 +41,29 @@ pub enum Adapter {
 }
 
 impl Adapter {
-    /// A non-streaming completion. `request.model` is already the upstream's model name.
-    pub async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+    /// A non-streaming completion. `request.model` is already the upstream's
+    /// model name. The reply carries the rate limits the upstream reported.
+    pub async fn complete(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<Reply<ChatCompletion>, ProviderError> {
         match self {
             Adapter::OpenAi(adapter) => adapter.complete(request).await,
             Adapter::Anthropic(adapter) => adapter.complete(request).await,
-            Adapter::Gemini(adapter) => adapter.complete(request).await,
-            Adapter::Echo(adapter) => adapter.complete(request).await,
+            // Gemini reports no rate limits in headers; the echo provider has none.
+            Adapter::Gemini(adapter) => adapter.complete(request).await.map(Reply::unlimited),
+            Adapter::Echo(adapter) => adapter.complete(request).await.map(Reply::unlimited),
         }
     }
 
     /// Starts a streamed completion; resolves once the upstream accepted the request.
     /// The adapter always asks the upstream for the final usage chunk.
-    pub async fn stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+    pub async fn stream(&self, request: &ChatRequest) -> Result<Reply<ChunkStream>, ProviderError> {
         match self {
             Adapter::OpenAi(adapter) => adapter.stream(request).await,
             Adapter::Anthropic(adapter) => adapter.stream(request).await,
-            Adapter::Gemini(adapter) => adapter.stream(request).await,
-            Adapter::Echo(adapter) => adapter.stream(request).await,
+            Adapter::Gemini(adapter) => adapter.stream(request).await.map(Reply::unlimited),
+            Adapter::Echo(adapter) => adapter.stream(request).await.map(Reply::unlimited),
         }
     }
 

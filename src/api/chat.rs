@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use futures_util::stream;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokun_actors::{RelayEvent, Settlement};
+use tokun_actors::{RelayEvent, Settlement, metric};
 use tokun_providers::types::Choice;
 use tokun_providers::{ChatCompletion, ChatRequest};
 use tokun_storage::AccountId;
@@ -40,17 +40,19 @@ pub async fn completions(
     let mut labels = Labels::default();
     let result = serve(&state, request_id, &headers, body, started, &mut labels).await;
     let status = match &result {
-        Ok(response) => response.status().as_u16(),
-        Err(error) => error.status().as_u16(),
+        Ok(response) => response.status(),
+        Err(error) => error.status(),
     };
-    metrics::counter!(
+    metric::counter_add(
         "tokun_requests_total",
-        "model" => labels.model.unwrap_or("unknown").to_string(),
-        "provider" => labels.provider.as_deref().unwrap_or("none").to_string(),
-        "status" => status.to_string(),
-        "transport" => "http",
-    )
-    .increment(1);
+        &[
+            ("model", labels.model.unwrap_or("unknown")),
+            ("provider", labels.provider.as_deref().unwrap_or("none")),
+            ("status", status.as_str()),
+            ("transport", "http"),
+        ],
+        1,
+    );
     result
 }
 
@@ -136,8 +138,11 @@ async fn serve<'a>(
                     ticket.finish(None);
                 }
                 let ttft = started.elapsed();
-                metrics::histogram!("tokun_time_to_first_token_seconds", "transport" => "http")
-                    .record(ttft.as_secs_f64());
+                metric::histogram_record(
+                    "tokun_time_to_first_token_seconds",
+                    &[("transport", "http")],
+                    ttft.as_secs_f64(),
+                );
                 record_overhead(started, upstream, true);
                 return Ok(sse_response(
                     first,
@@ -155,8 +160,11 @@ async fn serve<'a>(
 fn record_overhead(started: Instant, upstream: Duration, streaming: bool) {
     let overhead = started.elapsed().saturating_sub(upstream);
     let kind = if streaming { "first_chunk" } else { "response" };
-    metrics::histogram!("tokun_gateway_overhead_seconds", "until" => kind)
-        .record(overhead.as_secs_f64());
+    metric::histogram_record(
+        "tokun_gateway_overhead_seconds",
+        &[("until", kind)],
+        overhead.as_secs_f64(),
+    );
 }
 
 /// The caller, when billing is on (or a key was sent anyway).

@@ -75,13 +75,20 @@ pub async fn actors(
             "uptime_s": stats.uptime_secs(),
         })
     };
-    let mut busiest: Vec<_> = live.iter().collect();
-    busiest.sort_by_key(|s| std::cmp::Reverse((s.mailbox_depth(), s.handled())));
-    let top: Vec<Value> = busiest
+    // The top N by (mailbox depth, messages), read once per actor: a partial
+    // selection, not a sort of every live actor, so the answer stays cheap
+    // with tens of thousands of streams.
+    let mut busiest: Vec<_> = live
         .iter()
-        .take(query.top.unwrap_or(20).min(1000))
-        .map(|s| describe(s))
+        .map(|s| (std::cmp::Reverse((s.mailbox_depth(), s.handled())), s))
         .collect();
+    let n = query.top.unwrap_or(20).min(1000).min(busiest.len());
+    if n > 0 && n < busiest.len() {
+        busiest.select_nth_unstable_by_key(n - 1, |(key, _)| *key);
+    }
+    busiest.truncate(n);
+    busiest.sort_unstable_by_key(|(key, _)| *key);
+    let top: Vec<Value> = busiest.iter().map(|(_, s)| describe(s)).collect();
     let mut body = json!({"object": "actors", "total": live.len(), "kinds": kinds, "busiest": top});
     if query.all.unwrap_or(false) {
         body["actors"] = live.iter().map(|s| describe(s)).collect();
@@ -120,6 +127,12 @@ pub async fn providers(
                 "circuit": health.as_ref().map(|h| h.circuit),
                 "in_flight": health.as_ref().map(|h| h.in_flight),
                 "waiting": health.as_ref().map(|h| h.waiting),
+                "headroom": health.as_ref().map(|h| json!({
+                    "requests": h.requests_available,
+                    "tokens": h.tokens_available,
+                    "concurrency": p.limits.max_concurrency.map(|max| max.saturating_sub(h.in_flight)),
+                    "paused_ms": h.paused_for.as_millis() as u64,
+                })),
                 "limits": {
                     "rpm": p.limits.rpm,
                     "tpm": p.limits.tpm,

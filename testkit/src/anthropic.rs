@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::Script;
 use crate::fake::{FakeServer, Harness, WireFormat, usage_of};
+use crate::upstream::with_headers;
 
 /// The fake Anthropic upstream; `base_url()` is what an Anthropic route
 /// configures (`/v1/messages` is appended by the adapter).
@@ -47,19 +48,22 @@ async fn messages(
         std::future::pending::<()>().await;
     }
     tokio::time::sleep(script.first_byte_delay).await;
-    if let Some(status) = script.status {
-        return error_response(status, script.retry_after_secs);
-    }
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("claude-fake")
-        .to_owned();
-    if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        stream_response(script, model)
+    let headers = script.headers.clone();
+    let response = if let Some(status) = script.status {
+        error_response(status, script.retry_after_secs)
     } else {
-        message_response(&script, &model)
-    }
+        let model = request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("claude-fake")
+            .to_owned();
+        if request.get("stream").and_then(Value::as_bool) == Some(true) {
+            stream_response(script, model)
+        } else {
+            message_response(&script, &model)
+        }
+    };
+    with_headers(response, &headers)
 }
 
 fn error_response(status: u16, retry_after: Option<u64>) -> Response {
@@ -247,7 +251,7 @@ mod tests {
     async fn drain(
         fake: &FakeAnthropic,
     ) -> (String, Option<String>, Option<Usage>, Option<&'static str>) {
-        let mut chunks = adapter(fake).stream(&hello()).await.unwrap();
+        let mut chunks = adapter(fake).stream(&hello()).await.unwrap().body;
         let (mut text, mut finish, mut usage, mut error) = (String::new(), None, None, None);
         while let Some(item) = chunks.next().await {
             match item {
@@ -288,9 +292,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reports_anthropic_rate_limit_headers() {
+        let fake = FakeAnthropic::start().await.unwrap();
+        fake.push(Script {
+            headers: vec![
+                ("anthropic-ratelimit-requests-limit", "50".into()),
+                ("anthropic-ratelimit-requests-remaining", "49".into()),
+                (
+                    "anthropic-ratelimit-requests-reset",
+                    "2000-01-01T00:00:00Z".into(),
+                ),
+            ],
+            ..Script::default()
+        });
+        let limits = adapter(&fake).stream(&hello()).await.unwrap().limits;
+        let requests = limits.requests.expect("request window");
+        // A reset in the past means the window is already full again.
+        assert_eq!(
+            (requests.limit, requests.remaining, requests.reset),
+            (Some(50), 49, Some(Duration::ZERO))
+        );
+        assert_eq!(limits.tokens, None);
+    }
+
+    #[tokio::test]
     async fn completes_without_streaming() {
         let fake = FakeAnthropic::start().await.unwrap();
-        let completion = adapter(&fake).complete(&hello()).await.unwrap();
+        let completion = adapter(&fake).complete(&hello()).await.unwrap().body;
         assert_eq!(
             completion.choices[0].message["content"],
             "Hello from the fake upstream."

@@ -43,6 +43,8 @@ pub struct Script {
     pub omit_usage: bool,
     /// Never answer at all.
     pub hang: bool,
+    /// Extra response headers, e.g. `x-ratelimit-remaining-requests`.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Default for Script {
@@ -61,6 +63,7 @@ impl Default for Script {
             usage: None,
             omit_usage: false,
             hang: false,
+            headers: Vec::new(),
         }
     }
 }
@@ -159,19 +162,32 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         std::future::pending::<()>().await;
     }
     tokio::time::sleep(script.first_byte_delay).await;
-    if let Some(status) = script.status {
-        return error_response(status, script.retry_after_secs);
-    }
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("fake")
-        .to_string();
-    if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        stream_response(script, model)
+    let headers = script.headers.clone();
+    let response = if let Some(status) = script.status {
+        error_response(status, script.retry_after_secs)
     } else {
-        completion_response(&script, &model)
+        let model = request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("fake")
+            .to_string();
+        if request.get("stream").and_then(Value::as_bool) == Some(true) {
+            stream_response(script, model)
+        } else {
+            completion_response(&script, &model)
+        }
+    };
+    with_headers(response, &headers)
+}
+
+/// Adds a script's extra headers (invalid ones are skipped).
+pub(crate) fn with_headers(mut response: Response, headers: &[(&'static str, String)]) -> Response {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, value);
+        }
     }
+    response
 }
 
 fn error_response(status: u16, retry_after: Option<u64>) -> Response {

@@ -199,7 +199,11 @@ impl Actor for AccountActor {
         }
         // One place keeps the open-holds gauge right, whatever the message did.
         let holds_after = state.book.open_holds();
-        metrics::gauge!("tokun_holds_open").increment(holds_after as f64 - holds_before as f64);
+        crate::metric::gauge_add(
+            "tokun_holds_open",
+            &[],
+            holds_after as f64 - holds_before as f64,
+        );
         Ok(())
     }
 }

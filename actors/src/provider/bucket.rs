@@ -70,6 +70,23 @@ impl TokenBucket {
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
 
+    /// Whole units that could be taken now (zero while paused).
+    pub fn available(&mut self) -> u32 {
+        if !self.paused_for().is_zero() {
+            return 0;
+        }
+        self.refill(Instant::now());
+        // Saturating float-to-int conversion: the value is within 0..=rate.
+        self.available.floor() as u32
+    }
+
+    /// How long the bucket stays paused (zero when it is not).
+    pub fn paused_for(&self) -> Duration {
+        self.paused_until.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(Instant::now())
+        })
+    }
+
     /// The upstream says only `remaining` is left in its window.
     pub fn clamp(&mut self, remaining: u32) {
         self.refill(Instant::now());

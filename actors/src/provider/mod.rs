@@ -1,6 +1,7 @@
 //! The provider actor: one per configured upstream. It owns the route's rate
 //! limits (requests and tokens per minute, a concurrency cap, pauses learned
-//! from `retry-after`) and its health (a circuit breaker). Stream actors ask
+//! from `retry-after`, headroom learned from `x-ratelimit-*` headers) and its
+//! health (a circuit breaker). Stream actors ask
 //! it for a permit before calling the upstream and report the outcome after;
 //! the bytes never pass through its mailbox. Waiting for a permit is bounded:
 //! past `max_wait` the request is refused with how long to wait.
@@ -14,10 +15,12 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
+use tokun_providers::RateLimits;
 
 use self::breaker::{Breaker, BreakerConfig, BreakerState};
 use self::bucket::TokenBucket;
 use crate::instrument::{ActorKind, ActorStats, MessageKind, Metered};
+use crate::metric;
 
 /// Limits of one provider, from config.
 #[derive(Debug, Clone, Copy)]
@@ -65,15 +68,19 @@ pub enum Outcome {
     Neutral,
 }
 
-/// A provider's health, for `/admin/providers`.
+/// A provider's health and headroom, for `/admin/providers`.
 #[derive(Debug, Clone)]
 pub struct ProviderHealth {
     pub circuit: &'static str,
     pub in_flight: u32,
     pub waiting: usize,
-    pub max_concurrency: Option<u32>,
-    pub rpm: Option<u32>,
-    pub tpm: Option<u32>,
+    /// Requests that may start now (`None`: no request limit, configured or learned).
+    pub requests_available: Option<u32>,
+    /// Tokens that may be asked for now (`None`: no token limit).
+    pub tokens_available: Option<u32>,
+    /// How long new requests are held back by an upstream's `retry-after` or
+    /// an exhausted `x-ratelimit-*` window.
+    pub paused_for: Duration,
 }
 
 pub enum ProviderMsg {
@@ -85,6 +92,8 @@ pub enum ProviderMsg {
         outcome: Outcome,
     },
     Health(RpcReplyPort<ProviderHealth>),
+    /// An upstream response reported its rate limits.
+    Learn(RateLimits),
     /// Retry waiting requests (a timer fired).
     Wake,
 }
@@ -95,6 +104,7 @@ impl MessageKind for ProviderMsg {
             ProviderMsg::Acquire { .. } => "acquire",
             ProviderMsg::Done { .. } => "done",
             ProviderMsg::Health(_) => "health",
+            ProviderMsg::Learn(_) => "learn",
             ProviderMsg::Wake => "wake",
         }
     }
@@ -176,13 +186,21 @@ impl Actor for ProviderActor {
             ProviderMsg::Health(reply) => {
                 let _ = reply.send(state.health());
             }
+            ProviderMsg::Learn(limits) => state.learn(limits),
             ProviderMsg::Wake => state.wake_scheduled = None,
         }
         state.serve_waiting(&myself);
-        metrics::gauge!("tokun_provider_circuit_state", "provider" => state.name.to_string())
-            .set(state.breaker.state().as_gauge());
-        metrics::gauge!("tokun_provider_permits_waiting", "provider" => state.name.to_string())
-            .set(state.waiting.len() as f64);
+        let provider = [("provider", &*state.name)];
+        metric::gauge_set(
+            "tokun_provider_circuit_state",
+            &provider,
+            state.breaker.state().as_gauge(),
+        );
+        metric::gauge_set(
+            "tokun_provider_permits_waiting",
+            &provider,
+            state.waiting.len() as f64,
+        );
         Ok(())
     }
 }
@@ -194,7 +212,11 @@ impl ProviderState {
             Outcome::Success => self.breaker.record(false),
             Outcome::Failed => self.breaker.record(true),
             Outcome::RateLimited { retry_after } => {
-                metrics::counter!("tokun_provider_rate_limited_total", "provider" => self.name.to_string()).increment(1);
+                metric::counter_add(
+                    "tokun_provider_rate_limited_total",
+                    &[("provider", &self.name)],
+                    1,
+                );
                 let wait = retry_after.unwrap_or(Duration::from_secs(1));
                 for bucket in [&mut self.rpm, &mut self.tpm].into_iter().flatten() {
                     bucket.pause(wait);
@@ -207,6 +229,25 @@ impl ProviderState {
                 }
             }
             Outcome::Neutral => self.breaker.abandon_probe(),
+        }
+    }
+
+    /// Tightens the buckets to what the upstream says is left: an exhausted
+    /// window pauses until its reset; otherwise at most `remaining` may go
+    /// before the bucket refills. A window the config does not limit gets a
+    /// bucket of the upstream's own size (unbounded when it did not say).
+    fn learn(&mut self, limits: RateLimits) {
+        for (bucket, window) in [
+            (&mut self.rpm, limits.requests),
+            (&mut self.tpm, limits.tokens),
+        ] {
+            let Some(window) = window else { continue };
+            let bucket =
+                bucket.get_or_insert_with(|| TokenBucket::new(window.limit.unwrap_or(u32::MAX)));
+            if window.remaining == 0 {
+                bucket.pause(window.reset.unwrap_or(Duration::from_secs(1)));
+            }
+            bucket.clamp(window.remaining);
         }
     }
 
@@ -301,13 +342,20 @@ impl ProviderState {
     }
 
     fn health(&mut self) -> ProviderHealth {
+        let buckets = [&mut self.rpm, &mut self.tpm];
+        let paused_for = buckets
+            .into_iter()
+            .flatten()
+            .map(|bucket| bucket.paused_for())
+            .max()
+            .unwrap_or_default();
         ProviderHealth {
             circuit: self.breaker.state().as_str(),
             in_flight: self.in_flight,
             waiting: self.waiting.len(),
-            max_concurrency: self.limits.max_concurrency,
-            rpm: self.limits.rpm,
-            tpm: self.limits.tpm,
+            requests_available: self.rpm.as_mut().map(TokenBucket::available),
+            tokens_available: self.tpm.as_mut().map(TokenBucket::available),
+            paused_for,
         }
     }
 }
@@ -388,6 +436,13 @@ impl ProviderHandle {
             _ => Err(Refusal::RateLimited {
                 retry_after: Duration::from_secs(1),
             }),
+        }
+    }
+
+    /// Passes on the limits an upstream response reported (nothing to do when it reported none).
+    pub fn learn(&self, limits: RateLimits) {
+        if !limits.is_empty() {
+            self.send(ProviderMsg::Learn(limits));
         }
     }
 

@@ -1,5 +1,6 @@
 //! The provider actor with a paused clock: concurrency caps, bounded waits,
-//! the breaker opening and recovering through a probe, and `retry-after`.
+//! the breaker opening and recovering through a probe, `retry-after`, and
+//! limits learned from `x-ratelimit-*` headers.
 
 use std::time::Duration;
 
@@ -105,4 +106,71 @@ async fn requests_per_minute_are_enforced() {
         Err(Refusal::RateLimited { retry_after }) => assert!(retry_after > Duration::from_secs(20)),
         other => panic!("expected rate limited, got {:?}", other.map(|_| ())),
     }
+}
+
+fn window(
+    limit: Option<u32>,
+    remaining: u32,
+    reset_secs: u64,
+) -> tokun_providers::ratelimit::Window {
+    tokun_providers::ratelimit::Window {
+        limit,
+        remaining,
+        reset: Some(Duration::from_secs(reset_secs)),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exhausted_upstream_window_pauses_until_its_reset() {
+    let p = provider(ProviderLimits {
+        max_wait: Duration::from_secs(1),
+        ..ProviderLimits::default()
+    })
+    .await;
+    p.acquire(1).await.unwrap().finish(Outcome::Success);
+    p.learn(RateLimits {
+        requests: Some(window(None, 0, 20)),
+        tokens: None,
+    });
+    match p.acquire(1).await {
+        Err(Refusal::RateLimited { retry_after }) => assert!(
+            retry_after > Duration::from_secs(18) && retry_after <= Duration::from_secs(20),
+            "{retry_after:?}"
+        ),
+        other => panic!("expected rate limited, got {:?}", other.map(|_| ())),
+    }
+    let health = p.health().await.unwrap();
+    assert_eq!(health.requests_available, Some(0));
+    assert!(health.paused_for > Duration::from_secs(18));
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert!(p.acquire(1).await.is_ok(), "the window has reset");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reported_headroom_caps_what_goes_before_the_bucket_refills() {
+    let p = provider(ProviderLimits {
+        max_wait: Duration::from_millis(100),
+        ..ProviderLimits::default()
+    })
+    .await;
+    assert_eq!(
+        p.health().await.unwrap().tokens_available,
+        None,
+        "no limit yet"
+    );
+    // The upstream allows 6,000 tokens a minute and has 1,000 left.
+    p.learn(RateLimits {
+        requests: None,
+        tokens: Some(window(Some(6_000), 1_000, 10)),
+    });
+    p.acquire(800).await.unwrap().finish(Outcome::Success);
+    assert!(
+        matches!(p.acquire(800).await, Err(Refusal::RateLimited { .. })),
+        "only about 200 tokens are left"
+    );
+    // The learned bucket refills at the upstream's rate: 100 tokens a second.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    p.acquire(800)
+        .await
+        .expect("refilled at the upstream's rate");
 }

@@ -5,6 +5,7 @@
 
 use tokun_providers::ProviderError;
 
+use crate::metric;
 use crate::provider::{Outcome, Permit, Refusal};
 use crate::relay::Route;
 
@@ -47,10 +48,14 @@ impl Attempts {
             (None, false)
         };
         tracing::warn!(provider = %route.provider, kind = error.kind(), failover, "route failed before any output");
-        metrics::counter!("tokun_upstream_errors_total", "provider" => route.provider.to_string(), "kind" => error.kind()).increment(1);
+        let provider = &*route.provider;
+        metric::counter_add(
+            "tokun_upstream_errors_total",
+            &[("provider", provider), ("kind", error.kind())],
+            1,
+        );
         if failover {
-            metrics::counter!("tokun_failovers_total", "provider" => route.provider.to_string())
-                .increment(1);
+            metric::counter_add("tokun_failovers_total", &[("provider", provider)], 1);
         }
         self.next = next;
     }

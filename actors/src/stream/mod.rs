@@ -15,11 +15,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, timeout};
 use tokun_providers::types::{ChunkChoice, Delta};
 use tokun_providers::{
-    ChatCompletion, ChatCompletionChunk, ChatRequest, ChunkStream, ProviderError, TimeoutPhase,
-    Usage, tokens,
+    ChatCompletion, ChatCompletionChunk, ChatRequest, ChunkStream, ProviderError, RateLimits,
+    TimeoutPhase, Usage, tokens,
 };
 
 use crate::meter::{Meter, MeterRecord};
+use crate::metric;
 use crate::provider::{Outcome, Permit};
 
 mod attempts;
@@ -116,7 +117,11 @@ impl Actor for StreamActor {
         args: StreamArgs,
     ) -> Result<StreamState, ActorProcessingErr> {
         args.stats.started();
-        metrics::gauge!("tokun_streams_active", "transport" => args.transport).increment(1.0);
+        metric::gauge_add(
+            "tokun_streams_active",
+            &[("transport", args.transport)],
+            1.0,
+        );
         let total = args
             .routes
             .first()
@@ -153,7 +158,11 @@ impl Actor for StreamActor {
             state.finish(End::Cancelled).await;
         }
         state.args.stats.stopped();
-        metrics::gauge!("tokun_streams_active", "transport" => state.args.transport).decrement(1.0);
+        metric::gauge_add(
+            "tokun_streams_active",
+            &[("transport", state.args.transport)],
+            -1.0,
+        );
         Ok(())
     }
 
@@ -304,8 +313,11 @@ impl StreamState {
         if tokens > 0 {
             let now = Instant::now();
             if let Some(last) = self.last_chunk_at.replace(now) {
-                metrics::histogram!("tokun_inter_token_seconds")
-                    .record(now.duration_since(last).as_secs_f64());
+                metric::histogram_record(
+                    "tokun_inter_token_seconds",
+                    &[],
+                    now.duration_since(last).as_secs_f64(),
+                );
             }
             self.first_token_at.get_or_insert(now);
             self.relayed_tokens += tokens;
@@ -380,13 +392,22 @@ impl StreamState {
             .as_ref()
             .map_or_else(String::new, |r| r.provider.to_string());
         if let End::Failed(StreamFailure::Upstream(error)) = end {
-            metrics::counter!("tokun_upstream_errors_total", "provider" => provider.clone(), "kind" => error.kind())
-                .increment(1);
+            metric::counter_add(
+                "tokun_upstream_errors_total",
+                &[("provider", &provider), ("kind", error.kind())],
+                1,
+            );
         }
         let outcome = error_kind.unwrap_or("completed");
-        let model = self.args.model.to_string();
-        metrics::counter!("tokun_stream_outcomes_total", "model" => model, "provider" => provider, "outcome" => outcome)
-            .increment(1);
+        metric::counter_add(
+            "tokun_stream_outcomes_total",
+            &[
+                ("model", &self.args.model),
+                ("provider", &provider),
+                ("outcome", outcome),
+            ],
+            1,
+        );
     }
 
     /// Non-streaming: one upstream call per route until one answers.
@@ -417,7 +438,9 @@ impl StreamState {
                 }
             };
             let error = match outcome {
-                Ok((permit, Ok(completion))) => {
+                Ok((permit, Ok(reply))) => {
+                    learn(route, reply.limits);
+                    let completion = reply.body;
                     if let Some(permit) = permit {
                         permit.finish(Outcome::Success);
                     }
@@ -505,12 +528,24 @@ impl StreamState {
                 .map(|t| t.duration_since(self.started).as_millis() as u64),
         };
         let settlement = self.args.meter.settle(record).await?;
-        let model = self.args.model.to_string();
-        metrics::counter!("tokun_tokens_total", "model" => model.clone(), "direction" => "prompt")
-            .increment(settlement.usage.prompt_tokens);
-        metrics::counter!("tokun_tokens_total", "model" => model.clone(), "direction" => "completion").increment(settlement.usage.completion_tokens);
-        metrics::counter!("tokun_cost_nanos_total", "model" => model)
-            .increment(u64::try_from(settlement.cost_nanos).unwrap_or(0));
+        let model = &*self.args.model;
+        let usage = &settlement.usage;
+        let tokens = "tokun_tokens_total";
+        metric::counter_add(
+            tokens,
+            &[("model", model), ("direction", "prompt")],
+            usage.prompt_tokens,
+        );
+        metric::counter_add(
+            tokens,
+            &[("model", model), ("direction", "completion")],
+            usage.completion_tokens,
+        );
+        metric::counter_add(
+            "tokun_cost_nanos_total",
+            &[("model", model)],
+            u64::try_from(settlement.cost_nanos).unwrap_or(0),
+        );
         Ok(settlement)
     }
 
@@ -542,11 +577,20 @@ async fn first_chunk(
     route: &Route,
     request: &ChatRequest,
 ) -> Result<(ChunkStream, ChatCompletionChunk), ProviderError> {
-    let mut stream = route.adapter.stream(request).await?;
+    let reply = route.adapter.stream(request).await?;
+    learn(route, reply.limits);
+    let mut stream = reply.body;
     match stream.next().await {
         Some(Ok(chunk)) => Ok((stream, chunk)),
         Some(Err(error)) => Err(error),
         None => Err(ProviderError::Truncated),
+    }
+}
+
+/// Hands the limits an upstream reported to its provider actor.
+fn learn(route: &Route, limits: RateLimits) {
+    if let Some(limiter) = &route.limiter {
+        limiter.learn(limits);
     }
 }
 

@@ -21,6 +21,7 @@ pub use self::stream::parse_chunk_stream;
 use crate::ChunkStream;
 use crate::error::ProviderError;
 use crate::openai::{is_json, response as wire};
+use crate::ratelimit::{RateLimits, Reply};
 use crate::types::{ChatCompletion, ChatRequest};
 
 /// The API version tokun's translation is written against.
@@ -81,29 +82,37 @@ impl AnthropicAdapter {
     }
 
     /// A non-streaming completion (`stream` is not sent, whatever `req` says).
-    pub async fn complete(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+    pub async fn complete(
+        &self,
+        req: &ChatRequest,
+    ) -> Result<Reply<ChatCompletion>, ProviderError> {
         let body = request::encode(req, false)?;
         let answer = self.send(body, "application/json").await?;
+        let limits = RateLimits::from_headers(answer.headers());
         let body = answer.bytes().await.map_err(wire::body_error)?;
-        response::parse_completion(&body, &req.model)
+        Ok(Reply {
+            body: response::parse_completion(&body, &req.model)?,
+            limits,
+        })
     }
 
     /// Starts a streamed completion. Resolves once the upstream answered 2xx
     /// with an event stream; the returned stream then translates the body (see
     /// [`parse_chunk_stream`]) and always ends with a usage chunk when the
     /// upstream reported usage.
-    pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+    pub async fn stream(&self, req: &ChatRequest) -> Result<Reply<ChunkStream>, ProviderError> {
         let body = request::encode(req, true)?;
         let answer = self.send(body, "text/event-stream").await?;
+        let limits = RateLimits::from_headers(answer.headers());
         if is_json(&answer) {
             // An error envelope (or a whole message) instead of the stream asked for.
             let body = answer.bytes().await.map_err(wire::body_error)?;
             return Err(response::json_instead_of_stream(&body));
         }
-        Ok(parse_chunk_stream(
-            answer.bytes_stream().map_err(wire::body_error),
-            &req.model,
-        ))
+        Ok(Reply {
+            body: parse_chunk_stream(answer.bytes_stream().map_err(wire::body_error), &req.model),
+            limits,
+        })
     }
 
     /// Posts `body` and returns the response if its status is 2xx.

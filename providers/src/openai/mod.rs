@@ -21,6 +21,7 @@ use self::request::Mode;
 pub use self::stream::parse_chunk_stream;
 use crate::ChunkStream;
 use crate::error::ProviderError;
+use crate::ratelimit::{RateLimits, Reply};
 use crate::types::{ChatCompletion, ChatRequest};
 
 /// One OpenAI-compatible upstream. Cheap to clone: the client is shared and the
@@ -29,6 +30,9 @@ use crate::types::{ChatCompletion, ChatRequest};
 pub struct OpenAiAdapter {
     /// `{base}/chat/completions`, built once.
     endpoint: Arc<str>,
+    /// The same, parsed once (`None` if it does not parse: sending then
+    /// reports the bad URL).
+    url: Option<reqwest::Url>,
     auth: Auth,
     client: reqwest::Client,
 }
@@ -63,10 +67,18 @@ impl OpenAiAdapter {
             },
         };
         Self {
+            url: reqwest::Url::parse(&endpoint).ok(),
             endpoint: endpoint.into(),
             auth,
             client,
         }
+    }
+
+    /// The chat endpoint, parsed once rather than per request.
+    fn chat_url(&self) -> Result<reqwest::Url, ProviderError> {
+        self.url.clone().ok_or_else(|| ProviderError::Request {
+            detail: format!("{:?} is not a valid URL", self.endpoint),
+        })
     }
 
     /// The URL requests are posted to.
@@ -75,19 +87,31 @@ impl OpenAiAdapter {
     }
 
     /// A non-streaming completion (`stream` is not sent, whatever `req` says).
-    pub async fn complete(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+    pub async fn complete(
+        &self,
+        req: &ChatRequest,
+    ) -> Result<Reply<ChatCompletion>, ProviderError> {
         let body = request::encode(req, Mode::Complete)?;
-        let response = self.send(&self.endpoint, body, "application/json").await?;
+        let response = self
+            .send(self.chat_url()?, body, "application/json")
+            .await?;
+        let limits = RateLimits::from_headers(response.headers());
         let body = response.bytes().await.map_err(response::body_error)?;
-        response::parse_completion(&body)
+        Ok(Reply {
+            body: response::parse_completion(&body)?,
+            limits,
+        })
     }
 
     /// Starts a streamed completion with the final usage chunk requested.
     /// Resolves once the upstream answered 2xx with an event stream; the
     /// returned stream then reads the body (see [`parse_chunk_stream`]).
-    pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+    pub async fn stream(&self, req: &ChatRequest) -> Result<Reply<ChunkStream>, ProviderError> {
         let body = request::encode(req, Mode::Stream)?;
-        let response = self.send(&self.endpoint, body, "text/event-stream").await?;
+        let response = self
+            .send(self.chat_url()?, body, "text/event-stream")
+            .await?;
+        let limits = RateLimits::from_headers(response.headers());
         if is_json(&response) {
             // The upstream ignored `stream: true` or reported an error with a 2xx.
             let body = response.bytes().await.map_err(response::body_error)?;
@@ -100,15 +124,16 @@ impl OpenAiAdapter {
                 },
             );
         }
-        Ok(parse_chunk_stream(
-            response.bytes_stream().map_err(response::body_error),
-        ))
+        Ok(Reply {
+            body: parse_chunk_stream(response.bytes_stream().map_err(response::body_error)),
+            limits,
+        })
     }
 
     /// Posts `body` to `url` and returns the response if its status is 2xx.
     async fn send(
         &self,
-        url: &str,
+        url: impl reqwest::IntoUrl,
         body: Vec<u8>,
         accept: &'static str,
     ) -> Result<reqwest::Response, ProviderError> {

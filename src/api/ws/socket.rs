@@ -19,7 +19,7 @@ use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures_util::{FutureExt, SinkExt, StreamExt, stream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
-use tokun_actors::RelayEvent;
+use tokun_actors::{RelayEvent, metric};
 use tokun_providers::ChatRequest;
 
 use super::OpenSocket;
@@ -288,8 +288,11 @@ impl Session {
             Some(RelayEvent::Routed { provider, .. }) => running.provider = Some(provider),
             Some(RelayEvent::Chunk(chunk)) => {
                 if let Some(since) = running.waiting_since.take() {
-                    metrics::histogram!("tokun_time_to_first_token_seconds", "transport" => "ws")
-                        .record(since.elapsed().as_secs_f64());
+                    metric::histogram_record(
+                        "tokun_time_to_first_token_seconds",
+                        &[("transport", "ws")],
+                        since.elapsed().as_secs_f64(),
+                    );
                 }
                 self.out.push(ServerMessage::chunk(&id, &chunk).encode());
             }
@@ -328,14 +331,17 @@ impl Session {
             .state
             .model(&running.model)
             .map_or("unknown", |m| m.config.id.as_str());
-        metrics::counter!(
+        let status = status.to_string();
+        metric::counter_add(
             "tokun_requests_total",
-            "model" => model.to_owned(),
-            "provider" => running.provider.as_deref().unwrap_or("none").to_owned(),
-            "status" => status.to_string(),
-            "transport" => "ws",
-        )
-        .increment(1);
+            &[
+                ("model", model),
+                ("provider", running.provider.as_deref().unwrap_or("none")),
+                ("status", &status),
+                ("transport", "ws"),
+            ],
+            1,
+        );
     }
 
     fn send_error(&mut self, id: Option<&str>, error: &ApiError) {

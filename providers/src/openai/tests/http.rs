@@ -91,7 +91,7 @@ fn hello() -> ChatRequest {
 async fn complete_sends_credentials_and_parses_the_body() {
     let body = fixture("completion.json");
     let upstream = upstream(answer("200 OK", &["content-type: application/json"], &body)).await;
-    let completion = adapter(&upstream).complete(&hello()).await.unwrap();
+    let completion = adapter(&upstream).complete(&hello()).await.unwrap().body;
     assert_eq!(completion.choices[0].message["content"], "Hello, wörld 👋!");
 
     let request = upstream.request.await.unwrap();
@@ -110,8 +110,9 @@ async fn complete_sends_credentials_and_parses_the_body() {
 #[tokio::test]
 async fn stream_asks_for_usage_and_yields_chunks() {
     let upstream = upstream(event_stream(&fixture("normal.sse"))).await;
-    let chunks = adapter(&upstream).stream(&hello()).await.unwrap();
-    let items = chunks.collect::<Vec<_>>().await;
+    let reply = adapter(&upstream).stream(&hello()).await.unwrap();
+    assert!(reply.limits.is_empty(), "no x-ratelimit headers were sent");
+    let items = reply.body.collect::<Vec<_>>().await;
     assert_eq!(outcome(items), done(8, NORMAL_TEXT, normal_usage()));
 
     let request = upstream.request.await.unwrap();
@@ -122,6 +123,29 @@ async fn stream_asks_for_usage_and_yields_chunks() {
     assert!(
         request.to_lowercase().contains("accept: text/event-stream"),
         "{request}"
+    );
+}
+
+#[tokio::test]
+async fn replies_carry_the_rate_limits_the_upstream_reported() {
+    let headers = [
+        "content-type: application/json",
+        "x-ratelimit-limit-requests: 500",
+        "x-ratelimit-remaining-requests: 0",
+        "x-ratelimit-reset-requests: 1m30s",
+        "x-ratelimit-remaining-tokens: 2000",
+    ];
+    let upstream = upstream(answer("200 OK", &headers, &fixture("completion.json"))).await;
+    let limits = adapter(&upstream).complete(&hello()).await.unwrap().limits;
+    let requests = limits.requests.expect("request window");
+    assert_eq!(
+        (requests.limit, requests.remaining, requests.reset),
+        (Some(500), 0, Some(Duration::from_secs(90)))
+    );
+    let tokens = limits.tokens.expect("token window");
+    assert_eq!(
+        (tokens.limit, tokens.remaining, tokens.reset),
+        (None, 2000, None)
     );
 }
 
@@ -178,6 +202,7 @@ async fn a_body_cut_short_is_truncated() {
         .stream(&hello())
         .await
         .unwrap()
+        .body
         .collect::<Vec<_>>()
         .await;
     assert_eq!(outcome(items), failed(4, "Hello, wörld 👋", "truncated"));
