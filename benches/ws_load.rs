@@ -86,6 +86,10 @@ struct Args {
     /// How often `GET /admin/actors` is timed during the window (0: never).
     #[arg(long, default_value_t = 500)]
     actors_poll_ms: u64,
+    /// Where `/admin/actors` is polled: `operator` = the `server.admin_listen`
+    /// listener (its own thread), `main` = the API listener.
+    #[arg(long, default_value = "operator", value_parser = ["operator", "main"])]
+    actors_via: String,
 }
 
 /// Counters shared by every socket task.
@@ -143,13 +147,18 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tokun-ws-load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (mut child, addr, key) = spawn_tokun(&args, &dir)?;
+    let (mut child, addr, key, operator) = spawn_tokun(&args, &dir)?;
     let pid = child.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(run(&args, addr, key.as_deref(), pid));
+    let actors_at = if args.actors_via == "operator" {
+        operator
+    } else {
+        addr
+    };
+    let result = runtime.block_on(run(&args, addr, key.as_deref(), pid, actors_at));
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -158,7 +167,13 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn run(args: &Args, addr: SocketAddr, key: Option<&str>, pid: u32) -> anyhow::Result<()> {
+async fn run(
+    args: &Args,
+    addr: SocketAddr,
+    key: Option<&str>,
+    pid: u32,
+    actors_at: SocketAddr,
+) -> anyhow::Result<()> {
     let target = (args.sockets * args.per_socket) as u64;
     println!(
         "ws_load: {} sockets × {} completions = {target} open, {} tokens × {} ms, billing {}{}, {} client thread(s){}",
@@ -230,7 +245,7 @@ async fn run(args: &Args, addr: SocketAddr, key: Option<&str>, pid: u32) -> anyh
     let poller = (args.actors_poll_ms > 0).then(|| {
         let every = Duration::from_millis(args.actors_poll_ms);
         let until = window + Duration::from_secs_f64(args.duration);
-        tokio::spawn(poll_actors(addr, every, until))
+        tokio::spawn(poll_actors(actors_at, every, until))
     });
     let (mut rss_peak, mut open_min) = (0, u64::MAX);
     while window.elapsed().as_secs_f64() < args.duration {
@@ -303,7 +318,8 @@ async fn run(args: &Args, addr: SocketAddr, key: Option<&str>, pid: u32) -> anyh
         let at =
             |q: f64| micros[((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len()) - 1];
         println!(
-            "  GET /admin/actors        {} polls, p50/p99/max {:.2} / {:.2} / {:.2} ms, {}–{} live stream actors ({}–{} bytes)",
+            "  GET /admin/actors ({})  {} polls, p50/p99/max {:.2} / {:.2} / {:.2} ms, {}–{} live stream actors ({}–{} bytes)",
+            args.actors_via,
             micros.len(),
             at(0.5) as f64 / 1000.0,
             at(0.99) as f64 / 1000.0,
@@ -513,17 +529,18 @@ fn message_id(text: &str) -> Option<&str> {
     Some(&text[start..end])
 }
 
-/// Starts `tokun serve` on 127.0.0.1:0; returns it, its address and the demo
-/// key (`None` with billing off).
+/// Starts `tokun serve` on 127.0.0.1:0; returns it, its address, the demo
+/// key (`None` with billing off) and its operator listener's address.
 fn spawn_tokun(
     args: &Args,
     dir: &std::path::Path,
-) -> anyhow::Result<(Child, SocketAddr, Option<String>)> {
+) -> anyhow::Result<(Child, SocketAddr, Option<String>, SocketAddr)> {
     let data_dir = toml::Value::String(dir.display().to_string());
     let config = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 data_dir = {data_dir}
 admin_token = "{ADMIN_TOKEN}"
 shutdown_grace_secs = 2
@@ -581,14 +598,21 @@ max_messages_per_sec = 10000
     let (found, announced) = std::sync::mpsc::channel();
     // Reads the announcement, then keeps draining stderr (a full pipe would block tokun).
     std::thread::spawn(move || {
-        let mut key = None;
+        let (mut key, mut operator) = (None, None);
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(at) = line.find("sk-tokun-") {
                 key = line[at..].split_whitespace().next().map(str::to_owned);
             }
+            if line.starts_with("operator endpoints") {
+                operator = line
+                    .split("on http://")
+                    .nth(1)
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+            }
             if let Some(addr) = line.split("listening on http://").nth(1) {
-                let _ = found.send((addr.trim().parse::<SocketAddr>().ok(), key.clone()));
+                let addr = addr.trim().parse::<SocketAddr>().ok();
+                let _ = found.send((addr, key.clone(), operator));
             }
             if line.contains("WARN") || line.contains("ERROR") {
                 println!("tokun: {line}");
@@ -596,11 +620,11 @@ max_messages_per_sec = 10000
         }
     });
     match announced.recv_timeout(Duration::from_secs(60)) {
-        Ok((Some(addr), key)) if args.billing == "off" => {
+        Ok((Some(addr), key, Some(operator))) if args.billing == "off" => {
             drop(key);
-            Ok((child, addr, None))
+            Ok((child, addr, None, operator))
         }
-        Ok((Some(addr), Some(key))) => Ok((child, addr, Some(key))),
+        Ok((Some(addr), Some(key), Some(operator))) => Ok((child, addr, Some(key), operator)),
         _ => {
             let _ = child.kill();
             let _ = child.wait();

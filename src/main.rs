@@ -88,6 +88,11 @@ fn announce(server: &RunningServer, model: &str) {
         }
         None => "$TOKUN_API_KEY",
     };
+    if let Some(operator) = server.operator_addr() {
+        eprintln!(
+            "operator endpoints (/metrics, /admin/actors, /admin/providers) on http://{operator}"
+        );
+    }
     eprintln!(
         "tokun listening on http://{addr}\n\nTry a streamed completion:\n  curl -N http://{addr}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{model}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello tokun\"}}]}}'\n"
     );

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -37,6 +38,69 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// The operator endpoints alone, for `server.admin_listen`.
+fn operator_app(state: AppState) -> Router {
+    api::operator_router()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// `server.admin_listen`: the operator endpoints on their own thread and
+/// single-threaded runtime, so an operator can watch a saturated gateway —
+/// a request there never queues behind the traffic it is looking at.
+struct OperatorListener {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl OperatorListener {
+    fn start(addr: SocketAddr, state: AppState) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("tokun-admin".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            tracing::error!(%error, "the admin listener failed");
+                            return;
+                        }
+                    };
+                    let served = axum::serve(listener, operator_app(state))
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    if let Err(error) = served {
+                        tracing::error!(%error, "the admin listener failed");
+                    }
+                });
+            })?;
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+        })
+    }
+}
+
+impl Drop for OperatorListener {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -118,6 +182,8 @@ pub struct RunningServer {
     upkeep: Option<JoinHandle<()>>,
     first_start: FirstStart,
     grace: std::time::Duration,
+    /// `server.admin_listen`, when configured; stops when dropped.
+    operator: Option<OperatorListener>,
 }
 
 impl RunningServer {
@@ -131,6 +197,7 @@ impl RunningServer {
         let (services, first_start) = Services::start(&config, StartMode::Serve).await?;
         let streams = StreamSupervisorHandle::start().await?;
         let grace = config.server.shutdown_grace;
+        let admin_listen = config.server.admin_listen;
         let mut limiters = std::collections::HashMap::new();
         for provider in &config.providers {
             let handle =
@@ -153,6 +220,9 @@ impl RunningServer {
                 }
             })
         });
+        let operator = admin_listen
+            .map(|addr| OperatorListener::start(addr, state.clone()))
+            .transpose()?;
         let app = app(state);
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -170,11 +240,17 @@ impl RunningServer {
             upkeep,
             first_start,
             grace,
+            operator,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `server.admin_listen` serves the operator endpoints, if configured.
+    pub fn operator_addr(&self) -> Option<SocketAddr> {
+        self.operator.as_ref().map(|o| o.addr)
     }
 
     pub fn streams(&self) -> &StreamSupervisorHandle {
@@ -195,6 +271,7 @@ impl RunningServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+        drop(self.operator.take());
         self.streams.shutdown(self.grace).await;
         match tokio::time::timeout(self.grace, &mut self.task).await {
             Ok(joined) => joined??,

@@ -97,6 +97,42 @@ impl ActorStats {
     }
 }
 
+/// What [`Directory::survey`] found.
+#[derive(Debug)]
+pub struct Survey {
+    /// Live actors.
+    pub total: usize,
+    pub per_kind: Vec<KindLoad>,
+    /// The busiest first.
+    pub busiest: Vec<Arc<ActorStats>>,
+}
+
+/// The live actors of one kind, summed.
+#[derive(Debug, Clone, Copy)]
+pub struct KindLoad {
+    pub kind: &'static str,
+    pub alive: u64,
+    pub mailbox_depth: u64,
+    pub messages: u64,
+}
+
+impl KindLoad {
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            alive: 0,
+            mailbox_depth: 0,
+            messages: 0,
+        }
+    }
+
+    fn add(&mut self, depth: u64, messages: u64) {
+        self.alive += 1;
+        self.mailbox_depth += depth;
+        self.messages += messages;
+    }
+}
+
 /// Per-kind lifetime counters.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KindCounts {
@@ -157,6 +193,67 @@ impl Directory {
     /// A copy of every live actor's stats.
     pub fn live(&self) -> Vec<Arc<ActorStats>> {
         lock(&self.live).values().cloned().collect()
+    }
+
+    /// One pass over the live actors, under the directory's lock: per kind,
+    /// how many are alive and their summed mailbox depth and messages; and the
+    /// `top` busiest by (mailbox depth, messages). Nothing per actor is cloned
+    /// but the `top` kept, so this stays cheap with tens of thousands alive.
+    pub fn survey(&self, top: usize) -> Survey {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+
+        let mut per_kind: Vec<KindLoad> = Vec::new();
+        // A min-heap of the best `top` so far: its root is the first to go.
+        let mut busiest: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
+        let mut kept: Vec<Arc<ActorStats>> = Vec::new();
+        let live = lock(&self.live);
+        for stats in live.values() {
+            let (depth, handled) = (stats.mailbox_depth(), stats.handled());
+            match per_kind
+                .iter_mut()
+                .find(|k| std::ptr::eq(k.kind, stats.kind))
+            {
+                Some(load) => load.add(depth, handled),
+                None => {
+                    let mut load = KindLoad::new(stats.kind);
+                    load.add(depth, handled);
+                    per_kind.push(load);
+                }
+            }
+            if top == 0 {
+                continue;
+            }
+            let candidate = (depth, handled);
+            if busiest.len() < top {
+                busiest.push(Reverse((depth, handled, kept.len())));
+                kept.push(stats.clone());
+            } else if busiest
+                .peek()
+                .is_some_and(|Reverse((d, h, _))| candidate > (*d, *h))
+            {
+                // Reuse the evicted slot of `kept`.
+                if let Some(Reverse((_, _, slot))) = busiest.pop() {
+                    busiest.push(Reverse((depth, handled, slot)));
+                    if let Some(entry) = kept.get_mut(slot) {
+                        *entry = stats.clone();
+                    }
+                }
+            }
+        }
+        let total = live.len();
+        drop(live);
+        let mut order: Vec<(u64, u64, usize)> = busiest.into_iter().map(|Reverse(e)| e).collect();
+        order.sort_unstable_by_key(|&(depth, handled, _)| Reverse((depth, handled)));
+        let busiest = order
+            .into_iter()
+            .filter_map(|(_, _, slot)| kept.get(slot).cloned())
+            .collect();
+        Survey {
+            total,
+            per_kind,
+            busiest,
+        }
     }
 
     pub fn counts(&self) -> Vec<(&'static str, KindCounts)> {
@@ -369,6 +466,64 @@ mod tests {
                 Poke::Fine => Ok(()),
                 Poke::Crash => Err("boom".into()),
             }
+        }
+    }
+
+    struct Worker;
+
+    impl ActorKind for Worker {
+        const KIND: &'static str = "test_worker";
+    }
+
+    impl Actor for Worker {
+        type Msg = Poke;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<Poke>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Poke>,
+            _: Poke,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_survey_sums_each_kind_and_keeps_the_busiest_in_order() {
+        let mut workers = Vec::new();
+        for i in 0..30u64 {
+            let (actor, stats) = Metered::spawn(Worker, (), None).await.unwrap();
+            for _ in 0..(1_000 + i) {
+                actor.send_message(Poke::Fine).unwrap();
+            }
+            workers.push((actor, stats));
+        }
+        for (_, stats) in &workers {
+            while stats.handled() < 1_000 {
+                tokio::task::yield_now().await;
+            }
+        }
+        while workers.iter().map(|(_, s)| s.handled()).sum::<u64>() < 30 * 1_000 + 435 {
+            tokio::task::yield_now().await;
+        }
+        let survey = directory().survey(5);
+        let load = survey
+            .per_kind
+            .iter()
+            .find(|k| k.kind == "test_worker")
+            .unwrap();
+        assert_eq!((load.alive, load.messages), (30, 30 * 1_000 + 435));
+        let top: Vec<u64> = survey.busiest.iter().map(|s| s.handled()).collect();
+        assert_eq!(top, vec![1_029, 1_028, 1_027, 1_026, 1_025]);
+        assert!(survey.total >= 30);
+        for (actor, _) in workers {
+            actor.stop(None);
         }
     }
 

@@ -62,6 +62,12 @@ pub fn router() -> Router<AppState> {
         .route("/v1/payments", get(crate::stripe::checkout::list_payments))
         .route("/stripe/webhook", post(crate::stripe::webhook::receive))
         .route("/admin/payments", get(admin::list_payments))
+        .merge(operator_router())
+}
+
+/// The operator views and probes, also served alone on `server.admin_listen`.
+pub fn operator_router() -> Router<AppState> {
+    Router::new()
         .route("/admin/actors", get(ops::actors))
         .route("/admin/providers", get(ops::providers))
         .route("/metrics", get(ops::metrics))

@@ -46,19 +46,14 @@ pub async fn actors(
     Query(query): Query<ActorsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     check_admin(&headers, &state.services().admin_token_hash)?;
-    let live = directory().live();
-    let mut per_kind: HashMap<&'static str, (u64, u64, u64)> = HashMap::new();
-    for stats in &live {
-        let entry = per_kind.entry(stats.kind()).or_default();
-        entry.0 += 1;
-        entry.1 += stats.mailbox_depth();
-        entry.2 += stats.handled();
-    }
+    let survey = directory().survey(query.top.unwrap_or(20).min(1000));
     let kinds: Vec<Value> = directory()
         .counts()
         .into_iter()
         .map(|(kind, counts)| {
-            let (alive, depth, messages) = per_kind.get(kind).copied().unwrap_or_default();
+            let load = survey.per_kind.iter().find(|k| k.kind == kind);
+            let (alive, depth, messages) =
+                load.map_or((0, 0, 0), |k| (k.alive, k.mailbox_depth, k.messages));
             json!({"kind": kind, "alive": alive, "started": counts.started, "stopped": counts.stopped,
                    "restarted": counts.restarted, "mailbox_depth": depth, "messages": messages})
         })
@@ -75,23 +70,11 @@ pub async fn actors(
             "uptime_s": stats.uptime_secs(),
         })
     };
-    // The top N by (mailbox depth, messages), read once per actor: a partial
-    // selection, not a sort of every live actor, so the answer stays cheap
-    // with tens of thousands of streams.
-    let mut busiest: Vec<_> = live
-        .iter()
-        .map(|s| (std::cmp::Reverse((s.mailbox_depth(), s.handled())), s))
-        .collect();
-    let n = query.top.unwrap_or(20).min(1000).min(busiest.len());
-    if n > 0 && n < busiest.len() {
-        busiest.select_nth_unstable_by_key(n - 1, |(key, _)| *key);
-    }
-    busiest.truncate(n);
-    busiest.sort_unstable_by_key(|(key, _)| *key);
-    let top: Vec<Value> = busiest.iter().map(|(_, s)| describe(s)).collect();
-    let mut body = json!({"object": "actors", "total": live.len(), "kinds": kinds, "busiest": top});
+    let top: Vec<Value> = survey.busiest.iter().map(|s| describe(s)).collect();
+    let mut body =
+        json!({"object": "actors", "total": survey.total, "kinds": kinds, "busiest": top});
     if query.all.unwrap_or(false) {
-        body["actors"] = live.iter().map(|s| describe(s)).collect();
+        body["actors"] = directory().live().iter().map(|s| describe(s)).collect();
     }
     Ok(Json(body))
 }

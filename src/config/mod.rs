@@ -76,6 +76,8 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// A second address serving only the operator endpoints, on their own thread.
+    pub admin_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub admin_token: Option<Secret>,
@@ -275,12 +277,22 @@ fn server_config(raw: raw::RawServer, secret: &SecretFn<'_>) -> Result<ServerCon
             format!("`{listen}` is not an address like 127.0.0.1:8080"),
         )
     })?;
+    let admin_listen = match raw.admin_listen.as_deref() {
+        None => None,
+        Some(addr) => Some(addr.parse().map_err(|_| {
+            invalid(
+                "server.admin_listen",
+                format!("`{addr}` is not an address like 127.0.0.1:9090"),
+            )
+        })?),
+    };
     let max_body_bytes = raw.max_body_bytes.unwrap_or(4 * 1024 * 1024);
     if max_body_bytes < 1024 {
         return Err(invalid("server.max_body_bytes", "must be at least 1024"));
     }
     Ok(ServerConfig {
         listen,
+        admin_listen,
         data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./data")),
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
         admin_token: secret("server.admin_token", raw.admin_token)?,

@@ -47,6 +47,7 @@ pub struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub data_dir: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub admin_token: Option<String>,
