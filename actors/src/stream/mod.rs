@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, timeout};
@@ -93,6 +93,10 @@ pub struct StreamState {
     last_chunk_at: Option<Instant>,
 }
 
+/// Most chunks one `Pump` relays beyond the first when the upstream already
+/// delivered them (see [`StreamState::accept_burst`]).
+const PUMP_BURST: usize = 15;
+
 /// How often a long stream records its usage for crash recovery.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -172,10 +176,13 @@ impl Actor for StreamActor {
         message: StreamMsg,
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
+        // The once-per-stream paths are boxed: their futures are large, and
+        // inline they would make every `Pump` (one per chunk) build and move
+        // a future sized for them.
         let next = match message {
-            StreamMsg::Start if state.args.request.stream => state.open_stream().await,
+            StreamMsg::Start if state.args.request.stream => Box::pin(state.open_stream()).await,
             StreamMsg::Start => {
-                state.complete_unary().await;
+                Box::pin(state.complete_unary()).await;
                 None
             }
             StreamMsg::Pump => state.pump().await,
@@ -184,7 +191,7 @@ impl Actor for StreamActor {
             None => myself.stop(None),
             Some(Ok(())) => myself.send_message(StreamMsg::Pump)?,
             Some(Err(end)) => {
-                state.finish(end).await;
+                Box::pin(state.finish(end)).await;
                 myself.stop(None);
             }
         }
@@ -283,9 +290,33 @@ impl StreamState {
             }
             Ok(None) => Err(End::Completed),
             Ok(Some(Err(error))) => Err(End::Failed(StreamFailure::Upstream(error))),
-            Ok(Some(Ok(chunk))) => self.accept(chunk).await,
+            Ok(Some(Ok(chunk))) => self.accept_burst(chunk).await,
         };
         Some(result)
+    }
+
+    /// Relays `chunk`, then whatever the upstream already delivered (up to
+    /// [`PUMP_BURST`] more) in the same turn: the edge then finds them queued
+    /// together and writes them in one syscall, instead of one write and one
+    /// wake-up of the client per chunk. Cancellation and a client gone are
+    /// still noticed between bursts.
+    async fn accept_burst(&mut self, chunk: ChatCompletionChunk) -> Result<(), End> {
+        self.accept(chunk).await?;
+        for _ in 0..PUMP_BURST {
+            let Some(stream) = self.upstream.as_mut() else {
+                break;
+            };
+            // Polled once without waiting: `Pending` leaves it to the next `Pump`.
+            match stream.next().now_or_never() {
+                None => break,
+                Some(None) => return Err(End::Completed),
+                Some(Some(Err(error))) => {
+                    return Err(End::Failed(StreamFailure::Upstream(error)));
+                }
+                Some(Some(Ok(chunk))) => self.accept(chunk).await?,
+            }
+        }
+        Ok(())
     }
 
     /// Takes usage out of a chunk and relays the rest, if anything is left.
@@ -328,17 +359,16 @@ impl StreamState {
 
     /// Extends the hold once the relayed tokens reach it; checkpoints usage.
     async fn keep_budget(&mut self) -> Result<(), End> {
+        // Boxed for the same reason as in `handle`: rare, and large.
         if self.relayed_tokens >= self.args.meter.allowance()
-            && self.args.meter.extend().await.is_err()
+            && Box::pin(self.args.meter.extend()).await.is_err()
         {
             return Err(End::Budget);
         }
         if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.last_checkpoint = Instant::now();
-            self.args
-                .meter
-                .checkpoint(self.args.prompt_tokens_estimate, self.relayed_tokens)
-                .await;
+            let meter = &self.args.meter;
+            Box::pin(meter.checkpoint(self.args.prompt_tokens_estimate, self.relayed_tokens)).await;
         }
         Ok(())
     }
