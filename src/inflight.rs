@@ -1,15 +1,15 @@
 //! Requests in flight, for `POST /v1/requests/{id}/cancel`, and the
-//! `Idempotency-Key` table (24 h): a retry gets the stored non-streaming
-//! result, or 409 while the first attempt still runs, and is never charged
-//! a second time.
+//! `Idempotency-Key` table (24 h, kept in the store so it survives a
+//! restart): a retry gets the stored non-streaming result, or 409 while the
+//! first attempt still runs, and is never charged a second time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokun_storage::AccountId;
+use tokun_storage::{AccountId, IdempotentOutcome, StorageError, Store, StoredReply};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -76,13 +76,6 @@ pub struct StoredResponse {
     pub headers: Vec<(String, String)>,
 }
 
-enum Slot {
-    Running,
-    Done(StoredResponse),
-    /// A stream finished; streams are not replayed, but never run twice.
-    Streamed,
-}
-
 pub enum Claim {
     /// First use of the key: go ahead; `finish` or drop the ticket.
     Proceed(IdempotencyTicket),
@@ -91,55 +84,111 @@ pub enum Claim {
     AlreadyStreamed,
 }
 
-type Table = Arc<Mutex<HashMap<(AccountId, String), (Instant, Slot)>>>;
+type Running = Arc<Mutex<HashSet<(AccountId, String)>>>;
 
-#[derive(Default)]
+/// Keys whose first request still runs live in memory; finished ones in the
+/// store (`IdempotentOutcome`), so a retry after a restart is still answered
+/// from what the first attempt did.
 pub struct Idempotency {
-    table: Table,
+    running: Running,
+    store: Store,
 }
 
 /// The right to run a request under an idempotency key. Dropped without
 /// `finish` (the request failed before charging anything), the key is freed.
 pub struct IdempotencyTicket {
-    table: Table,
+    running: Running,
+    store: Store,
     key: Option<(AccountId, String)>,
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The oldest outcome still answered, in Unix ms.
+fn window_start_ms() -> u64 {
+    let ttl = u64::try_from(IDEMPOTENCY_TTL.as_millis()).unwrap_or(u64::MAX);
+    now_ms().saturating_sub(ttl)
+}
+
 impl Idempotency {
-    pub fn claim(&self, account: AccountId, key: &str) -> Claim {
-        let mut table = lock(&self.table);
-        let now = Instant::now();
-        table.retain(|_, (at, _)| now.duration_since(*at) < IDEMPOTENCY_TTL);
+    pub fn new(store: Store) -> Self {
+        Self {
+            running: Running::default(),
+            store,
+        }
+    }
+
+    pub fn claim(&self, account: AccountId, key: &str) -> Result<Claim, StorageError> {
+        let mut running = lock(&self.running);
         let id = (account, key.to_owned());
-        match table.get(&id) {
-            Some((_, Slot::Running)) => Claim::InFlight,
-            Some((_, Slot::Done(stored))) => Claim::Replay(stored.clone()),
-            Some((_, Slot::Streamed)) => Claim::AlreadyStreamed,
+        if running.contains(&id) {
+            return Ok(Claim::InFlight);
+        }
+        // Checked under the lock: a finishing request writes its outcome
+        // before it leaves `running`, so no retry slips between the two.
+        let remembered = self
+            .store
+            .idempotent_outcome(account, key, window_start_ms())?;
+        Ok(match remembered {
+            Some(IdempotentOutcome {
+                response: Some(reply),
+                ..
+            }) => Claim::Replay(StoredResponse {
+                status: reply.status,
+                body: Bytes::from(reply.body),
+                headers: reply.headers,
+            }),
+            Some(IdempotentOutcome { response: None, .. }) => Claim::AlreadyStreamed,
             None => {
-                table.insert(id.clone(), (now, Slot::Running));
+                running.insert(id.clone());
                 Claim::Proceed(IdempotencyTicket {
-                    table: self.table.clone(),
+                    running: self.running.clone(),
+                    store: self.store.clone(),
                     key: Some(id),
                 })
             }
-        }
+        })
+    }
+
+    /// Forgets outcomes past the 24 h window; returns how many.
+    pub fn purge_expired(&self) -> Result<usize, StorageError> {
+        self.store.purge_outcomes(window_start_ms())
     }
 }
 
 impl IdempotencyTicket {
     /// The request was charged: remember its response (or that it streamed).
+    /// The outcome is written to the store but not flushed: the caller makes
+    /// it durable with the next ledger flush (`LedgerHandle::barrier`).
     pub fn finish(mut self, response: Option<StoredResponse>) {
-        if let Some(key) = self.key.take() {
-            let slot = response.map_or(Slot::Streamed, Slot::Done);
-            lock(&self.table).insert(key, (Instant::now(), slot));
+        let Some((account, key)) = self.key.take() else {
+            return;
+        };
+        let outcome = IdempotentOutcome {
+            at_ms: now_ms(),
+            response: response.map(|r| StoredReply {
+                status: r.status,
+                headers: r.headers,
+                body: String::from_utf8_lossy(&r.body).into_owned(),
+            }),
+        };
+        let mut running = lock(&self.running);
+        if let Err(error) = self.store.remember_outcome(account, &key, &outcome) {
+            // A retry of this key would run again; say so loudly.
+            tracing::error!(%error, %account, "could not remember an idempotent outcome");
         }
+        running.remove(&(account, key));
     }
 }
 
 impl Drop for IdempotencyTicket {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            lock(&self.table).remove(&key);
+            lock(&self.running).remove(&key);
         }
     }
 }

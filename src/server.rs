@@ -162,6 +162,22 @@ async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// Forgets idempotent outcomes older than their window, at start and hourly
+/// (a scan of the tree, on a blocking thread).
+async fn purge_idempotency(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        match tokio::task::spawn_blocking(move || state.idempotency().purge_expired()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(purged)) => tracing::info!(purged, "forgot expired idempotency keys"),
+            Ok(Err(error)) => tracing::warn!(%error, "could not purge idempotency keys"),
+            Err(error) => tracing::warn!(%error, "the idempotency purge panicked"),
+        }
+    }
+}
+
 /// 16 random base62 characters (≈ 95 bits): unique without coordination.
 pub fn new_request_id() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -184,6 +200,8 @@ pub struct RunningServer {
     grace: std::time::Duration,
     /// `server.admin_listen`, when configured; stops when dropped.
     operator: Option<OperatorListener>,
+    /// Forgets idempotent outcomes past their 24 h, hourly; aborted at shutdown.
+    purge: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -220,6 +238,7 @@ impl RunningServer {
                 }
             })
         });
+        let purge = tokio::spawn(purge_idempotency(state.clone()));
         let operator = admin_listen
             .map(|addr| OperatorListener::start(addr, state.clone()))
             .transpose()?;
@@ -241,6 +260,7 @@ impl RunningServer {
             first_start,
             grace,
             operator,
+            purge,
         })
     }
 
@@ -282,6 +302,7 @@ impl RunningServer {
         if let Some(upkeep) = self.upkeep.take() {
             upkeep.abort();
         }
+        self.purge.abort();
         Ok(())
     }
 }

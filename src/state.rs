@@ -92,6 +92,7 @@ impl AppState {
                 )
                 .ok()
         });
+        let idempotency = Idempotency::new(services.store.clone());
         let inner = Inner {
             stripe,
             config,
@@ -100,7 +101,7 @@ impl AppState {
             services,
             keys: KeyCache::default(),
             inflight: InFlight::default(),
-            idempotency: Idempotency::default(),
+            idempotency,
             tickets,
             metrics,
             limiters,

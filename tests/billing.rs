@@ -260,6 +260,56 @@ async fn idempotent_retries_replay_and_never_charge_twice() {
 }
 
 #[tokio::test]
+async fn an_idempotent_result_is_replayed_after_a_restart() {
+    let upstream = FakeUpstream::start().await.unwrap();
+    let toml = upstream_config(&upstream, "");
+    let h = Harness::start(Some(&toml)).await;
+    let (client, data_dir) = (h.client.clone(), h.data_dir.clone());
+    let send = |h: &Harness, key: &'static str| {
+        client
+            .post(h.url("/v1/chat/completions"))
+            .header("idempotency-key", key)
+            .json(&chat("fake-model", false))
+            .send()
+    };
+    let first = send(&h, "across-restarts").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first_body = first.text().await.unwrap();
+    // A streamed request's key is remembered too.
+    let streamed = client
+        .post(h.url("/v1/chat/completions"))
+        .header("idempotency-key", "streamed-once")
+        .json(&chat("fake-model", true))
+        .send()
+        .await
+        .unwrap();
+    assert!(streamed.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    let balance = account(&client, &h).await["balance_nanos"].clone();
+    let Harness { server, .. } = h;
+    server.shutdown().await.unwrap();
+
+    let mut config = tokun::config::Config::parse(&toml, |_| None).unwrap();
+    config.server.data_dir = data_dir;
+    let h = Harness::start_with(config).await;
+    let second = send(&h, "across-restarts").await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    assert_eq!(second.text().await.unwrap(), first_body);
+    let again = send(&h, "streamed-once").await.unwrap();
+    assert_eq!(again.status(), 409, "a finished stream is not run again");
+    assert_eq!(upstream.calls(), 2, "no retry reached the upstream");
+    assert_eq!(
+        account(&client, &h).await["balance_nanos"],
+        balance,
+        "no second charge"
+    );
+    // A new key still runs.
+    assert_eq!(send(&h, "fresh").await.unwrap().status(), 200);
+    assert_eq!(upstream.calls(), 3);
+    verify_clean(&h).await;
+}
+
+#[tokio::test]
 async fn cancel_finishes_the_stream_and_bills_what_was_generated() {
     let upstream = FakeUpstream::start().await.unwrap();
     let h = Harness::start(Some(&upstream_config(&upstream, ""))).await;

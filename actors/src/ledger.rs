@@ -208,6 +208,13 @@ impl LedgerHandle {
     }
 
     /// Waits until everything sent before is durable.
+    /// Flushes the whole store after everything submitted so far: makes
+    /// durable what was written to sled beside the writer (idempotent
+    /// outcomes). Shares the flush of whatever batch it lands in.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.append(vec![WriteOp::Sync]).await.map(|_| ())
+    }
+
     pub async fn barrier(&self) -> Result<(), StorageError> {
         self.append(Vec::new()).await.map(|_| ())
     }

@@ -85,7 +85,16 @@ async fn serve<'a>(
     }
     check_request(state, caller.as_ref(), &request)?;
     let ticket = match idempotency_key(headers)? {
-        Some(key) => match state.idempotency().claim(account_of(&caller), key) {
+        Some(key) => match state
+            .idempotency()
+            .claim(account_of(&caller), key)
+            .map_err(|error| {
+                tracing::error!(%error, "idempotency lookup failed");
+                ApiError::Unavailable {
+                    message: "tokun cannot check the Idempotency-Key right now; retry shortly."
+                        .into(),
+                }
+            })? {
             Claim::Proceed(ticket) => Some(ticket),
             Claim::InFlight => {
                 return Err(ApiError::Conflict {
@@ -131,7 +140,7 @@ async fn serve<'a>(
                 let response = json_response(&completion, &settlement, labels.provider.as_deref());
                 // Overhead includes the settlement's durable flush, which ends every response.
                 record_overhead(started, upstream, false);
-                return Ok(remember(ticket, response).await);
+                return Ok(remember(state, ticket, response).await);
             }
             Some(first) if streaming => {
                 if let Some(ticket) = ticket {
@@ -209,7 +218,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(Some(key))
 }
 
-async fn remember(ticket: Option<IdempotencyTicket>, response: Response) -> Response {
+/// Stores a non-streaming response under its idempotency key and makes it
+/// durable (one ledger flush) before the client sees it, so a retry after a
+/// crash or restart replays it instead of charging again.
+async fn remember(
+    state: &AppState,
+    ticket: Option<IdempotencyTicket>,
+    response: Response,
+) -> Response {
     let Some(ticket) = ticket else {
         return response;
     };
@@ -228,6 +244,9 @@ async fn remember(ticket: Option<IdempotencyTicket>, response: Response) -> Resp
         body: bytes.clone(),
         headers,
     }));
+    if let Err(error) = state.services().ledger.sync().await {
+        tracing::error!(%error, "could not flush an idempotent outcome");
+    }
     Response::from_parts(parts, Body::from(bytes))
 }
 

@@ -13,17 +13,20 @@
 //! `holds` (open holds only), `usage` (account ++ time ++ unique → request
 //! metadata), `meta` (last committed seq) and `ids` (reserved id ranges);
 //! for Stripe, `payments`, `account_payments`, `payment_intents` and
-//! `stripe_events` (see `payments`).
+//! `stripe_events` (see `payments`); `idempotency` (account ++ the client's
+//! `Idempotency-Key` → what the request answered; see `idempotency`).
 //!
-//! **Invariant:** every write except id reservation goes through the
-//! writer thread, one atomic transaction and one flush per batch; an ack
-//! fires only after its batch is on disk.
+//! **Invariant:** every write except id reservation and idempotent outcomes
+//! (neither is money) goes through the writer thread, one atomic transaction
+//! and one flush per batch; an ack fires only after its batch is on disk. A
+//! `WriteOp::Sync` makes those side writes durable with the writer's flush.
 //!
 //! **Invariant:** the ledger is append-only: seqs 1, 2, 3, … with no gaps,
 //! never updated or deleted.
 
 mod codec;
 mod error;
+mod idempotency;
 mod ids;
 mod ids_alloc;
 pub mod ledger;
@@ -39,6 +42,7 @@ mod verify;
 mod writer;
 
 pub use error::StorageError;
+pub use idempotency::{IdempotentOutcome, StoredReply};
 pub use ids::{AccountId, HoldId, IdError, KeyId};
 pub use ledger::{Book, Books, EntryKind, LedgerEntry, LedgerError, apply, apply_within_floor};
 pub use money::{MoneyError, NANOS_PER_USD, Nanos};

@@ -41,6 +41,10 @@ pub enum WriteOp {
     /// Mark a Stripe event id (or refund key) processed. Marking one twice
     /// is refused, so a submission carrying a mark is written at most once.
     MarkProcessed { key: String, at_ms: u64 },
+    /// Write nothing, but flush even if the batch is otherwise empty: makes
+    /// durable what was written to sled outside the writer (the
+    /// `idempotency` tree) before this op was submitted.
+    Sync,
 }
 
 /// A ledger entry before the writer gives it a seq. `balance_after` and

@@ -71,6 +71,9 @@ pub(crate) struct Trees {
     pub(crate) payment_intents: Tree,
     /// Processed Stripe event id or refund key → when (BE u64 ms).
     pub(crate) stripe_events: Tree,
+    /// account ++ `Idempotency-Key` → `IdempotentOutcome` (not ledger data;
+    /// written outside the writer's batches).
+    pub(crate) idempotency: Tree,
 }
 
 impl Default for StoreOptions {
@@ -125,6 +128,7 @@ impl Store {
             account_payments: open("account_payments")?,
             payment_intents: open("payment_intents")?,
             stripe_events: open("stripe_events")?,
+            idempotency: open("idempotency")?,
         };
         let ids = IdAllocator::open(db.clone(), open("ids")?)?;
         Ok(Store {

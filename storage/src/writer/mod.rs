@@ -266,10 +266,29 @@ impl WriterThread {
             }
             return;
         }
+        let sync = batch
+            .iter()
+            .any(|s| s.ops.iter().any(|op| matches!(op, WriteOp::Sync)));
         let (changes, accepted, ops) = self.stage_batch(batch);
         if changes.is_empty() {
             // Nothing to write (say, only checkpoints of closed holds): all
-            // earlier batches are already flushed, so this is durable too.
+            // earlier batches are already flushed, so this is durable too —
+            // unless a `Sync` asks to flush what was written beside the writer.
+            if sync {
+                let flushed = self.inject(Fault::Flush).and_then(|()| {
+                    let flushed = self.store.db.flush();
+                    flushed
+                        .map(drop)
+                        .map_err(StorageError::sled("flush the store"))
+                });
+                if let Err(err) = flushed {
+                    tracing::error!(error = %err, "sync flush failed");
+                    for (ack, _) in accepted {
+                        ack.fire(Err(err.clone()));
+                    }
+                    return;
+                }
+            }
             return self.acknowledge(accepted, None);
         }
         match self.commit(&changes) {

@@ -68,6 +68,8 @@ pub(super) fn stage(
             WriteOp::PutUsage(usage) => stage.put_usage(usage)?,
             WriteOp::PutPayment(payment) => stage.put_payment(op_index, payment)?,
             WriteOp::MarkProcessed { key, at_ms } => stage.mark_processed(op_index, key, *at_ms)?,
+            // Only asks for a flush; see `write_batch`.
+            WriteOp::Sync => {}
         }
     }
     stage.check_credits(ops)?;

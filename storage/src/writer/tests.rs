@@ -130,6 +130,25 @@ fn a_failed_flush_errs_every_ack_of_the_batch() {
 }
 
 #[test]
+fn only_a_sync_flushes_an_otherwise_empty_batch() {
+    let faults = Arc::new(Faults::default());
+    let (_store, handle, join) = writer(&faults);
+    faults.fail_flush.store(true, Ordering::SeqCst);
+    // An empty barrier has nothing to flush: earlier batches already were.
+    handle.submit_wait(vec![]).unwrap();
+    // A sync flushes (here: fails to), and says so; the writer stays usable.
+    let err = handle.submit_wait(vec![WriteOp::Sync]).unwrap_err();
+    assert!(err.to_string().contains("injected Flush failure"), "{err}");
+    faults.fail_flush.store(false, Ordering::SeqCst);
+    handle.submit_wait(vec![WriteOp::Sync]).unwrap();
+    handle
+        .submit_wait(vec![WriteOp::PutAccount(account(1))])
+        .unwrap();
+    drop(handle);
+    join.join().unwrap();
+}
+
+#[test]
 fn a_refused_submission_does_not_disturb_its_batch() {
     let faults = Arc::new(Faults::default());
     let (store, handle, join) = writer(&faults);
