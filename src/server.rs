@@ -55,6 +55,7 @@ fn operator_app(state: AppState) -> Router {
 struct OperatorListener {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl OperatorListener {
@@ -67,7 +68,7 @@ impl OperatorListener {
             .enable_all()
             .build()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("tokun-admin".into())
             .spawn(move || {
                 runtime.block_on(async move {
@@ -91,7 +92,20 @@ impl OperatorListener {
         Ok(Self {
             addr,
             stop: Some(stop),
+            thread: Some(thread),
         })
+    }
+
+    /// Stops serving and waits (bounded) for the thread, which holds the
+    /// state and with it the store.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), joined).await;
+        }
     }
 }
 
@@ -162,6 +176,10 @@ async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// How long shutdown waits, after the streams ended, for WebSockets to send
+/// their last `done` and close frame.
+const SOCKETS_CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Forgets idempotent outcomes older than their window, at start and hourly
 /// (a scan of the tree, on a blocking thread).
 async fn purge_idempotency(state: AppState) {
@@ -202,6 +220,8 @@ pub struct RunningServer {
     operator: Option<OperatorListener>,
     /// Forgets idempotent outcomes past their 24 h, hourly; aborted at shutdown.
     purge: JoinHandle<()>,
+    /// Tells open WebSockets to finish and close with 1001.
+    going_away: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl RunningServer {
@@ -239,6 +259,7 @@ impl RunningServer {
             })
         });
         let purge = tokio::spawn(purge_idempotency(state.clone()));
+        let going_away = state.going_away_signal();
         let operator = admin_listen
             .map(|addr| OperatorListener::start(addr, state.clone()))
             .transpose()?;
@@ -261,6 +282,7 @@ impl RunningServer {
             grace,
             operator,
             purge,
+            going_away,
         })
     }
 
@@ -291,8 +313,16 @@ impl RunningServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        drop(self.operator.take());
+        // WebSockets are not the listener's: they are told separately, and
+        // close (1001) once their completions have sent `done`.
+        self.going_away.send_replace(true);
         self.streams.shutdown(self.grace).await;
+        let sockets_closed = async {
+            while self.going_away.receiver_count() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(SOCKETS_CLOSE_WITHIN, sockets_closed).await;
         match tokio::time::timeout(self.grace, &mut self.task).await {
             Ok(joined) => joined??,
             Err(_) => self.task.abort(),
@@ -302,7 +332,14 @@ impl RunningServer {
         if let Some(upkeep) = self.upkeep.take() {
             upkeep.abort();
         }
+        // The operator endpoints stay up through the drain, for whoever watches it.
+        if let Some(operator) = self.operator.take() {
+            operator.stop().await;
+        }
+        // Awaited, not just aborted: the task holds the state, and with it
+        // the store, which must be closed when this returns.
         self.purge.abort();
+        let _ = (&mut self.purge).await;
         Ok(())
     }
 }

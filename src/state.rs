@@ -38,6 +38,9 @@ struct Inner {
     limiters: HashMap<String, ProviderHandle>,
     /// The Stripe client when `[stripe]` is configured (top-ups and webhooks).
     stripe: Option<crate::stripe::Stripe>,
+    /// Set once at shutdown; every open `/v1/ws` socket watches it, so its
+    /// receiver count is the number of sockets still open.
+    going_away: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A configured model with its routes resolved to adapters.
@@ -93,6 +96,7 @@ impl AppState {
                 .ok()
         });
         let idempotency = Idempotency::new(services.store.clone());
+        let going_away = Arc::new(tokio::sync::watch::Sender::new(false));
         let inner = Inner {
             stripe,
             config,
@@ -102,6 +106,7 @@ impl AppState {
             keys: KeyCache::default(),
             inflight: InFlight::default(),
             idempotency,
+            going_away,
             tickets,
             metrics,
             limiters,
@@ -133,6 +138,16 @@ impl AppState {
 
     pub fn inflight(&self) -> &InFlight {
         &self.inner.inflight
+    }
+
+    /// Watched by each `/v1/ws` socket: true once the server shuts down.
+    pub fn going_away(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.going_away.subscribe()
+    }
+
+    /// Tells every socket the server is shutting down; see [`Self::going_away`].
+    pub fn going_away_signal(&self) -> Arc<tokio::sync::watch::Sender<bool>> {
+        self.inner.going_away.clone()
     }
 
     pub fn idempotency(&self) -> &Idempotency {

@@ -2,7 +2,7 @@
 //! tokio-tungstenite clients (and a hand-rolled one where a test needs a
 //! client that never answers pings or never reads): multiplexing, cancel,
 //! abrupt closes, tickets and subprotocol auth, limits, keep-alive,
-//! backpressure, and metering equal to SSE.
+//! backpressure, metering equal to SSE, and the 1001 close at shutdown.
 
 #![allow(
     clippy::unwrap_used,
@@ -394,4 +394,34 @@ async fn tickets_subprotocols_and_bad_credentials() {
     assert_eq!(u16::from(closed(&mut anonymous).await.code), 4401);
     let plain = h.client.get(h.url("/v1/ws")).send().await.unwrap();
     assert_eq!(plain.status(), 400, "not an upgrade");
+}
+
+#[tokio::test]
+async fn shutdown_lets_completions_finish_then_closes_with_1001() {
+    let upstream = FakeUpstream::start().await.unwrap();
+    let h = Harness::start(Some(&upstream_config(&upstream, ""))).await;
+    upstream.push(slow(60, 10));
+    let mut ws = connect(&h).await;
+    send(&mut ws, &create("long", &chat("fake-model", true))).await;
+    let first = next(&mut ws).await;
+    assert_eq!(first["type"], "chunk");
+    let Harness { server, .. } = h;
+    let shutdown = tokio::spawn(server.shutdown());
+    let rest = until_ended(&mut ws, 1).await;
+    let mut messages = vec![first];
+    messages.extend(rest["long"].iter().cloned());
+    assert_eq!(messages.last().unwrap()["type"], "done");
+    assert_eq!(
+        messages.last().unwrap()["usage"]["completion_tokens"],
+        60,
+        "the completion ran to its end within the grace period"
+    );
+    let frame = closed(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+    assert_eq!(frame.reason.as_str(), "tokun is shutting down");
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown ends")
+        .unwrap()
+        .unwrap();
 }

@@ -25,7 +25,7 @@ use tokun_providers::ChatRequest;
 use super::OpenSocket;
 use super::limits::RateBucket;
 use super::protocol::{ClientMessage, Refused, ServerMessage, parse, peek_id};
-use super::writer::{Ending, Outbox, close, ping_timeout, read_failed};
+use super::writer::{Ending, Outbox, close, close_frame, ping_timeout, read_failed};
 use crate::api::completion::{Launched, check_request, launch};
 use crate::auth::Caller;
 use crate::config::WebSocketConfig;
@@ -53,8 +53,14 @@ pub(super) async fn run(socket: WebSocket, state: AppState, caller: Option<Calle
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ping_sent: Option<Instant> = None;
     let mut write_started: Option<Instant> = None;
+    let mut going_away = session.state.going_away();
+    let mut draining = *going_away.borrow();
     let ending = loop {
         let writing = session.out.pending();
+        if draining && !writing && session.running.is_empty() && session.launches.is_empty() {
+            // Every completion ended with its `done`: say goodbye properly.
+            break Ending::Close(close_frame(1001, "tokun is shutting down"));
+        }
         if !writing {
             write_started = None;
         } else if write_started.is_none() {
@@ -102,6 +108,9 @@ pub(super) async fn run(socket: WebSocket, state: AppState, caller: Option<Calle
                     }
                 }
             }
+            // Shutdown: streams finish (or are stopped and settled) by the
+            // stream supervisor; new completions are refused by `launch`.
+            _ = going_away.changed(), if !draining => draining = true,
             _ = ping.tick() => {
                 if ping_sent.is_none() {
                     session.out.push(Message::Ping(Default::default()));
