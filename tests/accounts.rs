@@ -12,7 +12,9 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Harness, account, admin_post, chat, client_with_key, new_account, verify_clean};
+use support::{
+    Harness, account, admin_get, admin_post, chat, client_with_key, new_account, verify_clean,
+};
 
 #[tokio::test]
 async fn keys_are_created_listed_revoked_and_revoked_keys_never_work() {
@@ -242,16 +244,7 @@ async fn admin_credits_debits_disables_and_guards_its_token() {
     assert_eq!(no_token.status(), 401);
     let with_api_key = client.get(h.url("/admin/accounts")).send().await.unwrap();
     assert_eq!(with_api_key.status(), 401);
-    let found: Value = h
-        .anonymous
-        .get(h.url("/admin/accounts?search=ops-test"))
-        .bearer_auth(&h.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found = admin_get(&h, "/admin/accounts?search=ops-test").await;
     assert_eq!(found["data"].as_array().unwrap().len(), 1);
     assert_eq!(
         admin_post(&h, &format!("/admin/accounts/{id}/disable"), json!({}))

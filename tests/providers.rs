@@ -18,7 +18,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::{Harness, chat};
+use support::{Harness, admin_get, chat};
 use tokun_testkit::{FakeAnthropic, FakeGemini, FakeUpstream, Script};
 
 fn two_routes(a: &FakeUpstream, b: &FakeUpstream, extra: &str) -> String {
@@ -51,6 +51,18 @@ routes = [{{ provider = "a" }}]
         a = a.base_url(),
         b = b.base_url()
     )
+}
+
+/// One provider's entry in `GET /admin/providers`.
+async fn provider_view(h: &Harness, name: &str) -> Value {
+    let providers = admin_get(h, "/admin/providers").await;
+    providers["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()
+        .clone()
 }
 
 async fn fakes() -> (FakeUpstream, FakeUpstream) {
@@ -190,23 +202,7 @@ async fn an_exhausted_x_ratelimit_window_moves_traffic_before_the_upstream_says_
     assert!((25..=30).contains(&retry_after), "{retry_after}");
     assert_eq!(a.calls(), 1, "no call reached the exhausted upstream");
 
-    let providers: Value = h
-        .anonymous
-        .get(h.url("/admin/providers"))
-        .bearer_auth(&h.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let a_view = providers["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "a")
-        .unwrap()
-        .clone();
+    let a_view = provider_view(&h, "a").await;
     assert_eq!(a_view["headroom"]["requests"], 0);
     assert!(a_view["headroom"]["paused_ms"].as_u64().unwrap() > 25_000);
 }
@@ -236,23 +232,7 @@ async fn the_breaker_opens_after_failures_and_refuses_without_calling_upstream()
         .await;
     assert_eq!(duo.status(), 200);
     assert_eq!(duo.headers()["x-tokun-route"], "b");
-    let providers: Value = h
-        .anonymous
-        .get(h.url("/admin/providers"))
-        .bearer_auth(&h.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let a_view = providers["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "a")
-        .unwrap()
-        .clone();
+    let a_view = provider_view(&h, "a").await;
     assert_eq!(a_view["circuit"], "open");
 }
 

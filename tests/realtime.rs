@@ -120,17 +120,7 @@ async fn realtime_usage(h: &Harness) -> Vec<Value> {
 }
 
 async fn verify_clean(h: &Harness) {
-    let report: Value = h
-        .anonymous
-        .get(h.url("/admin/ledger/verify"))
-        .bearer_auth(&h.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(report["clean"], true, "{report}");
+    support::verify_clean(h).await;
     assert!(h.server.services().store.open_holds().unwrap().is_empty());
 }
 

@@ -219,15 +219,21 @@ pub async fn account(client: &reqwest::Client, h: &Harness) -> Value {
         .unwrap()
 }
 
-pub async fn verify_clean(h: &Harness) -> Value {
-    let response = h
-        .anonymous
-        .get(h.url("/admin/ledger/verify"))
+/// `GET path` with the admin token; the JSON body.
+pub async fn admin_get(h: &Harness, path: &str) -> Value {
+    h.anonymous
+        .get(h.url(path))
         .bearer_auth(&h.admin_token)
         .send()
         .await
-        .unwrap();
-    let report: Value = response.json().await.unwrap();
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub async fn verify_clean(h: &Harness) -> Value {
+    let report = admin_get(h, "/admin/ledger/verify").await;
     assert_eq!(report["clean"], true, "{report}");
     report
 }

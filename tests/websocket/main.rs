@@ -144,17 +144,7 @@ async fn wait_until(mut condition: impl FnMut() -> bool) {
 }
 
 async fn verify_clean(h: &Harness) {
-    let report: Value = h
-        .anonymous
-        .get(h.url("/admin/ledger/verify"))
-        .bearer_auth(&h.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(report["clean"], true, "{report}");
+    support::verify_clean(h).await;
     assert!(
         h.server.services().store.open_holds().unwrap().is_empty(),
         "every hold closed"
