@@ -15,8 +15,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, timeout};
 use tokun_providers::types::{ChunkChoice, Delta};
 use tokun_providers::{
-    ChatCompletion, ChatCompletionChunk, ChatRequest, ChunkStream, ProviderError, RateLimits,
-    TimeoutPhase, Usage, tokens,
+    ChatCompletionChunk, ChatRequest, ChunkStream, ProviderError, RateLimits, TimeoutPhase, Usage,
+    tokens,
 };
 
 use crate::meter::{Meter, MeterRecord};
@@ -24,6 +24,7 @@ use crate::metric;
 use crate::provider::{Outcome, Permit};
 
 mod attempts;
+mod unary;
 
 use self::attempts::{Attempts, acquire, finish_permit, outcome_of};
 use crate::relay::{RelayEvent, RequestError, Route, StreamFailure, UsageSource};
@@ -438,85 +439,6 @@ impl StreamState {
             ],
             1,
         );
-    }
-
-    /// Non-streaming: one upstream call per route until one answers.
-    async fn complete_unary(&mut self) {
-        let routes = self.args.routes.clone();
-        let mut plan = Attempts::new(routes.len());
-        let mut last_error = None;
-        while let Some(index) = plan.next() {
-            let route = &routes[index];
-            let mut request = self.args.request.clone();
-            request.model = route.upstream_model.to_string();
-            let attempt_started = Instant::now();
-            let tokens = self.tpm_tokens();
-            let attempt = async {
-                let permit = acquire(route, tokens).await?;
-                let answer = timeout(route.timeouts.total, route.adapter.complete(&request)).await;
-                let answer = answer.unwrap_or(Err(ProviderError::Timeout {
-                    phase: TimeoutPhase::Total,
-                }));
-                Ok::<_, ProviderError>((permit, answer))
-            };
-            let outcome = tokio::select! {
-                outcome = attempt => outcome,
-                () = self.args.out.closed() => {
-                    // The upstream call is dropped; bill the prompt it already read.
-                    let _ = self.settle("interrupted", Some("client_gone")).await;
-                    return;
-                }
-            };
-            let error = match outcome {
-                Ok((permit, Ok(reply))) => {
-                    learn(route, reply.limits);
-                    let completion = reply.body;
-                    if let Some(permit) = permit {
-                        permit.finish(Outcome::Success);
-                    }
-                    self.route = Some(route.clone());
-                    let routed = RelayEvent::Routed {
-                        provider: route.provider.clone(),
-                        upstream: attempt_started.elapsed(),
-                    };
-                    let _ = self.send(routed).await;
-                    return self.deliver(completion).await;
-                }
-                Ok((permit, Err(error))) => {
-                    finish_permit(permit, &error);
-                    error
-                }
-                Err(refused) => refused,
-            };
-            plan.failed(route, &error);
-            last_error = Some(error);
-        }
-        let error = last_error.unwrap_or(ProviderError::Request {
-            detail: "the model has no routes".into(),
-        });
-        self.reject(RequestError::Upstream(error)).await;
-    }
-
-    async fn deliver(&mut self, mut completion: ChatCompletion) {
-        self.upstream_usage = completion.usage;
-        if self.upstream_usage.is_none() {
-            for choice in &completion.choices {
-                if let Some(text) = choice.message.get("content").and_then(|c| c.as_str()) {
-                    self.relayed_text.push_str(text);
-                }
-            }
-        }
-        completion.id.clone_from(&self.chunk_id);
-        completion.model = self.args.model.to_string();
-        match self.settle("completed", None).await {
-            Ok(settlement) => {
-                completion.usage = Some(settlement.usage);
-                let _ = self
-                    .send(RelayEvent::Completion(Box::new(completion), settlement))
-                    .await;
-            }
-            Err(error) => self.reject(error).await,
-        }
     }
 
     async fn reject(&mut self, error: RequestError) {

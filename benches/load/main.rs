@@ -1,0 +1,286 @@
+//! End-to-end load benchmark: tokun in front of a mock OpenAI-compatible
+//! upstream, driven by an HTTP/1.1 load generator, all on 127.0.0.1.
+//!
+//! Run it with `cargo bench --bench load` (`-- --help` lists the flags);
+//! `benches/README.md` has the commands and the numbers. Every scenario is
+//! measured three ways in the same run: `direct` (the load generator calling
+//! the mock itself: the floor), tokun with billing OFF (no key, `[billing]
+//! enabled = false`) and tokun with billing ON (the demo account's key, a
+//! hold before and a durable settlement after every request).
+//!
+//! - `single`: one connection, one request at a time: non-streaming latency
+//!   and streaming time to first token (TTFT).
+//! - `a`: non-streaming, `--concurrency-a` (50) connections: req/s, p50/p99.
+//! - `b`: streaming `--chunks` (64) content chunks, `--concurrency-b` (50)
+//!   connections: streams/s, TTFT, SSE events/s.
+//! - `c`: slow streams, every event `--token-delay-ms` (20) apart,
+//!   `--concurrency-c` (500) connections: TTFT p99, errors, tokun's RSS peak.
+//!
+//! Threads and processes. The mock upstream and the load generator share one
+//! tokio runtime with `--client-threads` (1) worker, like the peers' rig where
+//! they shared one core. tokun runs either
+//! - in this process (`--gateway inproc`, the default for `single`, `a`, `b`)
+//!   on its own tokio runtime with `--gateway-threads` (1) worker — "one
+//!   core" for its async work; the ledger writer is tokun's own extra thread,
+//!   and nothing is pinned, so the OS may spread threads over both cores; or
+//! - as a child process `tokun serve --config …` (`--gateway child`, the
+//!   default for `c` through `--c-gateway`), whose RSS is tokun's alone
+//!   (`/proc/<pid>/status`); with `--pin` the child runs under `taskset` on
+//!   one core (its runtime then has one worker) and this process on the other.
+//!
+//! Timing. Each run has `--warmup` seconds not measured, then `--duration`
+//! measured seconds; no request starts after that, and requests still in
+//! flight finish (bounded) so their errors count. Rates count requests that
+//! completed inside the window; percentiles cover requests that started in
+//! it. TTFT is the time from sending the request to the first body bytes (the
+//! first SSE event). A streamed response that does not end with
+//! `data: [DONE]`, any status other than 200, and any connection error count
+//! as errors.
+//!
+//! This is a benchmark program, not a test: it reports on stdout.
+
+#![expect(clippy::print_stdout, reason = "a benchmark program reports on stdout")]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use futures_util::stream;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use memchr::memmem;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokun::config::Config;
+use tokun::server::RunningServer;
+
+mod gateway;
+mod generator;
+mod machine;
+mod mock;
+mod report;
+
+use gateway::*;
+use generator::*;
+use machine::*;
+use mock::*;
+use report::*;
+
+/// Extra time a run may take after its window for in-flight requests to end.
+pub(crate) const DRAIN: Duration = Duration::from_secs(20);
+/// How often RSS is sampled during a run.
+pub(crate) const RSS_EVERY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Parser)]
+#[command(about = "tokun end-to-end load benchmark (127.0.0.1 only)")]
+pub(crate) struct Args {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub(crate) bench: bool,
+    /// Scenarios to run, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "single,a,b,c"
+    )]
+    pub(crate) scenarios: Vec<Scenario>,
+    /// Billing modes to measure tokun with.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off,on")]
+    pub(crate) billing: Vec<Billing>,
+    /// Measured seconds per run (each scenario has a direct, OFF and ON run).
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) duration: f64,
+    /// Unmeasured seconds before each run's window.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) warmup: f64,
+    /// Measured seconds for the one-request-at-a-time runs.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) single_duration: f64,
+    #[arg(long, default_value_t = 50)]
+    pub(crate) concurrency_a: usize,
+    #[arg(long, default_value_t = 50)]
+    pub(crate) concurrency_b: usize,
+    #[arg(long, default_value_t = 500)]
+    pub(crate) concurrency_c: usize,
+    /// Content chunks per stream in `single` and `b`.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) chunks: usize,
+    /// Content chunks per slow stream in `c`.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) c_chunks: usize,
+    /// Pause before every event of a slow stream in `c`.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) token_delay_ms: u64,
+    /// Measured seconds for `c`; its warm-up is one slow stream's length,
+    /// over which the connections' first requests are spread.
+    #[arg(long, default_value_t = 6.0)]
+    pub(crate) c_duration: f64,
+    /// Where tokun runs for `single`, `a` and `b`.
+    #[arg(long, value_enum, default_value = "inproc")]
+    pub(crate) gateway: Mode,
+    /// Where tokun runs for `c` (a fresh gateway per billing mode).
+    #[arg(long, value_enum, default_value = "child")]
+    pub(crate) c_gateway: Mode,
+    /// Child gateways run on core 1 (`taskset -c 1`), this process on core 0.
+    /// Requires child gateways only.
+    #[arg(long)]
+    pub(crate) pin: bool,
+    /// Worker threads of the in-process gateway's runtime.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) gateway_threads: usize,
+    /// Worker threads of the runtime shared by the mock and the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) client_threads: usize,
+    /// The tokun binary for child gateways (default: the one cargo built).
+    #[arg(long)]
+    pub(crate) tokun_bin: Option<PathBuf>,
+    /// Parent folder of the gateways' data dirs (default: the system temp dir).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// `off` sets `[metrics] enabled = false`: no recorder, `/metrics` is 404.
+    /// The recorder is process-wide, so compare on and off with `--gateway child`.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub(crate) metrics: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Scenario {
+    Single,
+    A,
+    B,
+    C,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Billing {
+    Off,
+    On,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    Inproc,
+    Child,
+}
+
+pub(crate) fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.pin {
+        if args.gateway != Mode::Child || args.c_gateway != Mode::Child {
+            bail!("--pin needs --gateway child (and --c-gateway child)");
+        }
+        pin(std::process::id(), 0)?;
+    }
+    print_machine(&args);
+
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+    let gateway_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.gateway_threads.max(1))
+        .thread_name("tokun-gw")
+        .enable_all()
+        .build()?;
+    let mock = Arc::new(Mock::new(
+        args.chunks,
+        args.c_chunks,
+        Duration::from_millis(args.token_delay_ms),
+    ));
+    let mock_addr = client.block_on(start_mock(mock))?;
+    let env = Env {
+        args: &args,
+        client: &client,
+        gateway_rt: &gateway_rt,
+        mock: mock_addr,
+    };
+
+    let mut results = Vec::new();
+    let shared_needed = args.scenarios.iter().any(|s| *s != Scenario::C);
+    let mut shared = Vec::new();
+    if shared_needed {
+        for billing in &args.billing {
+            shared.push(Gateway::start(&env, args.gateway, *billing)?);
+        }
+    }
+    for scenario in &args.scenarios {
+        match scenario {
+            Scenario::Single => {
+                let json = Spec::json("single non-streaming", 1, args.single_duration, args.warmup);
+                results.push(run_scenario(&env, &json, &shared)?);
+                let sse = Spec::stream("single streaming", 1, args.single_duration, args.warmup);
+                results.push(run_scenario(&env, &sse, &shared)?);
+            }
+            Scenario::A => {
+                let spec = Spec::json(
+                    "A non-streaming",
+                    args.concurrency_a,
+                    args.duration,
+                    args.warmup,
+                );
+                results.push(run_scenario(&env, &spec, &shared)?);
+            }
+            Scenario::B => {
+                let spec = Spec::stream(
+                    "B streaming",
+                    args.concurrency_b,
+                    args.duration,
+                    args.warmup,
+                );
+                results.push(run_scenario(&env, &spec, &shared)?);
+            }
+            Scenario::C => {}
+        }
+    }
+    for gateway in shared {
+        gateway.stop(&env);
+    }
+    if args.scenarios.contains(&Scenario::C) {
+        let stream_secs = (args.c_chunks + 2) as f64 * args.token_delay_ms as f64 / 1e3;
+        let spec = Spec {
+            slow: true,
+            stagger: stream_secs,
+            ..Spec::stream(
+                "C slow streams",
+                args.concurrency_c,
+                args.c_duration,
+                stream_secs.max(args.warmup),
+            )
+        };
+        let mut fresh = Vec::new();
+        for billing in &args.billing {
+            fresh.push(Gateway::start(&env, args.c_gateway, *billing)?);
+        }
+        results.push(run_scenario(&env, &spec, &fresh)?);
+        for gateway in fresh {
+            gateway.stop(&env);
+        }
+    }
+    print_results(&results);
+    gateway_rt.shutdown_timeout(Duration::from_secs(5));
+    client.shutdown_timeout(Duration::from_secs(5));
+    Ok(())
+}
+
+pub(crate) struct Env<'a> {
+    pub(crate) args: &'a Args,
+    pub(crate) client: &'a Runtime,
+    pub(crate) gateway_rt: &'a Runtime,
+    pub(crate) mock: SocketAddr,
+}
