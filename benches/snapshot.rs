@@ -50,6 +50,9 @@ struct Args {
     /// Seconds of baseline load.
     #[arg(long, default_value_t = 5)]
     baseline_secs: u64,
+    /// `postgres.max_rows_per_sec` for the latency run (0: unpaced).
+    #[arg(long, default_value_t = 0)]
+    max_rows_per_sec: u64,
     /// Ignored (cargo bench passes it).
     #[arg(long)]
     bench: bool,
@@ -109,9 +112,10 @@ async fn latency(args: &Args) {
     }
     let schema = TestSchema::new().await;
     let toml = format!(
-        "[postgres]\nurl = \"{}\"\nschema = \"{}\"\nsnapshot_interval_secs = 3600\n",
+        "[postgres]\nurl = \"{}\"\nschema = \"{}\"\nsnapshot_interval_secs = 3600\nmax_rows_per_sec = {}\n",
         pg_url(),
-        schema.name
+        schema.name,
+        args.max_rows_per_sec
     );
     let mut config = Config::parse(&toml, |_| None).unwrap();
     config.server.data_dir = data.clone();

@@ -17,12 +17,14 @@ pub struct PostgresConfig {
     /// Where tokun's tables live (created if missing); default `public`.
     pub schema: String,
     pub snapshot_interval: Duration,
+    /// Paces each snapshot COPY (`None`: unpaced).
+    pub max_rows_per_sec: Option<u64>,
 }
 
 impl PostgresConfig {
     /// The checked connection target.
     pub fn target(&self) -> Result<PgTarget, PgError> {
-        PgTarget::parse(self.url.expose(), &self.schema)
+        PgTarget::parse(self.url.expose(), &self.schema).map(|t| t.paced(self.max_rows_per_sec))
     }
 }
 
@@ -48,6 +50,7 @@ pub(super) fn postgres_config(
             }
             secs => secs,
         }),
+        max_rows_per_sec: raw.max_rows_per_sec.filter(|rows| *rows > 0),
     };
     match config.target() {
         Ok(_) => Ok(Some(config)),

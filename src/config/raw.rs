@@ -145,6 +145,7 @@ pub struct RawPostgres {
     pub url: String,
     pub snapshot_interval_secs: Option<u64>,
     pub schema: Option<String>,
+    pub max_rows_per_sec: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -102,12 +102,11 @@ impl Store {
     fn from_config(config: sled::Config, options: StoreOptions) -> Result<Store, StorageError> {
         // No background flusher: the writer flushes after every batch, and
         // that flush is what "durable" means.
-        let db = config
+        let config = config
             .cache_capacity(options.cache_capacity_bytes)
             .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(StorageError::sled("open the store"))?;
+            .mode(sled::Mode::HighThroughput);
+        let db = open_waiting_for_lock(&config).map_err(StorageError::sled("open the store"))?;
         let open = |name: &str| {
             db.open_tree(name)
                 .map_err(StorageError::sled("open a tree"))
@@ -371,6 +370,27 @@ pub enum IdKind {
     Hold,
 }
 
+/// sled's file lock outlives the last handle by a moment (its I/O threads
+/// let go of the files after the `Db` is dropped), so a store reopened right
+/// after it was closed — a restart, a restore then a start — may find it
+/// still locked. Retries that for up to a second; a store another process
+/// holds still fails, just a second later.
+fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
+    let mut tries = 0;
+    loop {
+        match config.open() {
+            // sled reports it as `Other` with this text (sled 0.34, config.rs).
+            Err(sled::Error::Io(err))
+                if tries < 20 && err.to_string().starts_with("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn get<T: serde::de::DeserializeOwned>(
     tree: &Tree,
     name: &'static str,
@@ -399,4 +419,53 @@ fn matches_account(account: &AccountRecord, needle: &str) -> bool {
     account.email.to_lowercase().contains(needle)
         || needle == id
         || needle == account.id.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tokun-lock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn opening_waits_for_a_lock_that_is_being_let_go() {
+        let dir = dir("released");
+        let first = Store::open(&dir).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        let started = Instant::now();
+        let second = Store::open(&dir);
+        assert!(
+            second.is_ok(),
+            "opened once the first let go: {:?}",
+            second.err()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        releaser.join().unwrap();
+        drop(second);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_held_open_is_still_refused() {
+        let dir = dir("held");
+        let first = Store::open(&dir).unwrap();
+        let started = Instant::now();
+        let err = Store::open(&dir).err().expect("refused while held");
+        assert!(err.to_string().contains("lock"), "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "retried for about a second"
+        );
+        drop(first);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -25,16 +25,20 @@ const TEXT_OID: u32 = 25;
 pub(super) struct CopyRows {
     buf: BytesMut,
     rows: u64,
+    /// Rows already handed over in earlier chunks.
+    emitted: u64,
 }
 
-/// Hands a full chunk to the COPY; false when nobody takes it any more.
-pub(super) type Emit<'a> = &'a mut dyn FnMut(Bytes) -> bool;
+/// Hands a full chunk and its row count to the COPY; false when nobody
+/// takes it any more.
+pub(super) type Emit<'a> = &'a mut dyn FnMut(Bytes, u64) -> bool;
 
 impl CopyRows {
     pub(super) fn new() -> CopyRows {
         CopyRows {
             buf: BytesMut::with_capacity(CHUNK_BYTES + 4096),
             rows: 0,
+            emitted: 0,
         }
     }
 
@@ -144,12 +148,18 @@ impl CopyRows {
 
     /// Emits the buffer once it is a chunk's worth. False: stop producing.
     pub(super) fn flush_if_full(&mut self, emit: Emit<'_>) -> bool {
-        self.buf.len() < CHUNK_BYTES || emit(self.buf.split().freeze())
+        self.buf.len() < CHUNK_BYTES || self.emit(emit)
     }
 
     /// Emits what is left.
     pub(super) fn finish(mut self, emit: Emit<'_>) -> bool {
-        self.buf.is_empty() || emit(self.buf.split().freeze())
+        self.buf.is_empty() || self.emit(emit)
+    }
+
+    fn emit(&mut self, emit: Emit<'_>) -> bool {
+        let rows = self.rows - self.emitted;
+        self.emitted = self.rows;
+        emit(self.buf.split().freeze(), rows)
     }
 }
 
@@ -168,9 +178,9 @@ pub(super) async fn copy_in<T: Send + 'static>(
             .await
             .map_err(target.fail("start a COPY"))?,
     );
-    let (chunks, received) = mpsc::channel::<Bytes>(2);
+    let (chunks, received) = mpsc::channel::<(Bytes, u64)>(2);
     let producer = blocking(move || {
-        let mut emit = |chunk: Bytes| chunks.blocking_send(chunk).is_ok();
+        let mut emit = |chunk: Bytes, rows: u64| chunks.blocking_send((chunk, rows)).is_ok();
         produce(&mut emit)
     });
     let forward = async {
@@ -180,10 +190,19 @@ pub(super) async fn copy_in<T: Send + 'static>(
         sink.send(Bytes::from_static(HEADER))
             .await
             .map_err(target.fail("send COPY data"))?;
-        while let Some(chunk) = received.recv().await {
-            sink.send(chunk)
-                .await
-                .map_err(target.fail("send COPY data"))?;
+        let mut pace = Pace::new(target.max_rows_per_sec());
+        while let Some((mut chunk, rows)) = received.recv().await {
+            // Paced, a chunk goes out in small slices (COPY data may be cut
+            // anywhere), so Postgres gets a steady trickle, not 1 MiB bursts.
+            let whole = chunk.len().max(1) as f64;
+            while !chunk.is_empty() {
+                let slice = chunk.split_to(pace.slice_bytes().min(chunk.len()));
+                let share = rows as f64 * slice.len() as f64 / whole;
+                sink.send(slice)
+                    .await
+                    .map_err(target.fail("send COPY data"))?;
+                pace.sent(share).await;
+            }
         }
         Ok::<_, PgError>(())
     };
@@ -202,9 +221,61 @@ pub(super) async fn copy_in<T: Send + 'static>(
     Ok((rows, produced))
 }
 
+/// Keeps a COPY at or under a rate: after each slice, waits until the rows
+/// sent so far are due.
+struct Pace {
+    rows_per_sec: Option<u64>,
+    started: tokio::time::Instant,
+    sent: f64,
+}
+
+/// The slice a paced COPY sends at a time.
+const PACED_SLICE_BYTES: usize = 64 * 1024;
+
+impl Pace {
+    fn new(rows_per_sec: Option<u64>) -> Pace {
+        Pace {
+            rows_per_sec,
+            started: tokio::time::Instant::now(),
+            sent: 0.0,
+        }
+    }
+
+    fn slice_bytes(&self) -> usize {
+        if self.rows_per_sec.is_some() {
+            PACED_SLICE_BYTES
+        } else {
+            usize::MAX
+        }
+    }
+
+    async fn sent(&mut self, rows: f64) {
+        let Some(rate) = self.rows_per_sec else {
+            return;
+        };
+        self.sent += rows;
+        let due = std::time::Duration::from_secs_f64(self.sent / rate as f64);
+        tokio::time::sleep_until(self.started + due).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_spreads_chunks_over_time() {
+        let mut pace = Pace::new(Some(1_000));
+        let started = tokio::time::Instant::now();
+        assert_eq!(pace.slice_bytes(), PACED_SLICE_BYTES);
+        pace.sent(500.0).await;
+        pace.sent(1_500.0).await;
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(2));
+        let mut unpaced = Pace::new(None);
+        assert_eq!(unpaced.slice_bytes(), usize::MAX);
+        unpaced.sent(1_000_000.0).await;
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(2));
+    }
 
     #[test]
     fn encodes_rows_as_postgres_expects() {

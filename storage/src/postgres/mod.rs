@@ -47,6 +47,8 @@ pub struct PgTarget {
     shown: String,
     /// Kept only to scrub it out of error messages.
     password: Option<String>,
+    /// At most this many rows a second per COPY (`None`: as fast as it goes).
+    max_rows_per_sec: Option<u64>,
 }
 
 /// An open connection with the schema migrated and selected. The driver
@@ -132,7 +134,21 @@ impl PgTarget {
             schema: schema.to_owned(),
             shown,
             password,
+            max_rows_per_sec: None,
         })
+    }
+
+    /// Paces every COPY to at most `rows` rows a second, so a large snapshot
+    /// (a catch-up after Postgres was away) takes a bounded share of the CPU
+    /// it shares with request handling, and of Postgres.
+    #[must_use]
+    pub fn paced(mut self, rows: Option<u64>) -> PgTarget {
+        self.max_rows_per_sec = rows.filter(|r| *r > 0);
+        self
+    }
+
+    pub fn max_rows_per_sec(&self) -> Option<u64> {
+        self.max_rows_per_sec
     }
 
     pub fn schema(&self) -> &str {
