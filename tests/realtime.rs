@@ -1,7 +1,7 @@
 //! The OpenAI Realtime relay (`GET /v1/realtime`) through a real listener, in
 //! front of a fake Realtime upstream: events relayed byte for byte both ways,
 //! a hold per response settled from `response.done` usage, and what happens
-//! when either side goes away mid-response.
+//! when either side goes away mid-response, or tokun shuts down.
 
 #![allow(
     clippy::unwrap_used,
@@ -362,4 +362,49 @@ async fn the_key_protocol_is_never_echoed() {
     let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "realtime");
     assert_eq!(kind(&text(&mut ws).await), "session.created");
+}
+
+#[tokio::test]
+async fn shutdown_settles_an_open_response_and_closes_with_1001() {
+    let fake = FakeRealtime::start().await.unwrap();
+    let h = Harness::start(Some(&config(&fake))).await;
+    fake.push(RealtimeScript {
+        hold_open: true,
+        ..RealtimeScript::default()
+    });
+    let mut ws = open(&h, "model=rt-model", &h.api_key).await;
+    text(&mut ws).await;
+    send(&mut ws, CREATE).await;
+    let mut deltas = 0;
+    while deltas < 3 {
+        deltas += usize::from(kind(&text(&mut ws).await) == "response.text.delta");
+    }
+    let store = h.server.services().store.clone();
+    let Harness { server, .. } = h;
+    let shutdown = tokio::spawn(server.shutdown());
+    let frame = loop {
+        if let Err(frame) = next(&mut ws).await {
+            break frame;
+        }
+    };
+    assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+    assert_eq!(frame.reason.as_str(), "tokun is shutting down");
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown ends")
+        .unwrap()
+        .unwrap();
+    assert!(fake.closed() > 0, "the upstream socket is closed too");
+    // The open response was settled (estimated, by what was streamed) before the close.
+    assert!(store.open_holds().unwrap().is_empty(), "no hold left open");
+    let demo = store.account_by_email("demo@tokun.local").unwrap().unwrap();
+    let usage: Vec<_> = store
+        .usage_for(demo.id, 0, u64::MAX)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let realtime: Vec<_> = usage.iter().filter(|u| u.model == "rt-model").collect();
+    assert_eq!(realtime.len(), 1, "{usage:?}");
+    assert_eq!(realtime[0].completion_tokens, 3);
+    assert!(realtime[0].estimated);
+    assert_eq!(realtime[0].error_kind.as_deref(), Some("shutdown"));
 }

@@ -116,8 +116,9 @@ pub(super) async fn run(
         Err(error) => return writer::refuse(client, &error).await,
     };
     let limits = state.config().websocket.clone();
+    let going_away = state.going_away();
     let meter = RealtimeMeter::new(state, caller, target);
-    relay(client, upstream, meter, &limits).await;
+    relay(client, upstream, meter, &limits, going_away).await;
 }
 
 /// How a relay ended.
@@ -129,6 +130,9 @@ enum End {
     Upstream(Option<CloseCode>),
     /// A response the upstream started by itself could not be paid for.
     Refused(ApiError),
+    /// tokun is shutting down: a session has no end to wait for, so it ends
+    /// now, settling what is open, and the client hears 1001.
+    GoingAway,
 }
 
 async fn relay(
@@ -136,6 +140,7 @@ async fn relay(
     upstream: Upstream,
     mut meter: RealtimeMeter,
     limits: &WebSocketConfig,
+    mut going_away: tokio::sync::watch::Receiver<bool>,
 ) {
     let (mut client_sink, mut client_stream) = client.split();
     let (mut upstream_sink, mut upstream_stream) = upstream.split();
@@ -147,6 +152,9 @@ async fn relay(
     let mut ping_sent: Option<Instant> = None;
     let mut write_started: Option<Instant> = None;
     let end = loop {
+        if *going_away.borrow() {
+            break End::GoingAway;
+        }
         if !(to_client.pending() || to_upstream.pending()) {
             write_started = None;
         } else if write_started.is_none() {
@@ -207,6 +215,7 @@ async fn relay(
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break End::Upstream(None),
             },
+            _ = going_away.changed() => break End::GoingAway,
             _ = ping.tick() => {
                 if ping_sent.is_none() {
                     to_client.push(Message::Ping(Bytes::new()));
@@ -225,6 +234,7 @@ async fn relay(
     let reason = match &end {
         End::Upstream(_) => "upstream_closed",
         End::Refused(_) => "budget",
+        End::GoingAway => "shutdown",
         End::ClientClosed | End::Client(_) => "client_gone",
     };
     meter.close(reason).await;
@@ -246,6 +256,10 @@ async fn relay(
             }
         }
         End::Refused(error) => close_for(&error),
+        End::GoingAway => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, to_client.write(&mut client_sink)).await;
+            close_frame(code::GOING_AWAY, "tokun is shutting down")
+        }
     };
     close(&mut client_sink, client_stream, frame).await;
 }

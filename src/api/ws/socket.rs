@@ -25,7 +25,7 @@ use tokun_providers::ChatRequest;
 use super::OpenSocket;
 use super::limits::RateBucket;
 use super::protocol::{ClientMessage, Refused, ServerMessage, parse, peek_id};
-use super::writer::{Ending, Outbox, close, close_frame, ping_timeout, read_failed};
+use super::writer::{Ending, Outbox, close, close_frame, code, ping_timeout, read_failed};
 use crate::api::completion::{Launched, check_request, launch};
 use crate::auth::Caller;
 use crate::config::WebSocketConfig;
@@ -59,7 +59,7 @@ pub(super) async fn run(socket: WebSocket, state: AppState, caller: Option<Calle
         let writing = session.out.pending();
         if draining && !writing && session.running.is_empty() && session.launches.is_empty() {
             // Every completion ended with its `done`: say goodbye properly.
-            break Ending::Close(close_frame(1001, "tokun is shutting down"));
+            break Ending::Close(close_frame(code::GOING_AWAY, "tokun is shutting down"));
         }
         if !writing {
             write_started = None;

@@ -28,6 +28,8 @@ pub(super) mod code {
     pub const INVALID_DATA: u16 = 1007;
     pub const INTERNAL: u16 = 1011;
     pub const NORMAL: u16 = 1000;
+    /// tokun is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
 }
 
 /// Messages queued for one socket direction.
