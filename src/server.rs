@@ -33,16 +33,17 @@ pub struct RequestId(pub Arc<str>);
 
 /// The router with every route and middleware; the seam tests drive.
 pub fn app(state: AppState) -> Router {
-    api::router()
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(request_context))
-        .with_state(state)
+    served(api::router(), state)
 }
 
 /// The operator endpoints alone, for `server.admin_listen`.
 fn operator_app(state: AppState) -> Router {
-    api::operator_router()
+    served(api::operator_router(), state)
+}
+
+/// What every listener adds to its routes: OpenAI-shaped 404/405, request ids.
+fn served(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_context))

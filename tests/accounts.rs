@@ -13,7 +13,8 @@ mod support;
 
 use serde_json::{Value, json};
 use support::{
-    Harness, account, admin_get, admin_post, chat, client_with_key, new_account, verify_clean,
+    Harness, account, admin_get, admin_post, chat, client_with_key, get_json, new_account,
+    verify_clean,
 };
 
 #[tokio::test]
@@ -31,15 +32,7 @@ async fn keys_are_created_listed_revoked_and_revoked_keys_never_work() {
         .unwrap();
     let secret = created["key"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("sk-tokun-") && secret.len() >= 9 + 43);
-    let listed: Value = h
-        .client
-        .get(h.url("/v1/keys"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&h.client, &h, "/v1/keys").await;
     let entry = listed["data"]
         .as_array()
         .unwrap()
@@ -62,15 +55,7 @@ async fn keys_are_created_listed_revoked_and_revoked_keys_never_work() {
     );
     let entries = verify_clean(&h).await["entries"].clone();
     // verify waits for the ledger to flush, so the key's last-used stamp is on disk.
-    let listed: Value = h
-        .client
-        .get(h.url("/v1/keys"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&h.client, &h, "/v1/keys").await;
     let entry = listed["data"]
         .as_array()
         .unwrap()
@@ -273,25 +258,9 @@ async fn usage_is_listed_as_json_and_csv_with_filters() {
             200
         );
     }
-    let all: Value = h
-        .client
-        .get(h.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = get_json(&h.client, &h, "/v1/usage").await;
     assert_eq!(all["data"].as_array().unwrap().len(), 3);
-    let large: Value = h
-        .client
-        .get(h.url("/v1/usage?model=echo-large"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let large: Value = get_json(&h.client, &h, "/v1/usage?model=echo-large").await;
     assert_eq!(large["data"].as_array().unwrap().len(), 1);
     let csv = h
         .client
@@ -308,14 +277,6 @@ async fn usage_is_listed_as_json_and_csv_with_filters() {
     let text = csv.text().await.unwrap();
     assert_eq!(text.lines().count(), 4);
     assert!(text.starts_with("request_id,created,key,model"));
-    let future: Value = h
-        .client
-        .get(h.url("/v1/usage?from=4000000000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let future: Value = get_json(&h.client, &h, "/v1/usage?from=4000000000").await;
     assert!(future["data"].as_array().unwrap().is_empty());
 }

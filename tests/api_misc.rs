@@ -11,20 +11,12 @@
 mod support;
 
 use serde_json::Value;
-use support::Harness;
+use support::{Harness, get_json};
 
 #[tokio::test]
 async fn models_list_and_retrieve() {
     let h = Harness::start(None).await;
-    let list: Value = h
-        .client
-        .get(h.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&h.client, &h, "/v1/models").await;
     assert_eq!(list["object"], "list");
     let ids: Vec<&str> = list["data"]
         .as_array()
@@ -33,15 +25,7 @@ async fn models_list_and_retrieve() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert!(ids.contains(&"echo-mini"));
-    let model: Value = h
-        .client
-        .get(h.url("/v1/models/echo-mini"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let model: Value = get_json(&h.client, &h, "/v1/models/echo-mini").await;
     assert_eq!(model["object"], "model");
     assert_eq!(model["pricing"]["input"], "0.15");
     assert_eq!(model["pricing"]["output"], "0.60");

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::{
-    Harness, account, chat, client_with_key, new_account, upstream_config, verify_clean,
+    Harness, account, chat, client_with_key, get_json, new_account, upstream_config, verify_clean,
 };
 use tokun_testkit::{FakeUpstream, Script};
 
@@ -190,15 +190,7 @@ async fn disconnect_bills_relayed_tokens_as_estimated_and_zero_usage_bills_zero(
         "an explicit zero from upstream is a real zero"
     );
 
-    let usage: Value = h
-        .client
-        .get(h.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = get_json(&h.client, &h, "/v1/usage").await;
     let records = usage["data"].as_array().unwrap();
     let dropped = records
         .iter()

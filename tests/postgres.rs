@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use pg_support::{PgProxy, TestSchema, Totals, add_payments, build_ledger, pg_url};
 use serde_json::{Value, json};
-use support::{Harness, chat, temp_dir};
+use support::{Harness, chat, get_json, temp_dir};
 use tokun_storage::Store;
 use tokun_storage::postgres::{PgError, restore, snapshot};
 
@@ -285,15 +285,7 @@ async fn restore_into_an_empty_dir_serves_the_same_balances() {
     let revoke = format!("/admin/keys/{}/revoke", key["id"].as_str().unwrap());
     assert_eq!(admin(&revoke, json!({})).await.unwrap().status(), 200);
     let before = balances(&h).await;
-    let usage: Value = h
-        .client
-        .get(h.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = get_json(&h.client, &h, "/v1/usage").await;
     let api_key = h.api_key.clone();
     let original = h.server.services().store.clone();
     h.server.shutdown().await.unwrap();
@@ -335,14 +327,7 @@ async fn restore_into_an_empty_dir_serves_the_same_balances() {
     let h = Harness::start_with(config).await;
     assert_eq!(balances(&h).await, before);
     let client = support::client_with_key(&api_key);
-    let usage_after: Value = client
-        .get(h.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage_after: Value = get_json(&client, &h, "/v1/usage").await;
     assert_eq!(usage_after["data"], usage["data"]);
     let response = client
         .post(h.url("/v1/chat/completions"))

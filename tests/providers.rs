@@ -18,7 +18,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::{Harness, admin_get, chat};
+use support::{Harness, admin_get, chat, get_json};
 use tokun_testkit::{FakeAnthropic, FakeGemini, FakeUpstream, Script};
 
 fn two_routes(a: &FakeUpstream, b: &FakeUpstream, extra: &str) -> String {
@@ -370,15 +370,7 @@ candidates = ["duo", "cheap"]
 #[tokio::test]
 async fn embeddings_are_billed_by_input_tokens() {
     let h = Harness::start(None).await;
-    let before: Value = h
-        .client
-        .get(h.url("/v1/account"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value = get_json(&h.client, &h, "/v1/account").await;
     let response = h
         .post_json(
             "/v1/embeddings",
@@ -392,15 +384,7 @@ async fn embeddings_are_billed_by_input_tokens() {
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     // o200k: "hello world" is 2 tokens, "tokun" 2.
     assert_eq!(body["usage"]["prompt_tokens"], 4);
-    let after: Value = h
-        .client
-        .get(h.url("/v1/account"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = get_json(&h.client, &h, "/v1/account").await;
     // 4 input tokens at $0.15/M = 600 nanos.
     assert_eq!(
         before["balance_nanos"].as_i64().unwrap() - after["balance_nanos"].as_i64().unwrap(),

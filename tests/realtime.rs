@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::Harness;
+use support::{Harness, get_json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -102,15 +102,7 @@ async fn send(ws: &mut Ws, text: &str) {
 }
 
 async fn realtime_usage(h: &Harness) -> Vec<Value> {
-    let usage: Value = h
-        .client
-        .get(h.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = get_json(&h.client, h, "/v1/usage").await;
     let records = usage["data"].as_array().unwrap();
     records
         .iter()

@@ -209,8 +209,13 @@ pub async fn new_account(h: &Harness, email: &str, credit: &str) -> (String, Str
 }
 
 pub async fn account(client: &reqwest::Client, h: &Harness) -> Value {
+    get_json(client, h, "/v1/account").await
+}
+
+/// `GET path` with `client`'s credentials; the JSON body.
+pub async fn get_json(client: &reqwest::Client, h: &Harness, path: &str) -> Value {
     client
-        .get(h.url("/v1/account"))
+        .get(h.url(path))
         .send()
         .await
         .unwrap()

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{Harness, chat, upstream_config};
+use support::{Harness, chat, get_json, upstream_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -152,15 +152,7 @@ async fn verify_clean(h: &Harness) {
 }
 
 async fn usage_records(h: &Harness) -> Vec<Value> {
-    let usage: Value = h
-        .client
-        .get(h.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = get_json(&h.client, h, "/v1/usage").await;
     usage["data"].as_array().unwrap().clone()
 }
 

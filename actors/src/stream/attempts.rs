@@ -17,6 +17,8 @@ pub(super) struct Attempts {
     routes: usize,
     next: Option<usize>,
     retried_same: bool,
+    /// What the last attempt failed with: the answer when no route is left.
+    last_error: Option<ProviderError>,
 }
 
 /// Longest `retry-after` worth waiting for on the same route.
@@ -28,6 +30,7 @@ impl Attempts {
             routes,
             next: (routes > 0).then_some(0),
             retried_same: false,
+            last_error: None,
         }
     }
 
@@ -35,7 +38,22 @@ impl Attempts {
         self.next
     }
 
-    pub(super) fn failed(&mut self, route: &Route, error: &ProviderError) {
+    /// An attempt on `route` failed (`permit`: it got as far as the upstream):
+    /// reports the outcome to the provider actor and picks what comes next.
+    pub(super) fn failed(&mut self, route: &Route, permit: Option<Permit>, error: ProviderError) {
+        finish_permit(permit, &error);
+        self.choose_next(route, &error);
+        self.last_error = Some(error);
+    }
+
+    /// Why the request could not be served, once `next` says no route is left.
+    pub(super) fn into_error(self) -> ProviderError {
+        self.last_error.unwrap_or(ProviderError::Request {
+            detail: "the model has no routes".into(),
+        })
+    }
+
+    fn choose_next(&mut self, route: &Route, error: &ProviderError) {
         let Some(current) = self.next else { return };
         let short_429 = matches!(error, ProviderError::Status { status: 429, retry_after: Some(wait), .. } if *wait <= SAME_ROUTE_RETRY_AFTER);
         let (next, failover) = if short_429 && !self.retried_same {
@@ -87,7 +105,7 @@ pub(super) async fn acquire(route: &Route, tokens: u32) -> Result<Option<Permit>
 
 /// Reports a failed attempt to the provider actor: 429s pause it, upstream
 /// failures count against its health, rejections of the request do not.
-pub(super) fn finish_permit(permit: Option<Permit>, error: &ProviderError) {
+fn finish_permit(permit: Option<Permit>, error: &ProviderError) {
     if let Some(permit) = permit {
         permit.finish(outcome_of(error));
     }

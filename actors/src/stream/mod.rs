@@ -26,7 +26,7 @@ use crate::provider::{Outcome, Permit};
 mod attempts;
 mod unary;
 
-use self::attempts::{Attempts, acquire, finish_permit, outcome_of};
+use self::attempts::{Attempts, acquire, outcome_of};
 use crate::relay::{RelayEvent, RequestError, Route, StreamFailure, UsageSource};
 use crate::stats::StreamStats;
 
@@ -206,7 +206,6 @@ impl StreamState {
     async fn open_stream(&mut self) -> Option<Result<(), End>> {
         let routes = self.args.routes.clone();
         let mut plan = Attempts::new(routes.len());
-        let mut last_error = None;
         while let Some(index) = plan.next() {
             let route = &routes[index];
             let mut request = self.args.request.clone();
@@ -225,7 +224,7 @@ impl StreamState {
                 outcome = attempt => outcome,
                 () = self.args.out.closed() => return Some(Err(End::ClientGone)),
             };
-            let error = match outcome {
+            match outcome {
                 Ok((permit, Ok((stream, first)))) => {
                     self.route = Some(route.clone());
                     self.upstream = Some(stream);
@@ -239,18 +238,11 @@ impl StreamState {
                     }
                     return Some(self.accept(first).await);
                 }
-                Ok((permit, Err(error))) => {
-                    finish_permit(permit, &error);
-                    error
-                }
-                Err(refused) => refused,
-            };
-            plan.failed(route, &error);
-            last_error = Some(error);
+                Ok((permit, Err(error))) => plan.failed(route, permit, error),
+                Err(refused) => plan.failed(route, None, refused),
+            }
         }
-        let error = last_error.unwrap_or(ProviderError::Request {
-            detail: "the model has no routes".into(),
-        });
+        let error = plan.into_error();
         self.reject(RequestError::Upstream(error)).await;
         None
     }

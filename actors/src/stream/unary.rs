@@ -4,7 +4,7 @@
 use tokio::time::{Instant, timeout};
 use tokun_providers::{ChatCompletion, ProviderError, TimeoutPhase};
 
-use super::attempts::{Attempts, acquire, finish_permit};
+use super::attempts::{Attempts, acquire};
 use super::{StreamState, learn};
 use crate::provider::Outcome;
 use crate::relay::{RelayEvent, RequestError};
@@ -14,7 +14,6 @@ impl StreamState {
     pub(super) async fn complete_unary(&mut self) {
         let routes = self.args.routes.clone();
         let mut plan = Attempts::new(routes.len());
-        let mut last_error = None;
         while let Some(index) = plan.next() {
             let route = &routes[index];
             let mut request = self.args.request.clone();
@@ -37,7 +36,7 @@ impl StreamState {
                     return;
                 }
             };
-            let error = match outcome {
+            match outcome {
                 Ok((permit, Ok(reply))) => {
                     learn(route, reply.limits);
                     let completion = reply.body;
@@ -52,18 +51,11 @@ impl StreamState {
                     let _ = self.send(routed).await;
                     return self.deliver(completion).await;
                 }
-                Ok((permit, Err(error))) => {
-                    finish_permit(permit, &error);
-                    error
-                }
-                Err(refused) => refused,
-            };
-            plan.failed(route, &error);
-            last_error = Some(error);
+                Ok((permit, Err(error))) => plan.failed(route, permit, error),
+                Err(refused) => plan.failed(route, None, refused),
+            }
         }
-        let error = last_error.unwrap_or(ProviderError::Request {
-            detail: "the model has no routes".into(),
-        });
+        let error = plan.into_error();
         self.reject(RequestError::Upstream(error)).await;
     }
 
