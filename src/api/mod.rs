@@ -95,6 +95,12 @@ pub async fn read_json_body(
             return Err(ApiError::UnsupportedMediaType);
         }
     }
+    read_body(headers, body, limit).await
+}
+
+/// Reads a request body of any type up to `limit` bytes: 413 when the
+/// declared or the actual length is over it.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -13,7 +13,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use tokun_actors::account::{PaidSession, PaymentCommand, PaymentOutcome, StripeRefund};
 use tokun_storage::{AccountId, Nanos, PaymentRecord, PaymentStatus, WriteOp};
@@ -34,7 +34,7 @@ pub async fn receive(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let stripe = configured(&state)?;
-    let payload = read_body(&headers, body).await?;
+    let payload = crate::api::read_body(&headers, body, WEBHOOK_BODY_LIMIT).await?;
     let header = headers
         .get("stripe-signature")
         .and_then(|value| value.to_str().ok());
@@ -346,24 +346,4 @@ fn reported_amount(session: &Session) -> Option<Nanos> {
         .amount_total
         .and_then(cents_to_nanos)
         .filter(|amount| !amount.is_negative())
-}
-
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
-    let limit = WEBHOOK_BODY_LIMIT;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large = std::error::Error::source(&error)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::PayloadTooLarge { limit }
-        } else {
-            ApiError::bad_request("The request body could not be read.", None)
-        }
-    })
 }

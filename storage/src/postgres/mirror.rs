@@ -99,21 +99,15 @@ pub(super) async fn api_keys(
     store: &Store,
 ) -> Result<u64, PgError> {
     let tree = store.trees.keys.clone();
-    let rows = into_temp(tx, target, "api_keys", KEY_COLUMNS, move |emit| {
-        let mut copy = CopyRows::new();
-        for item in tree.iter() {
-            let (hash, value) = item.map_err(StorageError::sled("scan keys"))?;
-            put_key(&mut copy, &hash, &decode("keys", &value)?)?;
-            if !copy.flush_if_full(emit) {
-                return Err(stopped());
-            }
-        }
-        copy.finish(emit);
-        Ok(())
-    })
-    .await?;
-    mirror(tx, target, "api_keys", "id", KEY_COLUMNS).await?;
-    Ok(rows)
+    mirror_tree(
+        tx,
+        target,
+        tree,
+        "api_keys",
+        KEY_COLUMNS,
+        |copy, hash, value| put_key(copy, hash, &decode("keys", value)?),
+    )
+    .await
 }
 
 pub(super) async fn accounts(
@@ -122,11 +116,35 @@ pub(super) async fn accounts(
     store: &Store,
 ) -> Result<u64, PgError> {
     let tree = store.trees.accounts.clone();
-    let rows = into_temp(tx, target, "accounts", ACCOUNT_COLUMNS, move |emit| {
+    mirror_tree(
+        tx,
+        target,
+        tree,
+        "accounts",
+        ACCOUNT_COLUMNS,
+        |copy, _, value| put_account(copy, &decode("accounts", value)?),
+    )
+    .await
+}
+
+/// Encodes one `(key, value)` record of a tree as a COPY row.
+type PutRecord = fn(&mut CopyRows, &[u8], &[u8]) -> Result<(), PgError>;
+
+/// Copies every record of `tree` (each turned into a row by `put`) and makes
+/// `table` equal to them; returns the rows copied.
+async fn mirror_tree(
+    tx: &Transaction<'_>,
+    target: &PgTarget,
+    tree: sled::Tree,
+    table: &'static str,
+    columns: &'static str,
+    put: PutRecord,
+) -> Result<u64, PgError> {
+    let rows = into_temp(tx, target, table, columns, move |emit| {
         let mut copy = CopyRows::new();
-        for item in tree.iter().values() {
-            let value = item.map_err(StorageError::sled("scan accounts"))?;
-            put_account(&mut copy, &decode("accounts", &value)?)?;
+        for item in tree.iter() {
+            let (key, value) = item.map_err(StorageError::sled("scan a mirrored tree"))?;
+            put(&mut copy, &key, &value)?;
             if !copy.flush_if_full(emit) {
                 return Err(stopped());
             }
@@ -135,7 +153,7 @@ pub(super) async fn accounts(
         Ok(())
     })
     .await?;
-    mirror(tx, target, "accounts", "id", ACCOUNT_COLUMNS).await?;
+    mirror(tx, target, table, "id", columns).await?;
     Ok(rows)
 }
 
