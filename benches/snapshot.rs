@@ -6,9 +6,10 @@
 //!   entries, balances, accounts, keys, request metadata, one transaction).
 //! - `latency`: a tokun server (billing on, echo provider) whose store holds
 //!   `--entries` entries; `--concurrency` clients send non-streaming
-//!   completions, first with no snapshot running (baseline), then while a
-//!   full snapshot of the store runs (Postgres emptied before each round),
-//!   for `--rounds` rounds; p50/p90/p99 of both.
+//!   completions with no snapshot running (baseline, `--baseline-secs`),
+//!   then while a full snapshot of the store runs (Postgres emptied before
+//!   each round), alternating for `--rounds` rounds; p50/p90/p99 of both,
+//!   per round and pooled.
 //!
 //! Run: `TOKUN_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench snapshot`.
 //! Numbers: `benches/README.md`. A benchmark program, not a test: it reports on stdout.
@@ -129,15 +130,12 @@ async fn latency(args: &Args) {
         .unwrap();
     let url = format!("http://{}/v1/chat/completions", server.addr());
 
-    let baseline = load(
-        &url,
-        args,
-        LoadUntil::For(Duration::from_secs(args.baseline_secs)),
-    )
-    .await;
+    // Baseline and snapshot windows alternate, so drift over the run (the
+    // store growing, the disk's mood, Postgres's background work after the
+    // TRUNCATE) lands on both sides.
+    let mut baseline = Vec::new();
     let mut during = Vec::new();
-    let mut snapshot_secs = Vec::new();
-    for _ in 0..args.rounds {
+    for round in 0..args.rounds {
         schema
             .client
             .batch_execute(
@@ -146,6 +144,12 @@ async fn latency(args: &Args) {
             )
             .await
             .unwrap();
+        let before = load(
+            &url,
+            args,
+            LoadUntil::For(Duration::from_secs(args.baseline_secs)),
+        )
+        .await;
         let running = Arc::new(AtomicBool::new(true));
         let flag = running.clone();
         let handle = snapshots.clone();
@@ -154,18 +158,21 @@ async fn latency(args: &Args) {
             flag.store(false, Ordering::SeqCst);
             report
         });
-        during.extend(load(&url, args, LoadUntil::While(running)).await);
+        let while_running = load(&url, args, LoadUntil::While(running)).await;
         let report = snapshot.await.unwrap();
-        snapshot_secs.push(report.duration.as_secs_f64());
         println!(
-            "snapshot under load: {} entries in {:.2}s = {:.0} entries/s",
+            "round {round}: snapshot under load: {} entries in {:.2}s = {:.0} entries/s",
             report.entries,
             report.duration.as_secs_f64(),
             report.entries as f64 / report.duration.as_secs_f64()
         );
+        report_line("  without snapshot", &before);
+        report_line("  during snapshot", &while_running);
+        baseline.extend(before);
+        during.extend(while_running);
     }
-    report("without snapshot", baseline);
-    report("during snapshot", during);
+    report_line("without snapshot, all rounds", &baseline);
+    report_line("during snapshot, all rounds", &during);
     server.shutdown().await.unwrap();
     schema.drop_schema().await;
     let _ = std::fs::remove_dir_all(&data);
@@ -215,7 +222,8 @@ async fn load(url: &str, args: &Args, until: LoadUntil) -> Vec<Duration> {
     all
 }
 
-fn report(label: &str, mut latencies: Vec<Duration>) {
+fn report_line(label: &str, latencies: &[Duration]) {
+    let mut latencies = latencies.to_vec();
     latencies.sort();
     let at = |q: f64| {
         let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;

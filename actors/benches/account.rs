@@ -9,6 +9,10 @@
 //!   flushed the batch holding it, so this includes a group commit: on
 //!   `Store::temporary()` (sled puts it in /dev/shm, so the flush is cheap)
 //!   and on a real directory of the system temp dir (a real fsync).
+//! - `reserve_settle_applied/disk`: the account actor's round trip for
+//!   reserve → settle: both answers, the settlement decided and its entries
+//!   handed to the ledger (`settle_applied`). The wait for the flush that
+//!   follows is not timed (see `reserve_settle/disk` for it).
 //! - `reserve_settle_50_concurrent/disk`: 50 tasks doing reserve → settle on
 //!   one account at once (one account actor, flushes shared by their batch);
 //!   criterion's throughput is round trips per second.
@@ -197,6 +201,40 @@ async fn reserve_settle(accounts: &AccountsHandle, account: AccountId) {
     black_box(settled);
 }
 
+/// Reserve → settle as the account actor answers it (balance decided,
+/// entries handed to the ledger); returns that time. The wait for the
+/// ledger's flush follows, untimed, so each round trip starts with the
+/// writer idle, as for a lone request.
+async fn reserve_settle_applied(accounts: &AccountsHandle, account: AccountId) -> Duration {
+    let start = Instant::now();
+    let reservation = accounts
+        .reserve(account, request(256, 4096))
+        .await
+        .expect("reserve");
+    let applied = accounts
+        .settle_applied(account, reservation.hold, billed(), Some(usage(account)))
+        .await
+        .expect("settle");
+    let elapsed = start.elapsed();
+    black_box(applied.value());
+    applied
+        .durable(Duration::from_secs(10))
+        .await
+        .expect("durable");
+    elapsed
+}
+
+fn applied_timed(bench: &Bench, iters: u64) -> Duration {
+    let (accounts, account) = (bench.accounts.clone(), bench.account);
+    bench.run(async move {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            total += reserve_settle_applied(&accounts, account).await;
+        }
+        total
+    })
+}
+
 /// Times `iters` round trips of `round_trip` on the bench's worker.
 fn timed<F, Fut>(bench: &Bench, iters: u64, round_trip: F) -> Duration
 where
@@ -278,6 +316,9 @@ fn account_round_trips(c: &mut Criterion) {
     tmpfs.stop();
 
     let disk = Bench::start(Disk::Real);
+    group.bench_function("reserve_settle_applied/disk", |b| {
+        b.iter_custom(|iters| applied_timed(&disk, iters));
+    });
     group.bench_function("reserve_settle/disk", |b| {
         b.iter_custom(|iters| {
             timed(&disk, iters, |accounts, account| async move {
@@ -297,8 +338,25 @@ criterion_group!(benches, account_round_trips);
 /// p50/p90/p99/max of `n` individually timed round trips, in µs.
 fn distribution<F, Fut>(name: &str, bench: &Bench, n: usize, round_trip: F)
 where
-    F: Fn(AccountsHandle, AccountId) -> Fut + Send + 'static,
+    F: Fn(AccountsHandle, AccountId) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
+{
+    let round_trip = std::sync::Arc::new(round_trip);
+    distribution_of(name, bench, n, move |accounts, account| {
+        let round_trip = round_trip.clone();
+        async move {
+            let start = Instant::now();
+            round_trip(accounts, account).await;
+            start.elapsed()
+        }
+    });
+}
+
+/// The same for round trips that time themselves.
+fn distribution_of<F, Fut>(name: &str, bench: &Bench, n: usize, round_trip: F)
+where
+    F: Fn(AccountsHandle, AccountId) -> Fut + Send + 'static,
+    Fut: Future<Output = Duration> + Send,
 {
     let (accounts, account) = (bench.accounts.clone(), bench.account);
     let mut times = bench.run(async move {
@@ -308,9 +366,7 @@ where
         }
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
-            let start = Instant::now();
-            round_trip(accounts.clone(), account).await;
-            times.push(start.elapsed());
+            times.push(round_trip(accounts.clone(), account).await);
         }
         times
     });
@@ -365,6 +421,12 @@ fn distributions() {
     );
     tmpfs.stop();
     let disk = Bench::start(Disk::Real);
+    distribution_of(
+        "account/reserve_settle_applied/disk",
+        &disk,
+        2_000,
+        |accounts, account| async move { reserve_settle_applied(&accounts, account).await },
+    );
     distribution(
         "account/reserve_settle/disk",
         &disk,

@@ -76,6 +76,10 @@ pub enum StreamFailure {
 /// `Routed` and one `Completion`, or one `Rejected`. `Rejected` is only ever sent before any chunk:
 /// the first chunk is the commit point after which the edge can no longer
 /// change the HTTP status.
+///
+/// Every variant's payload is boxed: each stream's relay channel allocates
+/// its slots up front (a block of 32 events), so the event's size is paid
+/// per open stream whether or not anything is buffered.
 #[derive(Debug)]
 pub enum RelayEvent {
     /// Which provider serves the request, and how long the upstream part took
@@ -84,11 +88,11 @@ pub enum RelayEvent {
         provider: Arc<str>,
         upstream: Duration,
     },
-    Chunk(ChatCompletionChunk),
-    Completion(Box<ChatCompletion>, Settlement),
-    Rejected(RequestError),
-    Failed(StreamFailure),
-    Finished(Settlement),
+    Chunk(Box<ChatCompletionChunk>),
+    Completion(Box<ChatCompletion>, Box<Settlement>),
+    Rejected(Box<RequestError>),
+    Failed(Box<StreamFailure>),
+    Finished(Box<Settlement>),
 }
 
 /// Why a request failed before anything was sent to the client.
@@ -107,4 +111,17 @@ pub enum RequestError {
     LedgerUnavailable,
     #[error("tokun is shutting down")]
     ShuttingDown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RelayEvent;
+
+    #[test]
+    fn relay_events_stay_small() {
+        // A stream's relay channel allocates 32 event slots when it is made,
+        // so this size is paid per open stream (10,000 WebSocket completions
+        // at 40 bytes: 12.5 MiB; at the 232 bytes of an unboxed chunk: 72 MiB).
+        assert!(std::mem::size_of::<RelayEvent>() <= 40);
+    }
 }

@@ -135,7 +135,7 @@ async fn serve<'a>(
                 labels.provider = Some(provider);
                 upstream = took;
             }
-            Some(RelayEvent::Rejected(error)) => return Err(error.into()),
+            Some(RelayEvent::Rejected(error)) => return Err((*error).into()),
             Some(RelayEvent::Completion(completion, settlement)) => {
                 let response = json_response(&completion, &settlement, labels.provider.as_deref());
                 // Overhead includes the settlement's durable flush, which ends every response.

@@ -17,8 +17,15 @@ use crate::inflight::InFlightGuard;
 use crate::state::{AppState, Model};
 
 /// Events buffered between a stream actor and the client's socket. Small on
-/// purpose: a slow client makes the actor wait, not tokun's memory grow.
+/// purpose: a slow client makes the actor wait, not tokun's memory grow. An
+/// SSE response owns its connection, and a few chunks in hand let one write
+/// carry several.
 pub const RELAY_BUFFER: usize = 16;
+
+/// The same for a completion on `/v1/ws`: a socket carries many, and a
+/// server 10,000, so each keeps fewer (a buffered chunk is ≈ 0.5 KiB; 16 of
+/// them per completion would be 80 MiB at 10,000 when clients fall behind).
+pub const WS_RELAY_BUFFER: usize = 4;
 
 /// A started completion.
 pub struct Launched {
@@ -135,7 +142,11 @@ pub async fn launch(
     let (cancel, guard) = state
         .inflight()
         .register(request_id.clone(), caller.map(|c| c.account));
-    let (out, events) = mpsc::channel(RELAY_BUFFER);
+    let buffer = match transport {
+        "ws" => WS_RELAY_BUFFER,
+        _ => RELAY_BUFFER,
+    };
+    let (out, events) = mpsc::channel(buffer);
     let args = StreamArgs {
         request_id,
         model: model.config.id.as_str().into(),

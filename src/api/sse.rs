@@ -79,7 +79,7 @@ impl SseEncoder {
                 false
             }
             RelayEvent::Failed(failure) => {
-                let error = ApiError::from(failure);
+                let error = ApiError::from(*failure);
                 write_data(out, &serde_json::json!({ "error": error.object() }));
                 false
             }

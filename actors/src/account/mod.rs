@@ -4,8 +4,9 @@
 //! so concurrent requests on one account are serialized and no race can
 //! overdraw it. Decisions are made in memory ([`book::AccountBook`]); the
 //! entries they imply go to the ledger actor. Holds are sent without waiting
-//! (batched with everything else); settlements and transfers answer only once
-//! durable, by handing the caller's reply to the ledger's ack — the actor
+//! (batched with everything else); a settlement answers at once with an
+//! [`Applied`] whose durability the caller awaits, and transfers answer only
+//! once durable, by handing the caller's reply to the ledger's ack — the actor
 //! itself never waits on a disk flush, so its mailbox keeps moving.
 
 pub mod book;
@@ -64,18 +65,44 @@ pub struct AccountView {
 
 pub type Durably<T> = oneshot::Sender<Result<T, AccountError>>;
 
+/// A decision the account actor has made in memory and handed to the
+/// ledger: its value now, and the ledger's word once it is durable. The
+/// actor's answer does not wait for the disk; whoever must not act before
+/// the write is on disk (the `[DONE]` of a stream) awaits [`Applied::durable`].
+#[derive(Debug)]
+pub struct Applied<T> {
+    value: T,
+    durable: oneshot::Receiver<bool>,
+}
+
+impl<T> Applied<T> {
+    /// What was decided (not yet known to be on disk).
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// The value, once the ledger has flushed the entries behind it.
+    pub async fn durable(self, timeout: Duration) -> Result<T, AccountError> {
+        match tokio::time::timeout(timeout, self.durable).await {
+            Ok(Ok(true)) => Ok(self.value),
+            _ => Err(AccountError::LedgerUnavailable),
+        }
+    }
+}
+
 pub enum AccountMsg {
     Reserve(
         ReserveRequest,
         RpcReplyPort<Result<Reservation, AccountError>>,
     ),
     Extend(HoldId, RpcReplyPort<Result<u64, AccountError>>),
-    /// Replies once the settlement (and the usage record) are durable.
+    /// Replies as soon as the settlement is decided; its [`Applied`] says
+    /// when the settlement (and the usage record) are durable.
     Settle {
         hold: HoldId,
         billed: Billed,
         usage: Option<Box<UsageRecord>>,
-        reply: Durably<Settled>,
+        reply: Durably<Applied<Settled>>,
     },
     Release(HoldId),
     /// Settles a hold left open by a crash; replies once durable.
@@ -314,7 +341,7 @@ impl AccountState {
         hold: HoldId,
         billed: Billed,
         usage: Option<Box<UsageRecord>>,
-        reply: Durably<Settled>,
+        reply: Durably<Applied<Settled>>,
         now: u64,
     ) {
         let tokens = (
@@ -333,7 +360,14 @@ impl AccountState {
                     usage.estimated = billed.estimated;
                     ops.push(WriteOp::PutUsage(*usage));
                 }
-                self.durably(ops, reply, move || settled);
+                let (ack, durable) = oneshot::channel();
+                self.ledger.append_then(ops, move |result| {
+                    let _ = ack.send(result.is_ok());
+                });
+                let _ = reply.send(Ok(Applied {
+                    value: settled,
+                    durable,
+                }));
             }
             Err(error) => {
                 let _ = reply.send(Err(error));

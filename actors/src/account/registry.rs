@@ -21,8 +21,8 @@ use tokun_storage::{AccountRecord, UsageRecord};
 use crate::instrument::{ActorKind, ActorStats, MessageKind, Metered};
 
 use super::{
-    AccountActor, AccountArgs, AccountError, AccountMsg, AccountView, Billed, PaymentCommand,
-    PaymentOutcome, Reservation, ReserveRequest, Settled,
+    AccountActor, AccountArgs, AccountError, AccountMsg, AccountView, Applied, Billed,
+    PaymentCommand, PaymentOutcome, Reservation, ReserveRequest, Settled,
 };
 use crate::ledger::LedgerHandle;
 
@@ -237,7 +237,8 @@ impl AccountsHandle {
         Err(AccountError::LedgerUnavailable)
     }
 
-    /// Like `call`, for messages that answer once durable (through a oneshot).
+    /// Like `call`, for messages that answer through a oneshot (once durable,
+    /// or with an [`Applied`]).
     async fn call_durably<T>(
         &self,
         account: AccountId,
@@ -283,6 +284,7 @@ impl AccountsHandle {
             .await
     }
 
+    /// Settles a hold; returns once the settlement is durable.
     pub async fn settle(
         &self,
         account: AccountId,
@@ -290,6 +292,21 @@ impl AccountsHandle {
         billed: Billed,
         usage: Option<UsageRecord>,
     ) -> Result<Settled, AccountError> {
+        self.settle_applied(account, hold, billed, usage)
+            .await?
+            .durable(CALL_TIMEOUT)
+            .await
+    }
+
+    /// Settles a hold; returns as soon as the account actor has decided it
+    /// (the balance is updated, the entries are on their way to the ledger).
+    pub async fn settle_applied(
+        &self,
+        account: AccountId,
+        hold: HoldId,
+        billed: Billed,
+        usage: Option<UsageRecord>,
+    ) -> Result<Applied<Settled>, AccountError> {
         let usage = usage.map(Box::new);
         self.call_durably(account, |reply| AccountMsg::Settle {
             hold,

@@ -331,7 +331,7 @@ impl StreamState {
         chunk.id.clone_from(&self.chunk_id);
         chunk.model = self.args.model.to_string();
         chunk.created = self.created;
-        self.send(RelayEvent::Chunk(chunk))
+        self.send(RelayEvent::Chunk(Box::new(chunk)))
             .await
             .map_err(|()| End::ClientGone)?;
         if tokens > 0 {
@@ -390,11 +390,13 @@ impl StreamState {
             End::Completed => None,
         };
         if let End::Failed(failure) = &end {
-            let _ = self.send(RelayEvent::Failed(failure.clone())).await;
+            let _ = self
+                .send(RelayEvent::Failed(Box::new(failure.clone())))
+                .await;
         }
         if let Some(reason) = closing_reason.filter(|_| !self.finish_reason_sent) {
             let chunk = self.closing_chunk(reason);
-            let _ = self.send(RelayEvent::Chunk(chunk)).await;
+            let _ = self.send(RelayEvent::Chunk(Box::new(chunk))).await;
         }
         self.count_outcome(&end, error_kind);
         let outcome = matches!(end, End::Completed).then_some("completed");
@@ -403,7 +405,7 @@ impl StreamState {
             .await
         {
             Ok(settlement) => {
-                let _ = self.send(RelayEvent::Finished(settlement)).await;
+                let _ = self.send(RelayEvent::Finished(Box::new(settlement))).await;
             }
             Err(error) => tracing::error!(%error, "settlement failed after streaming"),
         }
@@ -436,7 +438,7 @@ impl StreamState {
     async fn reject(&mut self, error: RequestError) {
         self.settled = true;
         self.args.meter.release().await;
-        let _ = self.send(RelayEvent::Rejected(error)).await;
+        let _ = self.send(RelayEvent::Rejected(Box::new(error))).await;
     }
 
     /// Bills the request and waits until the settlement is durable.

@@ -74,7 +74,10 @@ impl StreamState {
             Ok(settlement) => {
                 completion.usage = Some(settlement.usage);
                 let _ = self
-                    .send(RelayEvent::Completion(Box::new(completion), settlement))
+                    .send(RelayEvent::Completion(
+                        Box::new(completion),
+                        Box::new(settlement),
+                    ))
                     .await;
             }
             Err(error) => self.reject(error).await,

@@ -314,14 +314,14 @@ impl Session {
             }
             Some(RelayEvent::Failed(failure)) => {
                 // Mid-stream: the error, then still `done` with what was billed.
-                self.send_error(Some(&id), &ApiError::from(failure));
+                self.send_error(Some(&id), &ApiError::from(*failure));
             }
             Some(RelayEvent::Finished(settlement)) => {
                 self.out
                     .push(ServerMessage::done(&id, &settlement).encode());
                 self.end(seq, None);
             }
-            Some(RelayEvent::Rejected(error)) => self.end(seq, Some(&ApiError::from(error))),
+            Some(RelayEvent::Rejected(error)) => self.end(seq, Some(&ApiError::from(*error))),
             None => self.end(seq, Some(&ApiError::Internal)),
         }
     }

@@ -8,7 +8,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
-use tokio_postgres::Transaction;
+use tokio_postgres::{CopyInSink, Transaction};
 
 use super::{PgError, PgTarget, blocking};
 
@@ -29,9 +29,24 @@ pub(super) struct CopyRows {
     emitted: u64,
 }
 
-/// Hands a full chunk and its row count to the COPY; false when nobody
-/// takes it any more.
-pub(super) type Emit<'a> = &'a mut dyn FnMut(Bytes, u64) -> bool;
+/// Where a producer hands its chunks: to the COPY, through a small bounded
+/// channel. Paced, chunks are small, so the producer's reading and encoding
+/// is spread over the COPY as evenly as the sending.
+pub(super) struct Chunks {
+    sender: mpsc::Sender<(Bytes, u64)>,
+    chunk_bytes: usize,
+}
+
+/// What a producer gets to emit with.
+pub(super) type Emit<'a> = &'a mut Chunks;
+
+impl Chunks {
+    /// Hands a chunk and its row count over; false when nobody takes it any
+    /// more.
+    fn send(&mut self, chunk: Bytes, rows: u64) -> bool {
+        self.sender.blocking_send((chunk, rows)).is_ok()
+    }
+}
 
 impl CopyRows {
     pub(super) fn new() -> CopyRows {
@@ -148,7 +163,7 @@ impl CopyRows {
 
     /// Emits the buffer once it is a chunk's worth. False: stop producing.
     pub(super) fn flush_if_full(&mut self, emit: Emit<'_>) -> bool {
-        self.buf.len() < CHUNK_BYTES || self.emit(emit)
+        self.buf.len() < emit.chunk_bytes || self.emit(emit)
     }
 
     /// Emits what is left.
@@ -159,50 +174,29 @@ impl CopyRows {
     fn emit(&mut self, emit: Emit<'_>) -> bool {
         let rows = self.rows - self.emitted;
         self.emitted = self.rows;
-        emit(self.buf.split().freeze(), rows)
+        emit.send(self.buf.split().freeze(), rows)
     }
 }
 
 /// Runs `COPY … FROM STDIN (FORMAT binary)` with rows from `produce`, which
 /// runs on a blocking thread and hands chunks over through a small bounded
-/// channel (so at most a few MiB are in flight). Returns the rows the server
-/// took and what `produce` returned.
+/// channel (so at most a few chunks are in flight). Returns the rows the
+/// server took and what `produce` returned.
 pub(super) async fn copy_in<T: Send + 'static>(
     tx: &Transaction<'_>,
     target: &PgTarget,
     statement: &str,
     produce: impl FnOnce(Emit<'_>) -> Result<T, PgError> + Send + 'static,
 ) -> Result<(u64, T), PgError> {
-    let mut sink = Box::pin(
-        tx.copy_in::<_, Bytes>(statement)
-            .await
-            .map_err(target.fail("start a COPY"))?,
-    );
-    let (chunks, received) = mpsc::channel::<(Bytes, u64)>(2);
-    let producer = blocking(move || {
-        let mut emit = |chunk: Bytes, rows: u64| chunks.blocking_send((chunk, rows)).is_ok();
-        produce(&mut emit)
-    });
+    let mut sink = start(tx, target, statement).await?;
+    let (received, producer) = produce_chunks(target, produce);
     let forward = async {
         // Owned by this block: if the COPY fails, `received` is dropped and
         // the producer stops at its next chunk instead of waiting forever.
         let mut received = received;
-        sink.send(Bytes::from_static(HEADER))
-            .await
-            .map_err(target.fail("send COPY data"))?;
         let mut pace = Pace::new(target.max_rows_per_sec());
-        while let Some((mut chunk, rows)) = received.recv().await {
-            // Paced, a chunk goes out in small slices (COPY data may be cut
-            // anywhere), so Postgres gets a steady trickle, not 1 MiB bursts.
-            let whole = chunk.len().max(1) as f64;
-            while !chunk.is_empty() {
-                let slice = chunk.split_to(pace.slice_bytes().min(chunk.len()));
-                let share = rows as f64 * slice.len() as f64 / whole;
-                sink.send(slice)
-                    .await
-                    .map_err(target.fail("send COPY data"))?;
-                pace.sent(share).await;
-            }
+        while let Some((chunk, rows)) = received.recv().await {
+            send_paced(&mut sink, target, &mut pace, chunk, rows).await?;
         }
         Ok::<_, PgError>(())
     };
@@ -210,15 +204,115 @@ pub(super) async fn copy_in<T: Send + 'static>(
     forwarded?;
     // A failed producer leaves the COPY unfinished; dropping the sink aborts it.
     let produced = produced?;
+    let rows = finish(sink, target).await?;
+    Ok((rows, produced))
+}
+
+/// Like [`copy_in`], but every chunk is a COPY of its own followed by
+/// `then` (which moves the chunk's rows out of the table COPied into, e.g.
+/// `INSERT … SELECT …; TRUNCATE …`), so a large paced load never ends in one
+/// long statement. Returns the rows `then`'s first statement reported.
+pub(super) async fn copy_in_batches<T: Send + 'static>(
+    tx: &Transaction<'_>,
+    target: &PgTarget,
+    statement: &str,
+    then: &[&str],
+    produce: impl FnOnce(Emit<'_>) -> Result<T, PgError> + Send + 'static,
+) -> Result<(u64, T), PgError> {
+    let (received, producer) = produce_chunks(target, produce);
+    let forward = async {
+        let mut received = received;
+        let mut pace = Pace::new(target.max_rows_per_sec());
+        let mut moved = 0;
+        while let Some((chunk, rows)) = received.recv().await {
+            let mut sink = start(tx, target, statement).await?;
+            send_paced(&mut sink, target, &mut pace, chunk, rows).await?;
+            finish(sink, target).await?;
+            for (i, statement) in then.iter().enumerate() {
+                let changed = tx
+                    .execute(*statement, &[])
+                    .await
+                    .map_err(target.fail("move a COPY batch"))?;
+                if i == 0 {
+                    moved += changed;
+                }
+            }
+        }
+        Ok::<_, PgError>(moved)
+    };
+    let (forwarded, produced) = futures_util::future::join(forward, producer).await;
+    let moved = forwarded?;
+    Ok((moved, produced?))
+}
+
+type Sink = std::pin::Pin<Box<CopyInSink<Bytes>>>;
+
+/// Starts a COPY and sends the binary header.
+async fn start(tx: &Transaction<'_>, target: &PgTarget, statement: &str) -> Result<Sink, PgError> {
+    let mut sink = Box::pin(
+        tx.copy_in::<_, Bytes>(statement)
+            .await
+            .map_err(target.fail("start a COPY"))?,
+    );
+    sink.send(Bytes::from_static(HEADER))
+        .await
+        .map_err(target.fail("send COPY data"))?;
+    Ok(sink)
+}
+
+/// Sends the trailer and ends the COPY; returns the rows the server took.
+async fn finish(mut sink: Sink, target: &PgTarget) -> Result<u64, PgError> {
     sink.send(Bytes::from_static(TRAILER))
         .await
         .map_err(target.fail("send COPY data"))?;
-    let rows = sink
-        .as_mut()
+    sink.as_mut()
         .finish()
         .await
-        .map_err(target.fail("finish a COPY"))?;
-    Ok((rows, produced))
+        .map_err(target.fail("finish a COPY"))
+}
+
+/// Runs `produce` on a blocking thread; its chunks arrive on the receiver.
+fn produce_chunks<T: Send + 'static>(
+    target: &PgTarget,
+    produce: impl FnOnce(Emit<'_>) -> Result<T, PgError> + Send + 'static,
+) -> (
+    mpsc::Receiver<(Bytes, u64)>,
+    impl std::future::Future<Output = Result<T, PgError>>,
+) {
+    let (sender, received) = mpsc::channel::<(Bytes, u64)>(2);
+    let chunk_bytes = match target.max_rows_per_sec() {
+        Some(_) => PACED_SLICE_BYTES,
+        None => CHUNK_BYTES,
+    };
+    let producer = blocking(move || {
+        let mut chunks = Chunks {
+            sender,
+            chunk_bytes,
+        };
+        produce(&mut chunks)
+    });
+    (received, producer)
+}
+
+/// Sends one chunk. Paced, it goes out in small slices (COPY data may be
+/// cut anywhere), so Postgres gets a steady trickle, not 1 MiB bursts.
+async fn send_paced(
+    sink: &mut Sink,
+    target: &PgTarget,
+    pace: &mut Pace,
+    mut chunk: Bytes,
+    rows: u64,
+) -> Result<(), PgError> {
+    let whole = chunk.len().max(1) as f64;
+    while !chunk.is_empty() {
+        let slice = chunk.split_to(pace.slice_bytes().min(chunk.len()));
+        let share = rows as f64 * slice.len() as f64 / whole;
+        sink.send(slice)
+            .await
+            .map_err(target.fail("send COPY data"))?;
+        pace.sent(share).await;
+    }
+    Ok(())
 }
 
 /// Keeps a COPY at or under a rate: after each slice, waits until the rows

@@ -3,13 +3,14 @@
 //! cut), accounts and API keys (mirrored: inserted, updated where they
 //! differ, deleted where the store no longer has them) and request metadata
 //! (new rows only). Each goes through a temporary table filled by binary
-//! COPY and one set-based statement, inside the snapshot's transaction.
+//! COPY and one set-based statement, inside the snapshot's transaction;
+//! request metadata, which can be large, in batches of one COPY chunk.
 
 use std::collections::BTreeMap;
 
 use tokio_postgres::Transaction;
 
-use super::copy::{CopyRows, Emit, copy_in};
+use super::copy::{CopyRows, Emit, copy_in, copy_in_batches};
 use super::rows::{
     ACCOUNT_COLUMNS, BALANCE_COLUMNS, HOLD_COLUMNS, KEY_COLUMNS, REQUEST_COLUMNS, put_account,
     put_balance, put_hold, put_key, put_request,
@@ -169,7 +170,16 @@ pub(super) async fn requests(
         return Ok(0);
     }
     let tree = store.trees.usage.clone();
-    into_temp(tx, target, "requests", REQUEST_COLUMNS, move |emit| {
+    create_temp(tx, target, "requests").await?;
+    let insert = format!(
+        "INSERT INTO requests ({REQUEST_COLUMNS}) SELECT {REQUEST_COLUMNS} FROM snap_requests \
+         ON CONFLICT DO NOTHING"
+    );
+    let copy = format!("COPY snap_requests ({REQUEST_COLUMNS}) FROM STDIN (FORMAT binary)");
+    // In batches: a catch-up can hold 100,000s of rows, and one INSERT of
+    // them all would be a burst of Postgres CPU that pacing cannot spread.
+    let then = [insert.as_str(), "TRUNCATE snap_requests"];
+    let (inserted, ()) = copy_in_batches(tx, target, &copy, &then, move |emit| {
         let mut copy = CopyRows::new();
         for (account, (first_ms, last_ms)) in settled {
             let from = usage_key(account.get(), first_ms.saturating_sub(USAGE_MARGIN_MS), 0);
@@ -194,16 +204,19 @@ pub(super) async fn requests(
         Ok(())
     })
     .await?;
-    exec(
-        tx,
-        target,
-        "insert requests",
-        &format!(
-            "INSERT INTO requests ({REQUEST_COLUMNS}) SELECT {REQUEST_COLUMNS} FROM snap_requests \
-             ON CONFLICT DO NOTHING"
-        ),
-    )
-    .await
+    Ok(inserted)
+}
+
+/// Creates `snap_<table>`, dropped when the transaction ends.
+async fn create_temp(
+    tx: &Transaction<'_>,
+    target: &PgTarget,
+    table: &'static str,
+) -> Result<(), PgError> {
+    let create = format!("CREATE TEMP TABLE snap_{table} (LIKE {table}) ON COMMIT DROP");
+    tx.batch_execute(&create)
+        .await
+        .map_err(target.fail("create a temporary table"))
 }
 
 /// Creates `snap_<table>` for this transaction and COPies rows into it.
@@ -214,10 +227,7 @@ pub(super) async fn into_temp(
     columns: &'static str,
     produce: impl FnOnce(Emit<'_>) -> Result<(), PgError> + Send + 'static,
 ) -> Result<u64, PgError> {
-    let create = format!("CREATE TEMP TABLE snap_{table} (LIKE {table}) ON COMMIT DROP");
-    tx.batch_execute(&create)
-        .await
-        .map_err(target.fail("create a temporary table"))?;
+    create_temp(tx, target, table).await?;
     let statement = format!("COPY snap_{table} ({columns}) FROM STDIN (FORMAT binary)");
     let (rows, ()) = copy_in(tx, target, &statement, produce).await?;
     Ok(rows)

@@ -2,10 +2,11 @@
 //! estimating a chat prompt the way OpenAI bills it. It does not know prices or
 //! decide whether an estimate may stand in for upstream usage; callers do.
 
+mod bpe;
+
 use std::sync::LazyLock;
 
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
 
 use crate::types::{ChatRequest, Message, Role};
 
@@ -16,11 +17,11 @@ const TOKENS_PER_NAME: u64 = 1;
 /// Tokens priming the assistant's reply (`<|start|>assistant<|message|>`).
 const REPLY_PRIMING: u64 = 3;
 
-/// The encoding, loaded once on first use.
+/// The encoding, loaded once on first use (see `bpe` for why not `CoreBPE`).
 ///
-/// tiktoken-rs' own singleton unwraps a failed load; this one keeps the failure
-/// as `None` so counting degrades to an estimate instead of panicking.
-static O200K: LazyLock<Option<CoreBPE>> = LazyLock::new(|| tiktoken_rs::o200k_base().ok());
+/// A failed load stays `None`, so counting degrades to an estimate instead
+/// of panicking.
+static O200K: LazyLock<Option<bpe::Bpe>> = LazyLock::new(bpe::Bpe::o200k);
 
 /// Loads the encoding now, so the first request does not pay for it.
 /// Returns whether the real encoding is available (else counts are estimates).
@@ -34,7 +35,7 @@ pub fn count_text(text: &str) -> u64 {
         return 0;
     }
     match O200K.as_ref() {
-        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        Some(bpe) => bpe.count(text),
         None => (text.len() as u64).div_ceil(4),
     }
 }
