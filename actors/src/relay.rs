@@ -121,7 +121,7 @@ mod tests {
     fn relay_events_stay_small() {
         // A stream's relay channel allocates 32 event slots when it is made,
         // so this size is paid per open stream (10,000 WebSocket completions
-        // at 40 bytes: 12.5 MiB; at the 232 bytes of an unboxed chunk: 72 MiB).
+        // at 40 bytes: 12.5 MiB; at the ≈ 170 bytes of an unboxed chunk: 52 MiB).
         assert!(std::mem::size_of::<RelayEvent>() <= 40);
     }
 }
