@@ -3,9 +3,7 @@
 //! It receives every money event (from account actors) in one mailbox, so
 //! they reach the group-commit writer thread in a single order, and answers
 //! "durable" only once the writer flushed the batch holding them. It owns the
-//! writer thread: stopping the actor drains and closes it. It runs on a
-//! thread and runtime of its own (`spawn_on_own_thread`), so thousands of
-//! busy stream actors cannot starve its mailbox.
+//! writer thread: stopping the actor drains and closes it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,49 +115,6 @@ impl Actor for LedgerActor {
     }
 }
 
-/// Spawns the ledger actor on a thread of its own, with a current-thread
-/// runtime that runs only it, and returns once it has started.
-///
-/// Every hold, checkpoint and settlement passes through this one mailbox.
-/// On the shared runtime the actor is one task among thousands of stream
-/// actors: each time it has used its cooperative budget it goes to the back
-/// of the queue, and with 10,000 streams runnable its mailbox grew to 33,000
-/// messages (memory, and settlements waiting seconds). On its own thread it
-/// keeps up with whatever the account actors send.
-async fn spawn_on_own_thread(
-    args: LedgerArgs,
-) -> Result<(ActorRef<LedgerMsg>, Arc<crate::instrument::ActorStats>), LedgerStartError> {
-    let (started, spawned) = oneshot::channel();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| StorageError::Spawn {
-            message: format!("the ledger thread's runtime: {error}"),
-        })?;
-    std::thread::Builder::new()
-        .name("tokun-ledger".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                match crate::instrument::Metered::spawn(LedgerActor, args, None).await {
-                    Ok((actor, stats)) => {
-                        let cell = actor.get_cell();
-                        if started.send(Ok((actor, stats))).is_ok() {
-                            let _ = cell.wait(None).await;
-                        }
-                    }
-                    Err(error) => {
-                        let _ = started.send(Err(error));
-                    }
-                }
-            });
-        })
-        .map_err(|error| StorageError::Spawn {
-            message: format!("the ledger thread: {error}"),
-        })?;
-    let spawned = spawned.await.map_err(|_| StorageError::WriterClosed)?;
-    Ok(spawned?)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerStartError {
     #[error(transparent)]
@@ -191,7 +146,8 @@ impl LedgerHandle {
             thread,
             healthy: healthy.clone(),
         };
-        let (actor, actor_stats) = spawn_on_own_thread(args).await?;
+        let (actor, actor_stats) =
+            crate::instrument::Metered::spawn(LedgerActor, args, None).await?;
         Ok(LedgerHandle {
             actor,
             actor_stats,
