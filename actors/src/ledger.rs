@@ -5,8 +5,8 @@
 //! "durable" only once the writer flushed the batch holding them. It owns the
 //! writer thread: stopping the actor drains and closes it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -20,17 +20,47 @@ pub struct LedgerArgs {
     pub writer: WriterHandle,
     pub thread: std::thread::JoinHandle<()>,
     pub healthy: Arc<AtomicBool>,
+    pub inbox: Arc<Inbox>,
+}
+
+/// Appends waiting for the ledger actor, in the order they were made.
+///
+/// The handle queues here and sends the actor one `Drain` whenever the queue
+/// turns non-empty; the actor takes the whole queue per message. On a
+/// runtime with thousands of busy stream actors the ledger actor is polled
+/// once per pass over the run queue, and one message per append (≈ 13,000/s
+/// at 10,000 open completions) left its mailbox 33,000 deep; one message per
+/// poll keeps up with any rate.
+#[derive(Default)]
+pub struct Inbox {
+    queue: Mutex<Vec<Pending>>,
+}
+
+/// One append: its ops, and who hears once they are durable.
+type Pending = (Vec<WriteOp>, Option<OnDurable>);
+
+impl Inbox {
+    /// Queues an append; true when the queue was empty (the actor needs a
+    /// `Drain`).
+    fn push(&self, pending: Pending) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.push(pending);
+        queue.len() == 1
+    }
+
+    fn take(&self) -> Vec<Pending> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// Called on the writer thread once a submission is durable (or failed); must be quick.
 pub type OnDurable = Box<dyn FnOnce(Result<Durable, StorageError>) + Send>;
 
 pub enum LedgerMsg {
-    /// Write `ops` atomically; `done` (if any) hears once they are durable.
-    Append {
-        ops: Vec<WriteOp>,
-        done: Option<OnDurable>,
-    },
+    /// Submit everything queued in the [`Inbox`] to the writer, in order:
+    /// each append's ops atomically, its `done` (if any) hearing once they
+    /// are durable.
+    Drain,
 }
 
 impl crate::instrument::ActorKind for LedgerActor {
@@ -39,7 +69,7 @@ impl crate::instrument::ActorKind for LedgerActor {
 
 impl crate::instrument::MessageKind for LedgerMsg {
     fn kind(&self) -> &'static str {
-        "append"
+        "drain"
     }
 }
 
@@ -47,6 +77,7 @@ pub struct LedgerState {
     writer: Option<WriterHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
     healthy: Arc<AtomicBool>,
+    inbox: Arc<Inbox>,
 }
 
 impl Actor for LedgerActor {
@@ -64,6 +95,7 @@ impl Actor for LedgerActor {
             writer: Some(args.writer),
             thread: Some(args.thread),
             healthy: args.healthy,
+            inbox: args.inbox,
         })
     }
 
@@ -73,29 +105,8 @@ impl Actor for LedgerActor {
         message: LedgerMsg,
         state: &mut LedgerState,
     ) -> Result<(), ActorProcessingErr> {
-        let LedgerMsg::Append { ops, done } = message;
-        let healthy = state.healthy.clone();
-        let ack = Ack::new(move |result: Result<Durable, StorageError>| {
-            match &result {
-                // A refused submission broke a ledger rule; the ledger itself is fine.
-                Err(error) if error.is_refusal() => {
-                    tracing::error!(%error, "ledger refused a submission")
-                }
-                Err(error) => {
-                    // A failed commit or flush poisons the writer until restart.
-                    healthy.store(false, Ordering::Relaxed);
-                    tracing::error!(%error, "ledger write failed; the ledger is not writable until restart");
-                }
-                Ok(_) => {}
-            }
-            if let Some(done) = done {
-                done(result);
-            }
-        });
-        match &state.writer {
-            Some(writer) => writer.submit(ops, ack),
-            None => drop(ack),
-        }
+        let LedgerMsg::Drain = message;
+        state.drain();
         Ok(())
     }
 
@@ -104,7 +115,9 @@ impl Actor for LedgerActor {
         _myself: ActorRef<LedgerMsg>,
         state: &mut LedgerState,
     ) -> Result<(), ActorProcessingErr> {
-        // The writer drains what is queued, flushes, and exits.
+        // What was queued before the stop still goes to the writer, which
+        // drains its own queue, flushes, and exits.
+        state.drain();
         if let Some(writer) = state.writer.take() {
             writer.close();
         }
@@ -112,6 +125,36 @@ impl Actor for LedgerActor {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         Ok(())
+    }
+}
+
+impl LedgerState {
+    /// Submits everything in the inbox to the writer, in order.
+    fn drain(&self) {
+        for (ops, done) in self.inbox.take() {
+            let healthy = self.healthy.clone();
+            let ack = Ack::new(move |result: Result<Durable, StorageError>| {
+                match &result {
+                    // A refused submission broke a ledger rule; the ledger itself is fine.
+                    Err(error) if error.is_refusal() => {
+                        tracing::error!(%error, "ledger refused a submission")
+                    }
+                    Err(error) => {
+                        // A failed commit or flush poisons the writer until restart.
+                        healthy.store(false, Ordering::Relaxed);
+                        tracing::error!(%error, "ledger write failed; the ledger is not writable until restart");
+                    }
+                    Ok(_) => {}
+                }
+                if let Some(done) = done {
+                    done(result);
+                }
+            });
+            match &self.writer {
+                Some(writer) => writer.submit(ops, ack),
+                None => drop(ack),
+            }
+        }
     }
 }
 
@@ -127,6 +170,7 @@ pub enum LedgerStartError {
 #[derive(Clone)]
 pub struct LedgerHandle {
     actor: ActorRef<LedgerMsg>,
+    inbox: Arc<Inbox>,
     actor_stats: Arc<crate::instrument::ActorStats>,
     store: Store,
     healthy: Arc<AtomicBool>,
@@ -141,15 +185,18 @@ impl LedgerHandle {
         let (writer, thread) = LedgerWriter::start(store.clone(), config)?;
         let stats = writer.stats().clone();
         let healthy = Arc::new(AtomicBool::new(false));
+        let inbox = Arc::new(Inbox::default());
         let args = LedgerArgs {
             writer,
             thread,
             healthy: healthy.clone(),
+            inbox: inbox.clone(),
         };
         let (actor, actor_stats) =
             crate::instrument::Metered::spawn(LedgerActor, args, None).await?;
         Ok(LedgerHandle {
             actor,
+            inbox,
             actor_stats,
             store,
             healthy,
@@ -186,25 +233,28 @@ impl LedgerHandle {
         ops: Vec<WriteOp>,
         done: impl FnOnce(Result<Durable, StorageError>) + Send + 'static,
     ) {
-        let message = LedgerMsg::Append {
-            ops,
-            done: Some(Box::new(done)),
-        };
-        self.actor_stats.note_sent();
-        if let Err(ractor::MessagingErr::SendErr(LedgerMsg::Append {
-            done: Some(done), ..
-        })) = self.actor.send_message(message)
-        {
-            done(Err(StorageError::WriterClosed));
-        }
+        self.queue(ops, Some(Box::new(done)));
     }
 
     /// Writes `ops` without anyone waiting (holds, checkpoints, usage records).
     pub fn append_nowait(&self, ops: Vec<WriteOp>) {
+        self.queue(ops, None);
+    }
+
+    /// Queues an append; wakes the actor when the inbox was empty. If the
+    /// actor is gone, whatever is queued hears `WriterClosed`.
+    fn queue(&self, ops: Vec<WriteOp>, done: Option<OnDurable>) {
+        if !self.inbox.push((ops, done)) {
+            return;
+        }
         self.actor_stats.note_sent();
-        let _ = self
-            .actor
-            .send_message(LedgerMsg::Append { ops, done: None });
+        if self.actor.send_message(LedgerMsg::Drain).is_err() {
+            for (_, done) in self.inbox.take() {
+                if let Some(done) = done {
+                    done(Err(StorageError::WriterClosed));
+                }
+            }
+        }
     }
 
     /// Waits until everything sent before is durable.
@@ -225,5 +275,63 @@ impl LedgerHandle {
             .actor
             .stop_and_wait(Some("shutdown".into()), None)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokun_storage::{AccountId, AccountRecord, Nanos};
+
+    use super::*;
+
+    fn account(id: u64, email: &str) -> WriteOp {
+        WriteOp::PutAccount(AccountRecord {
+            id: AccountId::new(id),
+            email: email.into(),
+            created_ms: 0,
+            disabled: false,
+            floor: Nanos::ZERO,
+            deleted_ms: None,
+        })
+    }
+
+    /// Appends made while the actor cannot run (a busy runtime) wait in the
+    /// inbox and go to the writer in one drain, in the order they were made.
+    #[tokio::test(flavor = "current_thread")]
+    async fn appends_queued_while_the_actor_waits_are_drained_in_order() {
+        let store = Store::temporary().unwrap();
+        let ledger = LedgerHandle::start(store.clone(), WriterConfig::default())
+            .await
+            .unwrap();
+        let handled_before = ledger.actor_stats.handled();
+        // No await in between: on this one-thread runtime the actor cannot
+        // run until the loop is done.
+        for id in 1..=500 {
+            ledger.append_nowait(vec![account(id, &format!("first-{id}@tokun.local"))]);
+        }
+        ledger.append_nowait(vec![account(7, "last@tokun.local")]);
+        ledger.barrier().await.unwrap();
+        for id in 1..=500 {
+            assert!(store.account(AccountId::new(id)).unwrap().is_some(), "{id}");
+        }
+        let seventh = store.account(AccountId::new(7)).unwrap().unwrap();
+        assert_eq!(seventh.email, "last@tokun.local");
+        // One `Drain` for the 501 appends, one for the barrier.
+        assert!(ledger.actor_stats.handled() - handled_before <= 2);
+        ledger.stop().await;
+    }
+
+    /// After the actor stopped, an append hears `WriterClosed` at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn appends_after_stop_are_refused() {
+        let ledger = LedgerHandle::start(Store::temporary().unwrap(), WriterConfig::default())
+            .await
+            .unwrap();
+        ledger.stop().await;
+        let result = ledger.append(vec![account(1, "late@tokun.local")]).await;
+        assert!(
+            matches!(result, Err(StorageError::WriterClosed)),
+            "{result:?}"
+        );
     }
 }
