@@ -33,23 +33,53 @@ pub struct LedgerArgs {
 /// poll keeps up with any rate.
 #[derive(Default)]
 pub struct Inbox {
-    queue: Mutex<Vec<Pending>>,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    /// Set by the actor's `post_stop`: nobody will drain any more.
+    closed: bool,
 }
 
 /// One append: its ops, and who hears once they are durable.
 type Pending = (Vec<WriteOp>, Option<OnDurable>);
 
 impl Inbox {
-    /// Queues an append; true when the queue was empty (the actor needs a
-    /// `Drain`).
-    fn push(&self, pending: Pending) -> bool {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.push(pending);
-        queue.len() == 1
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an append: `Ok(true)` when the queue was empty (the actor needs
+    /// a `Drain`); the append back when the inbox is closed.
+    fn push(&self, pending: Pending) -> Result<bool, Pending> {
+        let mut queue = self.lock();
+        if queue.closed {
+            return Err(pending);
+        }
+        queue.pending.push(pending);
+        Ok(queue.pending.len() == 1)
     }
 
     fn take(&self) -> Vec<Pending> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut self.lock().pending)
+    }
+
+    /// Takes what is left and refuses every later append.
+    fn close(&self) -> Vec<Pending> {
+        let mut queue = self.lock();
+        queue.closed = true;
+        std::mem::take(&mut queue.pending)
+    }
+}
+
+/// Tells the callers of appends nobody will write that the writer is gone.
+fn refuse(pending: Vec<Pending>) {
+    for (_, done) in pending {
+        if let Some(done) = done {
+            done(Err(StorageError::WriterClosed));
+        }
     }
 }
 
@@ -116,8 +146,9 @@ impl Actor for LedgerActor {
         state: &mut LedgerState,
     ) -> Result<(), ActorProcessingErr> {
         // What was queued before the stop still goes to the writer, which
-        // drains its own queue, flushes, and exits.
-        state.drain();
+        // drains its own queue, flushes, and exits; later appends are refused.
+        let rest = state.inbox.close();
+        state.submit(rest);
         if let Some(writer) = state.writer.take() {
             writer.close();
         }
@@ -131,7 +162,11 @@ impl Actor for LedgerActor {
 impl LedgerState {
     /// Submits everything in the inbox to the writer, in order.
     fn drain(&self) {
-        for (ops, done) in self.inbox.take() {
+        self.submit(self.inbox.take());
+    }
+
+    fn submit(&self, pending: Vec<Pending>) {
+        for (ops, done) in pending {
             let healthy = self.healthy.clone();
             let ack = Ack::new(move |result: Result<Durable, StorageError>| {
                 match &result {
@@ -244,16 +279,16 @@ impl LedgerHandle {
     /// Queues an append; wakes the actor when the inbox was empty. If the
     /// actor is gone, whatever is queued hears `WriterClosed`.
     fn queue(&self, ops: Vec<WriteOp>, done: Option<OnDurable>) {
-        if !self.inbox.push((ops, done)) {
-            return;
-        }
-        self.actor_stats.note_sent();
-        if self.actor.send_message(LedgerMsg::Drain).is_err() {
-            for (_, done) in self.inbox.take() {
-                if let Some(done) = done {
-                    done(Err(StorageError::WriterClosed));
+        match self.inbox.push((ops, done)) {
+            Ok(false) => {}
+            Ok(true) => {
+                self.actor_stats.note_sent();
+                if self.actor.send_message(LedgerMsg::Drain).is_err() {
+                    // Stopped without running `post_stop` (killed).
+                    refuse(self.inbox.close());
                 }
             }
+            Err(pending) => refuse(vec![pending]),
         }
     }
 
