@@ -379,13 +379,7 @@ async fn shutdown_settles_an_open_response_and_closes_with_1001() {
             break frame;
         }
     };
-    assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
-    assert_eq!(frame.reason.as_str(), "tokun is shutting down");
-    tokio::time::timeout(WAIT, shutdown)
-        .await
-        .expect("shutdown ends")
-        .unwrap()
-        .unwrap();
+    support::assert_closed_for_shutdown(&frame, shutdown).await;
     assert!(fake.closed() > 0, "the upstream socket is closed too");
     // The open response was settled (estimated, by what was streamed) before the close.
     assert!(store.open_holds().unwrap().is_empty(), "no hold left open");

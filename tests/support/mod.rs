@@ -242,3 +242,18 @@ pub async fn verify_clean(h: &Harness) -> Value {
     assert_eq!(report["clean"], true, "{report}");
     report
 }
+
+/// A WebSocket closed by a server shutdown: code 1001 with tokun's reason,
+/// and the shutdown itself finishing.
+pub async fn assert_closed_for_shutdown(
+    frame: &tokio_tungstenite::tungstenite::protocol::CloseFrame,
+    shutdown: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+    assert_eq!(frame.reason.as_str(), "tokun is shutting down");
+    tokio::time::timeout(std::time::Duration::from_secs(20), shutdown)
+        .await
+        .expect("shutdown ends")
+        .unwrap()
+        .unwrap();
+}

@@ -399,11 +399,5 @@ async fn shutdown_lets_completions_finish_then_closes_with_1001() {
         "the completion ran to its end within the grace period"
     );
     let frame = closed(&mut ws).await;
-    assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
-    assert_eq!(frame.reason.as_str(), "tokun is shutting down");
-    tokio::time::timeout(WAIT, shutdown)
-        .await
-        .expect("shutdown ends")
-        .unwrap()
-        .unwrap();
+    support::assert_closed_for_shutdown(&frame, shutdown).await;
 }

@@ -3,7 +3,10 @@
 //! first chunk), one same-route retry after a short `retry-after`, and the
 //! outcome of every attempt reported to the route's provider actor.
 
-use tokun_providers::ProviderError;
+use std::time::Duration;
+
+use tokio::time::timeout;
+use tokun_providers::{ChatRequest, ProviderError, TimeoutPhase};
 
 use crate::metric;
 use crate::provider::{Outcome, Permit, Refusal};
@@ -81,7 +84,31 @@ impl Attempts {
 
 /// A permit from the route's provider actor; a refusal reads like the
 /// upstream status it stands for (429 rate limited, 503 circuit open).
-pub(super) async fn acquire(route: &Route, tokens: u32) -> Result<Option<Permit>, ProviderError> {
+/// The request as `route` is sent it: the client's, with the route's model.
+pub(super) fn request_for(request: &ChatRequest, route: &Route) -> ChatRequest {
+    let mut request = request.clone();
+    request.model = route.upstream_model.to_string();
+    request
+}
+
+/// One try of a route: its permit, then `call` within `limit` (running out
+/// is a timeout in `phase`). A refused permit is the outer error; the call's
+/// own result comes back beside the permit, which the caller finishes.
+pub(super) async fn attempt<T>(
+    route: &Route,
+    tokens: u32,
+    limit: Duration,
+    phase: TimeoutPhase,
+    call: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<(Option<Permit>, Result<T, ProviderError>), ProviderError> {
+    let permit = acquire(route, tokens).await?;
+    let answer = timeout(limit, call)
+        .await
+        .unwrap_or(Err(ProviderError::Timeout { phase }));
+    Ok((permit, answer))
+}
+
+async fn acquire(route: &Route, tokens: u32) -> Result<Option<Permit>, ProviderError> {
     let Some(limiter) = &route.limiter else {
         return Ok(None);
     };

@@ -26,7 +26,7 @@ use crate::provider::{Outcome, Permit};
 mod attempts;
 mod unary;
 
-use self::attempts::{Attempts, acquire, outcome_of};
+use self::attempts::{Attempts, attempt, outcome_of, request_for};
 use crate::relay::{RelayEvent, RequestError, Route, StreamFailure, UsageSource};
 use crate::stats::StreamStats;
 
@@ -208,18 +208,15 @@ impl StreamState {
         let mut plan = Attempts::new(routes.len());
         while let Some(index) = plan.next() {
             let route = &routes[index];
-            let mut request = self.args.request.clone();
-            request.model = route.upstream_model.to_string();
+            let request = request_for(&self.args.request, route);
             let attempt_started = Instant::now();
-            let tokens = self.tpm_tokens();
-            let attempt = async {
-                let permit = acquire(route, tokens).await?;
-                let opened = timeout(route.timeouts.first_byte, first_chunk(route, &request)).await;
-                let opened = opened.unwrap_or(Err(ProviderError::Timeout {
-                    phase: TimeoutPhase::FirstByte,
-                }));
-                Ok::<_, ProviderError>((permit, opened))
-            };
+            let attempt = attempt(
+                route,
+                self.tpm_tokens(),
+                route.timeouts.first_byte,
+                TimeoutPhase::FirstByte,
+                first_chunk(route, &request),
+            );
             let outcome = tokio::select! {
                 outcome = attempt => outcome,
                 () = self.args.out.closed() => return Some(Err(End::ClientGone)),

@@ -1,10 +1,10 @@
 //! The non-streaming path of a stream actor: one upstream call per route
 //! until one answers, then one settlement and one `Completion` event.
 
-use tokio::time::{Instant, timeout};
-use tokun_providers::{ChatCompletion, ProviderError, TimeoutPhase};
+use tokio::time::Instant;
+use tokun_providers::{ChatCompletion, TimeoutPhase};
 
-use super::attempts::{Attempts, acquire};
+use super::attempts::{Attempts, attempt, request_for};
 use super::{StreamState, learn};
 use crate::provider::Outcome;
 use crate::relay::{RelayEvent, RequestError};
@@ -16,18 +16,15 @@ impl StreamState {
         let mut plan = Attempts::new(routes.len());
         while let Some(index) = plan.next() {
             let route = &routes[index];
-            let mut request = self.args.request.clone();
-            request.model = route.upstream_model.to_string();
+            let request = request_for(&self.args.request, route);
             let attempt_started = Instant::now();
-            let tokens = self.tpm_tokens();
-            let attempt = async {
-                let permit = acquire(route, tokens).await?;
-                let answer = timeout(route.timeouts.total, route.adapter.complete(&request)).await;
-                let answer = answer.unwrap_or(Err(ProviderError::Timeout {
-                    phase: TimeoutPhase::Total,
-                }));
-                Ok::<_, ProviderError>((permit, answer))
-            };
+            let attempt = attempt(
+                route,
+                self.tpm_tokens(),
+                route.timeouts.total,
+                TimeoutPhase::Total,
+                route.adapter.complete(&request),
+            );
             let outcome = tokio::select! {
                 outcome = attempt => outcome,
                 () = self.args.out.closed() => {

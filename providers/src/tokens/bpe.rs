@@ -36,7 +36,7 @@ impl Bpe {
     pub(super) fn o200k() -> Option<Bpe> {
         let (arena, spans) = std::thread::spawn(vocabulary).join().ok()??;
         // Copied here, so nothing this thread keeps lives in that arena.
-        let arena: &'static [u8] = Box::leak(arena.into_boxed_slice().to_vec().into_boxed_slice());
+        let arena: &'static [u8] = Box::leak(Box::from(arena.as_slice()));
         let mut ranks = HashMap::with_capacity_and_hasher(spans.len(), Default::default());
         for (rank, start, end) in spans {
             ranks.insert(arena.get(start..end)?, rank);

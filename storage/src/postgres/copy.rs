@@ -208,35 +208,35 @@ pub(super) async fn copy_in<T: Send + 'static>(
     Ok((rows, produced))
 }
 
-/// Like [`copy_in`], but every chunk is a COPY of its own followed by
-/// `then` (which moves the chunk's rows out of the table COPied into, e.g.
-/// `INSERT … SELECT …; TRUNCATE …`), so a large paced load never ends in one
-/// long statement. Returns the rows `then`'s first statement reported.
+/// Like [`copy_in`] into the table `staged`, but every chunk is a COPY of
+/// its own, then `insert` (which takes the chunk's rows from `staged`), then
+/// a `TRUNCATE staged`, so a large paced load never ends in one long
+/// statement. Returns the rows `insert` reported in all.
 pub(super) async fn copy_in_batches<T: Send + 'static>(
     tx: &Transaction<'_>,
     target: &PgTarget,
     statement: &str,
-    then: &[&str],
+    insert: &str,
+    staged: &str,
     produce: impl FnOnce(Emit<'_>) -> Result<T, PgError> + Send + 'static,
 ) -> Result<(u64, T), PgError> {
     let (received, producer) = produce_chunks(target, produce);
     let forward = async {
         let mut received = received;
         let mut pace = Pace::new(target.max_rows_per_sec());
+        let truncate = format!("TRUNCATE {staged}");
         let mut moved = 0;
         while let Some((chunk, rows)) = received.recv().await {
             let mut sink = start(tx, target, statement).await?;
             send_paced(&mut sink, target, &mut pace, chunk, rows).await?;
             finish(sink, target).await?;
-            for (i, statement) in then.iter().enumerate() {
-                let changed = tx
-                    .execute(*statement, &[])
-                    .await
-                    .map_err(target.fail("move a COPY batch"))?;
-                if i == 0 {
-                    moved += changed;
-                }
-            }
+            moved += tx
+                .execute(insert, &[])
+                .await
+                .map_err(target.fail("insert a COPY batch"))?;
+            tx.batch_execute(&truncate)
+                .await
+                .map_err(target.fail("clear a COPY batch"))?;
         }
         Ok::<_, PgError>(moved)
     };

@@ -178,8 +178,8 @@ pub(super) async fn requests(
     let copy = format!("COPY snap_requests ({REQUEST_COLUMNS}) FROM STDIN (FORMAT binary)");
     // In batches: a catch-up can hold 100,000s of rows, and one INSERT of
     // them all would be a burst of Postgres CPU that pacing cannot spread.
-    let then = [insert.as_str(), "TRUNCATE snap_requests"];
-    let (inserted, ()) = copy_in_batches(tx, target, &copy, &then, move |emit| {
+    let staged = "snap_requests";
+    let (inserted, ()) = copy_in_batches(tx, target, &copy, &insert, staged, move |emit| {
         let mut copy = CopyRows::new();
         for (account, (first_ms, last_ms)) in settled {
             let from = usage_key(account.get(), first_ms.saturating_sub(USAGE_MARGIN_MS), 0);
