@@ -43,6 +43,7 @@ pub fn render(handle: &PrometheusHandle, services: &Services, live_streams: u64)
     directory().publish_depths();
     let writer = services.ledger.stats().snapshot();
     metrics::counter!("tokun_ledger_batches_total").absolute(writer.batches);
+    metrics::counter!("tokun_ledger_flushes_total").absolute(writer.flushes);
     metrics::counter!("tokun_ledger_entries_total").absolute(writer.entries);
     metrics::counter!("tokun_ledger_rejected_total").absolute(writer.rejected);
     metrics::counter!("tokun_ledger_failed_batches_total").absolute(writer.failed_batches);
@@ -114,11 +115,15 @@ fn describe() {
     describe_counter!("tokun_ledger_entries_total", "Ledger entries made durable.");
     describe_counter!(
         "tokun_ledger_batches_total",
-        "Group commits (one flush each)."
+        "Group commits (one flush each; holds nobody awaits join the next awaited batch)."
+    );
+    describe_counter!(
+        "tokun_ledger_flushes_total",
+        "Flushes of the ledger store (fsyncs)."
     );
     describe_counter!(
         "tokun_ledger_flush_micros_total",
-        "Time spent flushing, microseconds (÷ batches = mean flush)."
+        "Time spent flushing, microseconds (÷ flushes = mean flush)."
     );
     describe_gauge!(
         "tokun_ledger_last_batch_ops",

@@ -13,8 +13,8 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tokun_actors::{AccountsHandle, LedgerHandle, SnapshotHandle};
 use tokun_storage::{
-    AccountId, AccountRecord, EntryKind, KeyId, KeyRecord, Nanos, Store, WriteOp, WriterConfig,
-    hash_secret,
+    AccountId, AccountRecord, EntryKind, KeyId, KeyRecord, Nanos, Store, StoreOptions, WriteOp,
+    WriterConfig, hash_secret,
 };
 
 use crate::auth::new_key_secret;
@@ -62,7 +62,10 @@ impl Services {
         let dir = &config.server.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data dir {}", dir.display()))?;
-        let store = Store::open(dir.join("ledger")).with_context(|| {
+        let options = StoreOptions {
+            cache_capacity_bytes: config.ledger.cache_bytes,
+        };
+        let store = Store::open_with(dir.join("ledger"), options).with_context(|| {
             format!(
                 "cannot open the store in {} (is another tokun using it?)",
                 dir.display()
@@ -72,7 +75,8 @@ impl Services {
         let writer = WriterConfig {
             max_batch: config.ledger.max_batch,
             max_batch_delay: config.ledger.max_batch_delay,
-            queue_capacity: 65_536,
+            max_unflushed: config.ledger.max_unflushed,
+            ..WriterConfig::default()
         };
         let ledger = LedgerHandle::start(store.clone(), writer).await?;
         let accounts = AccountsHandle::start(store.clone(), ledger.clone(), ACCOUNT_IDLE).await?;

@@ -34,13 +34,14 @@
     reason = "prints the per-round-trip distribution criterion does not report"
 )]
 
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
 use tokio::runtime::Runtime;
-use tokun_actors::account::{Billed, ReserveRequest};
+use tokun_actors::account::{Applied, Billed, ReserveRequest, Settled};
 use tokun_actors::{AccountsHandle, LedgerHandle};
 use tokun_storage::{
     AccountId, AccountRecord, EntryKind, Nanos, Price, Store, UsageRecord, WriteOp, WriterConfig,
@@ -224,6 +225,60 @@ async fn reserve_settle_applied(accounts: &AccountsHandle, account: AccountId) -
     elapsed
 }
 
+/// Reserve → settle (applied) back to back, as under load: the durability
+/// of each settlement is awaited `IN_FLIGHT` round trips later (untimed), so
+/// the writer is busy with earlier batches instead of parked. Returns the
+/// time of the round trip alone.
+async fn reserve_settle_applied_loaded(
+    accounts: &AccountsHandle,
+    account: AccountId,
+    in_flight: &mut VecDeque<Applied<Settled>>,
+) -> Duration {
+    if in_flight.len() >= IN_FLIGHT {
+        if let Some(oldest) = in_flight.pop_front() {
+            oldest
+                .durable(Duration::from_secs(10))
+                .await
+                .expect("durable");
+        }
+    }
+    let start = Instant::now();
+    let reservation = accounts
+        .reserve(account, request(256, 4096))
+        .await
+        .expect("reserve");
+    let applied = accounts
+        .settle_applied(account, reservation.hold, billed(), Some(usage(account)))
+        .await
+        .expect("settle");
+    let elapsed = start.elapsed();
+    black_box(applied.value());
+    in_flight.push_back(applied);
+    elapsed
+}
+
+/// Settlements whose durability is still outstanding in the loaded variant
+/// (like 64 streams waiting for their `[DONE]`).
+const IN_FLIGHT: usize = 64;
+
+fn applied_loaded_timed(bench: &Bench, iters: u64) -> Duration {
+    let (accounts, account) = (bench.accounts.clone(), bench.account);
+    bench.run(async move {
+        let mut in_flight = VecDeque::with_capacity(IN_FLIGHT);
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            total += reserve_settle_applied_loaded(&accounts, account, &mut in_flight).await;
+        }
+        for applied in in_flight {
+            applied
+                .durable(Duration::from_secs(10))
+                .await
+                .expect("durable");
+        }
+        total
+    })
+}
+
 fn applied_timed(bench: &Bench, iters: u64) -> Duration {
     let (accounts, account) = (bench.accounts.clone(), bench.account);
     bench.run(async move {
@@ -319,6 +374,9 @@ fn account_round_trips(c: &mut Criterion) {
     group.bench_function("reserve_settle_applied/disk", |b| {
         b.iter_custom(|iters| applied_timed(&disk, iters));
     });
+    group.bench_function("reserve_settle_applied_loaded/disk", |b| {
+        b.iter_custom(|iters| applied_loaded_timed(&disk, iters));
+    });
     group.bench_function("reserve_settle/disk", |b| {
         b.iter_custom(|iters| {
             timed(&disk, iters, |accounts, account| async move {
@@ -370,6 +428,11 @@ where
         }
         times
     });
+    print_distribution(name, &mut times);
+}
+
+fn print_distribution(name: &str, times: &mut [Duration]) {
+    let n = times.len();
     times.sort_unstable();
     let at = |q: f64| {
         times[((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1].as_secs_f64()
@@ -427,6 +490,25 @@ fn distributions() {
         2_000,
         |accounts, account| async move { reserve_settle_applied(&accounts, account).await },
     );
+    let (accounts, account) = (disk.accounts.clone(), disk.account);
+    let mut times = disk.run(async move {
+        let mut in_flight = VecDeque::with_capacity(IN_FLIGHT);
+        for _ in 0..2_000 {
+            reserve_settle_applied_loaded(&accounts, account, &mut in_flight).await;
+        }
+        let mut times = Vec::with_capacity(20_000);
+        for _ in 0..20_000 {
+            times.push(reserve_settle_applied_loaded(&accounts, account, &mut in_flight).await);
+        }
+        for applied in in_flight {
+            applied
+                .durable(Duration::from_secs(10))
+                .await
+                .expect("durable");
+        }
+        times
+    });
+    print_distribution("account/reserve_settle_applied_loaded/disk", &mut times);
     distribution(
         "account/reserve_settle/disk",
         &disk,

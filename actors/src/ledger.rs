@@ -168,7 +168,8 @@ impl LedgerState {
     fn submit(&self, pending: Vec<Pending>) {
         for (ops, done) in pending {
             let healthy = self.healthy.clone();
-            let ack = Ack::new(move |result: Result<Durable, StorageError>| {
+            let waited = done.is_some();
+            let outcome = move |result: Result<Durable, StorageError>| {
                 match &result {
                     // A refused submission broke a ledger rule; the ledger itself is fine.
                     Err(error) if error.is_refusal() => {
@@ -184,7 +185,14 @@ impl LedgerState {
                 if let Some(done) = done {
                     done(result);
                 }
-            });
+            };
+            // Only an append someone awaits needs its batch flushed before
+            // the ack; the writer may defer the flush of the others.
+            let ack = if waited {
+                Ack::new(outcome)
+            } else {
+                Ack::observe(outcome)
+            };
             match &self.writer {
                 Some(writer) => writer.submit(ops, ack),
                 None => drop(ack),

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokun_actors::Timeouts;
 use tokun_actors::provider::ProviderLimits;
 use tokun_actors::provider::breaker::BreakerConfig;
-use tokun_storage::{Nanos, Price};
+use tokun_storage::{Nanos, Price, StoreOptions, WriterConfig};
 
 pub use postgres::PostgresConfig;
 pub use raw::RawConfig;
@@ -141,6 +141,10 @@ pub struct BillingConfig {
 pub struct LedgerConfig {
     pub max_batch: usize,
     pub max_batch_delay: Duration,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// Longest a write nobody waits for (a hold) waits to join a batch.
+    pub max_unflushed: Duration,
 }
 
 /// Per-socket limits of `/v1/ws` and `/v1/realtime`.
@@ -237,6 +241,16 @@ impl Config {
                 max_batch_delay: Duration::from_micros(
                     raw.ledger.max_batch_delay_us.unwrap_or(500),
                 ),
+                cache_bytes: raw
+                    .ledger
+                    .cache_mib
+                    .map_or(StoreOptions::default().cache_capacity_bytes, |mib| {
+                        mib.max(1).saturating_mul(1024 * 1024)
+                    }),
+                max_unflushed: raw
+                    .ledger
+                    .max_unflushed_us
+                    .map_or(WriterConfig::default().max_unflushed, Duration::from_micros),
             },
             auto,
             metrics: MetricsConfig {

@@ -125,6 +125,8 @@ pub struct RawBilling {
 pub struct RawLedger {
     pub max_batch: Option<u32>,
     pub max_batch_delay_us: Option<u64>,
+    pub cache_mib: Option<u64>,
+    pub max_unflushed_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -67,6 +67,8 @@ fn the_example_file_is_valid_and_documents_every_key() {
         "hold_increment_tokens",
         "max_batch",
         "max_batch_delay_us",
+        "max_unflushed_us",
+        "cache_mib",
         "realtime_url",
         "max_completions",
         "max_frame_bytes",

@@ -67,7 +67,7 @@ impl EchoAdapter {
     /// The whole reply as one `chat.completion`, after `delay` × its token count.
     pub async fn complete(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let reply = Reply::plan(&self.config, req);
-        let pieces = u32::try_from(reply.pieces.len()).unwrap_or(u32::MAX);
+        let pieces = u32::try_from(reply.pieces.len).unwrap_or(u32::MAX);
         sleep(self.config.delay.saturating_mul(pieces)).await;
         Ok(reply.completion())
     }
@@ -78,7 +78,7 @@ impl EchoAdapter {
         let reply = Reply::plan(&self.config, req);
         let delay = self.config.delay;
         let chunks = stream::unfold((reply, 0usize), move |(reply, step)| async move {
-            let is_token = step >= 1 && step <= reply.pieces.len();
+            let is_token = step >= 1 && step <= reply.pieces.len;
             if is_token {
                 sleep(delay).await;
             }
@@ -94,7 +94,7 @@ struct Reply {
     id: String,
     created: u64,
     model: String,
-    pieces: Vec<Cow<'static, str>>,
+    pieces: Pieces,
     finish_reason: &'static str,
     usage: Usage,
 }
@@ -105,7 +105,7 @@ impl Reply {
         let limit = req
             .requested_max_tokens()
             .map_or(config.reply_tokens, |max| max.min(config.reply_tokens));
-        let pieces = pieces(&text, limit as usize);
+        let pieces = Pieces::plan(&text, limit as usize);
         let finish_reason = if limit < config.reply_tokens {
             "length"
         } else {
@@ -115,7 +115,7 @@ impl Reply {
             "chatcmpl-echo-{:016x}",
             fnv1a(&[req.model.as_bytes(), text.as_bytes(), &limit.to_le_bytes()])
         );
-        let usage = Usage::new(tokens::estimate_prompt(req), pieces.len() as u64);
+        let usage = Usage::new(tokens::estimate_prompt(req), pieces.len as u64);
         Self {
             id,
             created: unix_seconds(),
@@ -127,7 +127,9 @@ impl Reply {
     }
 
     fn content(&self) -> String {
-        self.pieces.concat()
+        (0..self.pieces.len)
+            .filter_map(|index| self.pieces.get(index))
+            .collect()
     }
 
     fn completion(&self) -> ChatCompletion {
@@ -150,7 +152,7 @@ impl Reply {
 
     /// Chunk number `step` of the stream, `None` past the end.
     fn chunk_at(&self, step: usize) -> Option<ChatCompletionChunk> {
-        let tokens = self.pieces.len();
+        let tokens = self.pieces.len;
         if step == 0 {
             let mut extra = Map::new();
             extra.insert("refusal".to_owned(), Value::Null);
@@ -164,7 +166,7 @@ impl Reply {
         }
         if let Some(piece) = step.checked_sub(1).and_then(|index| self.pieces.get(index)) {
             let delta = Delta {
-                content: Some(piece.to_string()),
+                content: Some(piece.to_owned()),
                 ..Delta::default()
             };
             return Some(self.chunk(vec![choice(delta, None)], None));
@@ -211,32 +213,55 @@ fn last_user_text(req: &ChatRequest) -> String {
         .unwrap_or_default()
 }
 
-/// `limit` one-token pieces: the opening, the user's words, then the vocabulary
-/// cycled. A user word is kept when it is alphanumeric and one token with its
-/// leading space; otherwise a vocabulary word picked by its hash stands in.
-fn pieces(text: &str, limit: usize) -> Vec<Cow<'static, str>> {
-    let words = text.split_whitespace().filter_map(|word| {
-        let clean: String = word.chars().filter(char::is_ascii_alphanumeric).collect();
-        (!clean.is_empty()).then_some(clean)
-    });
-    let echoed = words.map(|word| {
-        let spaced = format!(" {word}");
-        if tokens::count_text(&spaced) == 1 {
-            Cow::Owned(spaced)
-        } else {
-            Cow::Borrowed(
-                VOCABULARY[(fnv1a(&[word.as_bytes()]) % VOCABULARY.len() as u64) as usize],
-            )
+/// The reply's `len` one-token pieces: the opening, the user's words, then
+/// the vocabulary cycled. Only the user's words are stored: a stream open for
+/// 100 tokens keeps a few words, not 100 strings (10,000 open streams would
+/// otherwise hold ≈ 24 MB of pieces).
+struct Pieces {
+    echoed: Vec<Cow<'static, str>>,
+    len: usize,
+}
+
+impl Pieces {
+    /// A user word is kept when it is alphanumeric and one token with its
+    /// leading space; otherwise a vocabulary word picked by its hash stands in.
+    fn plan(text: &str, limit: usize) -> Pieces {
+        let words = text.split_whitespace().filter_map(|word| {
+            let clean: String = word.chars().filter(char::is_ascii_alphanumeric).collect();
+            (!clean.is_empty()).then_some(clean)
+        });
+        let echoed: Vec<Cow<'static, str>> = words
+            .take(limit.saturating_sub(OPENING.len()))
+            .map(|word| {
+                let spaced = format!(" {word}");
+                if tokens::count_text(&spaced) == 1 {
+                    Cow::Owned(spaced)
+                } else {
+                    Cow::Borrowed(
+                        VOCABULARY[(fnv1a(&[word.as_bytes()]) % VOCABULARY.len() as u64) as usize],
+                    )
+                }
+            })
+            .collect();
+        Pieces { echoed, len: limit }
+    }
+
+    /// Piece number `index`, `None` past the end.
+    fn get(&self, index: usize) -> Option<&str> {
+        if index >= self.len {
+            return None;
         }
-    });
-    let padding = VOCABULARY.into_iter().cycle().map(Cow::Borrowed);
-    OPENING
-        .into_iter()
-        .map(Cow::Borrowed)
-        .chain(echoed)
-        .chain(padding)
-        .take(limit)
-        .collect()
+        if let Some(opening) = OPENING.get(index) {
+            return Some(opening);
+        }
+        let index = index - OPENING.len();
+        match self.echoed.get(index) {
+            Some(word) => Some(word),
+            None => VOCABULARY
+                .get((index - self.echoed.len()) % VOCABULARY.len())
+                .copied(),
+        }
+    }
 }
 
 fn fnv1a(parts: &[&[u8]]) -> u64 {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::{EchoAdapter, EchoConfig, OPENING, VOCABULARY};
+use super::{EchoAdapter, EchoConfig, OPENING, Pieces, VOCABULARY};
 use crate::tokens;
 use crate::types::{ChatCompletionChunk, ChatRequest};
 
@@ -180,4 +180,28 @@ async fn tokens_arrive_after_the_configured_delay() {
     let start = tokio::time::Instant::now();
     adapter.complete(&ask("hi", None)).await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_millis(400));
+}
+
+#[test]
+fn pieces_are_the_opening_the_words_then_the_vocabulary_cycled() {
+    let text = "Tell me, tell me: supercalifragilistic words!";
+    let stored = Pieces::plan(text, 40);
+    let got: Vec<&str> = (0..stored.len).map(|i| stored.get(i).unwrap()).collect();
+    // The opening, then one piece per alphanumeric word (kept, or a
+    // vocabulary stand-in when not one token), then the vocabulary from its start.
+    assert_eq!(&got[..2], &OPENING[..]);
+    assert_eq!(&got[2..5], &[" Tell", " me", " tell"]);
+    assert!(VOCABULARY.contains(&got[6]), "{got:?}");
+    assert_eq!(&got[8..24], &VOCABULARY[..]);
+    assert_eq!(&got[24..40], &VOCABULARY[..]);
+    assert_eq!(stored.get(40), None);
+    // Fewer tokens than the opening, and none at all.
+    let short = Pieces::plan(text, 1);
+    assert_eq!(
+        (short.len, short.get(0), short.get(1)),
+        (1, Some("echo"), None)
+    );
+    assert_eq!(Pieces::plan(text, 0).get(0), None);
+    // Only the words that fit are stored.
+    assert_eq!(Pieces::plan(text, 3).echoed.len(), 1);
 }

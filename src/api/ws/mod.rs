@@ -45,7 +45,9 @@ const READ_BUFFER: usize = 2 * 1024;
 /// Read buffers of Realtime sockets, which carry audio.
 const REALTIME_READ_BUFFER: usize = 16 * 1024;
 /// Bytes the socket gathers before writing; every flush writes them anyway.
-const WRITE_BUFFER: usize = 16 * 1024;
+/// tungstenite's buffer keeps the capacity it grew to, so this is resident
+/// per socket once clients fall behind (16 KiB: ≈ 16 MiB at 1,000 sockets).
+const WRITE_BUFFER: usize = 4 * 1024;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct SocketQuery {

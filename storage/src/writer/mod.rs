@@ -6,6 +6,17 @@
 //! writes the whole batch in ONE sled transaction over all trees
 //! (`commit.rs`), calls `flush()` ONCE, and only then fires the acks.
 //!
+//! **Batches nobody waits for.** Submissions nobody awaits (holds,
+//! extensions, checkpoints, submitted with [`Ack::observe`] or
+//! [`Ack::none`]) do not start a batch of their own: they wait in the writer
+//! until a submission someone awaits arrives (they go in its batch), the
+//! batch reaches `max_batch` ops, or `max_unflushed` passed. A lone request
+//! then pays one commit and one fsync (its settlement's batch carries its
+//! hold) instead of two, nothing is written between its hold and its first
+//! token, and under load such submissions make fewer, larger batches. A
+//! crash loses at most `max_unflushed` of them — holds of streams that had
+//! just started — and never anything an ack promised.
+//!
 //! **Atomicity.** A submission is all-or-nothing: if any of its ops breaks
 //! a rule (`stage.rs`) it is refused with `Err` and nothing of it is
 //! written, while the rest of the batch goes on. A batch is all-or-nothing
@@ -33,10 +44,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use self::stage::{Changes, stage};
-use self::stats::Timings;
 pub use self::stats::{WriterStats, WriterStatsSnapshot};
 use crate::error::StorageError;
 use crate::ops::{Ack, Durable, WriteOp};
@@ -57,6 +67,9 @@ pub struct WriterConfig {
     pub max_batch_delay: Duration,
     /// Bound of the submission queue; `submit` blocks when it is full.
     pub queue_capacity: usize,
+    /// Longest a submission nobody waits for stays unwritten, waiting for a
+    /// batch to join (see the module docs). Zero writes it at once.
+    pub max_unflushed: Duration,
 }
 
 /// Sends submissions to the writer. Cheap to clone; the writer stops when
@@ -72,7 +85,8 @@ impl Default for WriterConfig {
         WriterConfig {
             max_batch: 1024,
             max_batch_delay: Duration::from_micros(500),
-            queue_capacity: 65_536,
+            queue_capacity: 16_384,
+            max_unflushed: Duration::from_millis(5),
         }
     }
 }
@@ -162,6 +176,27 @@ struct Submission {
     ack: Ack,
 }
 
+/// Submissions gathered for the next write.
+#[derive(Default)]
+struct Batch {
+    submissions: Vec<Submission>,
+    ops: usize,
+    /// Someone waits for one of them.
+    waited: bool,
+    /// When the first of them may wait no longer.
+    deadline: Option<Instant>,
+}
+
+impl Batch {
+    fn push(&mut self, submission: Submission, max_wait: Duration) {
+        self.ops += submission.ops.len();
+        self.waited |= submission.ack.is_waited();
+        self.deadline
+            .get_or_insert_with(|| Instant::now() + max_wait);
+        self.submissions.push(submission);
+    }
+}
+
 struct WriterThread {
     store: Store,
     rx: Receiver<Msg>,
@@ -219,9 +254,26 @@ impl WriterThread {
     }
 
     fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
-            let (batch, closing) = self.collect(first);
-            self.write_batch(batch);
+        let mut batch = Batch::default();
+        loop {
+            let msg = match batch.deadline {
+                None => self.rx.recv().ok(),
+                Some(deadline) => match self.rx.recv_deadline(deadline) {
+                    Ok(msg) => Some(msg),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.write_batch(std::mem::take(&mut batch).submissions);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            let closing = match msg {
+                Some(Msg::Submit(first)) => self.collect(first, &mut batch),
+                Some(Msg::Close) | None => true,
+            };
+            if closing || self.ready(&batch) {
+                self.write_batch(std::mem::take(&mut batch).submissions);
+            }
             if closing {
                 break;
             }
@@ -236,25 +288,35 @@ impl WriterThread {
         }
     }
 
-    /// The batch starting with `first`, and whether a close was seen.
-    fn collect(&self, first: Msg) -> (Vec<Submission>, bool) {
-        let Msg::Submit(first) = first else {
-            return (Vec::new(), true);
-        };
-        let deadline = Instant::now() + self.config.max_batch_delay;
-        let mut ops = first.ops.len();
-        let mut batch = vec![first];
-        while ops < self.config.max_batch && Instant::now() < deadline {
+    /// Adds `first` and whatever else is already queued (up to `max_batch`
+    /// ops, for at most `max_batch_delay`) to `batch`; whether a close was seen.
+    fn collect(&self, first: Submission, batch: &mut Batch) -> bool {
+        let drain_until = Instant::now() + self.config.max_batch_delay;
+        batch.push(first, self.config.max_unflushed);
+        while batch.ops < self.config.max_batch && Instant::now() < drain_until {
             match self.rx.try_recv() {
-                Ok(Msg::Submit(submission)) => {
-                    ops += submission.ops.len();
-                    batch.push(submission);
-                }
-                Ok(Msg::Close) => return (batch, true),
+                Ok(Msg::Submit(submission)) => batch.push(submission, self.config.max_unflushed),
+                Ok(Msg::Close) => return true,
                 Err(_) => break,
             }
         }
-        (batch, false)
+        false
+    }
+
+    /// Whether `batch` is written now: someone waits for part of it, it is
+    /// full, or its submissions may not wait.
+    fn ready(&self, batch: &Batch) -> bool {
+        batch.waited || batch.ops >= self.config.max_batch || self.config.max_unflushed.is_zero()
+    }
+
+    /// Flushes the store and counts it.
+    fn flush(&self) -> Result<(), StorageError> {
+        let started = Instant::now();
+        self.inject(Fault::Flush)?;
+        let flushed = self.store.db.flush();
+        flushed.map_err(StorageError::sled("flush the ledger"))?;
+        self.stats.record_flush(started.elapsed());
+        Ok(())
     }
 
     fn write_batch(&mut self, batch: Vec<Submission>) {
@@ -269,19 +331,16 @@ impl WriterThread {
         let sync = batch
             .iter()
             .any(|s| s.ops.iter().any(|op| matches!(op, WriteOp::Sync)));
+        if batch.is_empty() {
+            return;
+        }
         let (changes, accepted, ops) = self.stage_batch(batch);
         if changes.is_empty() {
             // Nothing to write (say, only checkpoints of closed holds): all
             // earlier batches are already flushed, so this is durable too —
             // unless a `Sync` asks to flush what was written beside the writer.
             if sync {
-                let flushed = self.inject(Fault::Flush).and_then(|()| {
-                    let flushed = self.store.db.flush();
-                    flushed
-                        .map(drop)
-                        .map_err(StorageError::sled("flush the store"))
-                });
-                if let Err(err) = flushed {
+                if let Err(err) = self.flush() {
                     tracing::error!(error = %err, "sync flush failed");
                     for (ack, _) in accepted {
                         ack.fire(Err(err.clone()));
@@ -292,8 +351,8 @@ impl WriterThread {
             return self.acknowledge(accepted, None);
         }
         match self.commit(&changes) {
-            Ok(timings) => {
-                self.stats.record_batch(changes.entries.len(), ops, timings);
+            Ok(commit) => {
+                self.stats.record_batch(changes.entries.len(), ops, commit);
                 self.acknowledge(accepted, Some(&changes));
             }
             Err(err) => {
@@ -336,19 +395,14 @@ impl WriterThread {
         (changes, accepted, ops)
     }
 
-    /// Commits and flushes; returns how long each took.
-    fn commit(&self, changes: &Changes) -> Result<Timings, StorageError> {
+    /// Commits and flushes; returns how long the commit took.
+    fn commit(&self, changes: &Changes) -> Result<Duration, StorageError> {
         let started = Instant::now();
         self.inject(Fault::Commit)?;
         commit::write(&self.store, changes)?;
-        let committed = Instant::now();
-        self.inject(Fault::Flush)?;
-        let flushed = self.store.db.flush();
-        flushed.map_err(StorageError::sled("flush the ledger"))?;
-        Ok(Timings {
-            commit: committed - started,
-            flush: committed.elapsed(),
-        })
+        let committed = started.elapsed();
+        self.flush()?;
+        Ok(committed)
     }
 
     /// Fires the acks of a durable batch (`None`: nothing was written).

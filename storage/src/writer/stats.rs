@@ -8,6 +8,7 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct WriterStats {
     batches: AtomicU64,
+    flushes: AtomicU64,
     submissions: AtomicU64,
     entries: AtomicU64,
     rejected: AtomicU64,
@@ -24,6 +25,9 @@ pub struct WriterStats {
 pub struct WriterStatsSnapshot {
     /// Batches committed and flushed.
     pub batches: u64,
+    /// Flushes of the store (fsyncs): one per batch, plus those `Sync` asked
+    /// for.
+    pub flushes: u64,
     /// Submissions acked `Ok`.
     pub submissions: u64,
     /// Ledger entries committed.
@@ -46,6 +50,7 @@ impl WriterStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         WriterStatsSnapshot {
             batches: read(&self.batches),
+            flushes: read(&self.flushes),
             submissions: read(&self.submissions),
             entries: read(&self.entries),
             rejected: read(&self.rejected),
@@ -58,17 +63,21 @@ impl WriterStats {
         }
     }
 
-    pub(super) fn record_batch(&self, entries: usize, ops: usize, timings: Timings) {
-        let micros = |time: Duration| u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
-        let (commit, flush) = (micros(timings.commit), micros(timings.flush));
+    pub(super) fn record_batch(&self, entries: usize, ops: usize, commit: Duration) {
+        let commit = micros(commit);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.entries.fetch_add(entries as u64, Ordering::Relaxed);
         self.last_batch_ops.store(ops as u64, Ordering::Relaxed);
-        self.last_flush_micros.store(flush, Ordering::Relaxed);
-        self.flush_micros_total.fetch_add(flush, Ordering::Relaxed);
         self.last_commit_micros.store(commit, Ordering::Relaxed);
         self.commit_micros_total
             .fetch_add(commit, Ordering::Relaxed);
+    }
+
+    pub(super) fn record_flush(&self, time: Duration) {
+        let flush = micros(time);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.last_flush_micros.store(flush, Ordering::Relaxed);
+        self.flush_micros_total.fetch_add(flush, Ordering::Relaxed);
     }
 
     pub(super) fn record_acked(&self, submissions: u64) {
@@ -84,9 +93,6 @@ impl WriterStats {
     }
 }
 
-/// How long a batch took to apply in memory and to flush.
-#[derive(Clone, Copy)]
-pub(super) struct Timings {
-    pub(super) commit: Duration,
-    pub(super) flush: Duration,
+fn micros(time: Duration) -> u64 {
+    u64::try_from(time.as_micros()).unwrap_or(u64::MAX)
 }
