@@ -207,6 +207,16 @@ async fn reserve_settle(accounts: &AccountsHandle, account: AccountId) {
 /// ledger's flush follows, untimed, so each round trip starts with the
 /// writer idle, as for a lone request.
 async fn reserve_settle_applied(accounts: &AccountsHandle, account: AccountId) -> Duration {
+    let (elapsed, applied) = timed_reserve_settle(accounts, account).await;
+    durable(applied).await;
+    elapsed
+}
+
+/// Reserve → settle up to the settlement's answer: that time, and the answer.
+async fn timed_reserve_settle(
+    accounts: &AccountsHandle,
+    account: AccountId,
+) -> (Duration, Applied<Settled>) {
     let start = Instant::now();
     let reservation = accounts
         .reserve(account, request(256, 4096))
@@ -218,11 +228,14 @@ async fn reserve_settle_applied(accounts: &AccountsHandle, account: AccountId) -
         .expect("settle");
     let elapsed = start.elapsed();
     black_box(applied.value());
+    (elapsed, applied)
+}
+
+async fn durable(applied: Applied<Settled>) {
     applied
         .durable(Duration::from_secs(10))
         .await
         .expect("durable");
-    elapsed
 }
 
 /// Reserve → settle (applied) back to back, as under load: the durability
@@ -236,23 +249,10 @@ async fn reserve_settle_applied_loaded(
 ) -> Duration {
     if in_flight.len() >= IN_FLIGHT {
         if let Some(oldest) = in_flight.pop_front() {
-            oldest
-                .durable(Duration::from_secs(10))
-                .await
-                .expect("durable");
+            durable(oldest).await;
         }
     }
-    let start = Instant::now();
-    let reservation = accounts
-        .reserve(account, request(256, 4096))
-        .await
-        .expect("reserve");
-    let applied = accounts
-        .settle_applied(account, reservation.hold, billed(), Some(usage(account)))
-        .await
-        .expect("settle");
-    let elapsed = start.elapsed();
-    black_box(applied.value());
+    let (elapsed, applied) = timed_reserve_settle(accounts, account).await;
     in_flight.push_back(applied);
     elapsed
 }
@@ -270,10 +270,7 @@ fn applied_loaded_timed(bench: &Bench, iters: u64) -> Duration {
             total += reserve_settle_applied_loaded(&accounts, account, &mut in_flight).await;
         }
         for applied in in_flight {
-            applied
-                .durable(Duration::from_secs(10))
-                .await
-                .expect("durable");
+            durable(applied).await;
         }
         total
     })
@@ -501,10 +498,7 @@ fn distributions() {
             times.push(reserve_settle_applied_loaded(&accounts, account, &mut in_flight).await);
         }
         for applied in in_flight {
-            applied
-                .durable(Duration::from_secs(10))
-                .await
-                .expect("durable");
+            durable(applied).await;
         }
         times
     });
