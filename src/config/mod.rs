@@ -247,10 +247,14 @@ impl Config {
                     .map_or(StoreOptions::default().cache_capacity_bytes, |mib| {
                         mib.max(1).saturating_mul(1024 * 1024)
                     }),
+                // At most 1 s: an account actor stopped for idleness reloads
+                // its books from the store, which must hold its last release.
                 max_unflushed: raw
                     .ledger
                     .max_unflushed_us
-                    .map_or(WriterConfig::default().max_unflushed, Duration::from_micros),
+                    .map_or(WriterConfig::default().max_unflushed, |us| {
+                        Duration::from_micros(us.min(1_000_000))
+                    }),
             },
             auto,
             metrics: MetricsConfig {

@@ -255,3 +255,20 @@ fn stripe_is_optional_and_checked() {
         "{missing}"
     );
 }
+
+#[test]
+fn ledger_cache_and_unflushed_window_are_configurable_and_bounded() {
+    let defaults = parse("").unwrap().ledger;
+    assert_eq!(defaults.cache_bytes, 16 * 1024 * 1024);
+    assert_eq!(defaults.max_unflushed, Duration::from_millis(5));
+    let set = parse("[ledger]\ncache_mib = 64\nmax_unflushed_us = 0\n")
+        .unwrap()
+        .ledger;
+    assert_eq!(set.cache_bytes, 64 * 1024 * 1024);
+    assert_eq!(set.max_unflushed, Duration::ZERO);
+    // The window is capped at 1 s (see `LedgerConfig::max_unflushed`).
+    let capped = parse("[ledger]\nmax_unflushed_us = 600000000\n")
+        .unwrap()
+        .ledger;
+    assert_eq!(capped.max_unflushed, Duration::from_secs(1));
+}
