@@ -115,7 +115,7 @@ fn describe() {
     describe_counter!("tokun_ledger_entries_total", "Ledger entries made durable.");
     describe_counter!(
         "tokun_ledger_batches_total",
-        "Group commits (one flush each; holds nobody awaits join the next awaited batch)."
+        "Group commits, one flush each."
     );
     describe_counter!(
         "tokun_ledger_flushes_total",

@@ -75,10 +75,10 @@ impl Services {
         let writer = WriterConfig {
             max_batch: config.ledger.max_batch,
             max_batch_delay: config.ledger.max_batch_delay,
-            max_unflushed: config.ledger.max_unflushed,
             ..WriterConfig::default()
         };
-        let ledger = LedgerHandle::start(store.clone(), writer).await?;
+        let ledger =
+            LedgerHandle::start_with(store.clone(), writer, config.ledger.max_unflushed).await?;
         let accounts = AccountsHandle::start(store.clone(), ledger.clone(), ACCOUNT_IDLE).await?;
         let mut first = FirstStart::default();
         let admin_token_hash = match &config.server.admin_token {

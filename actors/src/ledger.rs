@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -25,15 +26,25 @@ pub struct LedgerArgs {
 
 /// Appends waiting for the ledger actor, in the order they were made.
 ///
-/// The handle queues here and sends the actor one `Drain` whenever the queue
-/// turns non-empty; the actor takes the whole queue per message. On a
-/// runtime with thousands of busy stream actors the ledger actor is polled
-/// once per pass over the run queue, and one message per append (≈ 13,000/s
-/// at 10,000 open completions) left its mailbox 33,000 deep; one message per
-/// poll keeps up with any rate.
-#[derive(Default)]
+/// An append someone awaits (a settlement, a transfer, a barrier) sends the
+/// actor one `Drain` unless one is already on its way; the actor takes the
+/// whole queue per message. On a runtime with thousands of busy stream
+/// actors the ledger actor is polled once per pass over the run queue, and
+/// one message per append (≈ 13,000/s at 10,000 open completions) left its
+/// mailbox 33,000 deep; one message per poll keeps up with any rate.
+///
+/// Appends nobody awaits (holds, extensions, checkpoints) send nothing: they
+/// wait for the next awaited append and go to the writer in its batch, or,
+/// left alone, for a `Due` the first of them scheduled `max_wait` later
+/// (or until [`MAX_HELD`] wait). A lone request then pays one commit and one
+/// fsync (its settlement's batch carries its hold), and nothing — no write,
+/// no wake-up of the writer thread — happens between its hold and its first
+/// token. A crash loses at most `max_wait` of such appends (holds of streams
+/// that had just started), never one that was acknowledged.
 pub struct Inbox {
     queue: Mutex<Queue>,
+    /// How long appends nobody awaits may wait here for an awaited one.
+    max_wait: Duration,
 }
 
 #[derive(Default)]
@@ -41,7 +52,27 @@ struct Queue {
     pending: Vec<Pending>,
     /// Set by the actor's `post_stop`: nobody will drain any more.
     closed: bool,
+    /// A `Drain` is on its way.
+    signaled: bool,
+    /// A `Due` is on its way.
+    timer: bool,
 }
+
+/// What an append asks of the handle.
+enum Signal {
+    None,
+    /// Send a `Drain` now.
+    Now,
+    /// Send a `Due` after the inbox's `max_wait`.
+    Later,
+}
+
+/// Appends nobody awaits that may wait in the inbox at most.
+const MAX_HELD: usize = 1024;
+
+/// How long an append nobody awaits (a hold, an extension, a checkpoint)
+/// waits in the inbox for an awaited one by default.
+pub const MAX_UNFLUSHED: Duration = Duration::from_millis(5);
 
 /// One append: its ops, and who hears once they are durable.
 type Pending = (Vec<WriteOp>, Option<OnDurable>);
@@ -53,17 +84,35 @@ impl Inbox {
 
     /// Queues an append: `Ok(true)` when the queue was empty (the actor needs
     /// a `Drain`); the append back when the inbox is closed.
-    fn push(&self, pending: Pending) -> Result<bool, Pending> {
+    fn push(&self, pending: Pending) -> Result<Signal, Pending> {
         let mut queue = self.lock();
         if queue.closed {
             return Err(pending);
         }
+        let awaited = pending.1.is_some();
         queue.pending.push(pending);
-        Ok(queue.pending.len() == 1)
+        if queue.signaled {
+            return Ok(Signal::None);
+        }
+        if awaited || queue.pending.len() >= MAX_HELD || self.max_wait.is_zero() {
+            queue.signaled = true;
+            return Ok(Signal::Now);
+        }
+        if queue.timer {
+            return Ok(Signal::None);
+        }
+        queue.timer = true;
+        Ok(Signal::Later)
     }
 
-    fn take(&self) -> Vec<Pending> {
-        std::mem::take(&mut self.lock().pending)
+    fn take(&self, due: bool) -> Vec<Pending> {
+        let mut queue = self.lock();
+        if due {
+            queue.timer = false;
+        } else {
+            queue.signaled = false;
+        }
+        std::mem::take(&mut queue.pending)
     }
 
     /// Takes what is left and refuses every later append.
@@ -91,6 +140,8 @@ pub enum LedgerMsg {
     /// each append's ops atomically, its `done` (if any) hearing once they
     /// are durable.
     Drain,
+    /// The same, when appends nobody awaits waited long enough.
+    Due,
 }
 
 impl crate::instrument::ActorKind for LedgerActor {
@@ -99,7 +150,10 @@ impl crate::instrument::ActorKind for LedgerActor {
 
 impl crate::instrument::MessageKind for LedgerMsg {
     fn kind(&self) -> &'static str {
-        "drain"
+        match self {
+            LedgerMsg::Drain => "drain",
+            LedgerMsg::Due => "due",
+        }
     }
 }
 
@@ -135,8 +189,7 @@ impl Actor for LedgerActor {
         message: LedgerMsg,
         state: &mut LedgerState,
     ) -> Result<(), ActorProcessingErr> {
-        let LedgerMsg::Drain = message;
-        state.drain();
+        state.drain(matches!(message, LedgerMsg::Due));
         Ok(())
     }
 
@@ -161,15 +214,14 @@ impl Actor for LedgerActor {
 
 impl LedgerState {
     /// Submits everything in the inbox to the writer, in order.
-    fn drain(&self) {
-        self.submit(self.inbox.take());
+    fn drain(&self, due: bool) {
+        self.submit(self.inbox.take(due));
     }
 
     fn submit(&self, pending: Vec<Pending>) {
         for (ops, done) in pending {
             let healthy = self.healthy.clone();
-            let waited = done.is_some();
-            let outcome = move |result: Result<Durable, StorageError>| {
+            let ack = Ack::new(move |result: Result<Durable, StorageError>| {
                 match &result {
                     // A refused submission broke a ledger rule; the ledger itself is fine.
                     Err(error) if error.is_refusal() => {
@@ -185,14 +237,7 @@ impl LedgerState {
                 if let Some(done) = done {
                     done(result);
                 }
-            };
-            // Only an append someone awaits needs its batch flushed before
-            // the ack; the writer may defer the flush of the others.
-            let ack = if waited {
-                Ack::new(outcome)
-            } else {
-                Ack::observe(outcome)
-            };
+            });
             match &self.writer {
                 Some(writer) => writer.submit(ops, ack),
                 None => drop(ack),
@@ -221,14 +266,29 @@ pub struct LedgerHandle {
 }
 
 impl LedgerHandle {
+    /// Starts the ledger actor and its writer; appends nobody awaits wait
+    /// at most [`MAX_UNFLUSHED`] in the inbox.
     pub async fn start(
         store: Store,
         config: WriterConfig,
     ) -> Result<LedgerHandle, LedgerStartError> {
+        Self::start_with(store, config, MAX_UNFLUSHED).await
+    }
+
+    /// The same; appends nobody awaits wait at most `max_unflushed` in the
+    /// inbox (zero: they go to the writer at once).
+    pub async fn start_with(
+        store: Store,
+        config: WriterConfig,
+        max_unflushed: Duration,
+    ) -> Result<LedgerHandle, LedgerStartError> {
         let (writer, thread) = LedgerWriter::start(store.clone(), config)?;
         let stats = writer.stats().clone();
         let healthy = Arc::new(AtomicBool::new(false));
-        let inbox = Arc::new(Inbox::default());
+        let inbox = Arc::new(Inbox {
+            queue: Mutex::default(),
+            max_wait: max_unflushed,
+        });
         let args = LedgerArgs {
             writer,
             thread,
@@ -288,13 +348,18 @@ impl LedgerHandle {
     /// actor is gone, whatever is queued hears `WriterClosed`.
     fn queue(&self, ops: Vec<WriteOp>, done: Option<OnDurable>) {
         match self.inbox.push((ops, done)) {
-            Ok(false) => {}
-            Ok(true) => {
+            Ok(Signal::None) => {}
+            Ok(Signal::Now) => {
                 self.actor_stats.note_sent();
                 if self.actor.send_message(LedgerMsg::Drain).is_err() {
                     // Stopped without running `post_stop` (killed).
                     refuse(self.inbox.close());
                 }
+            }
+            Ok(Signal::Later) => {
+                self.actor_stats.note_sent();
+                self.actor
+                    .send_after(self.inbox.max_wait, || LedgerMsg::Due);
             }
             Err(pending) => refuse(vec![pending]),
         }
@@ -376,5 +441,92 @@ mod tests {
             matches!(result, Err(StorageError::WriterClosed)),
             "{result:?}"
         );
+    }
+
+    async fn wait_for_account(store: &Store, id: u64) -> std::time::Instant {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while store.account(AccountId::new(id)).unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "account {id} never written"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        std::time::Instant::now()
+    }
+
+    /// An append nobody awaits waits for the next awaited one, then both go
+    /// to the writer together.
+    #[tokio::test(flavor = "current_thread")]
+    async fn appends_nobody_awaits_wait_for_an_awaited_one() {
+        let store = Store::temporary().unwrap();
+        let ledger = LedgerHandle::start_with(
+            store.clone(),
+            WriterConfig::default(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let batches = || ledger.stats().snapshot().batches;
+        ledger.append_nowait(vec![account(1, "held@tokun.local")]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(store.account(AccountId::new(1)).unwrap().is_none());
+        assert_eq!(batches(), 0);
+        ledger
+            .append(vec![account(2, "awaited@tokun.local")])
+            .await
+            .unwrap();
+        assert!(store.account(AccountId::new(1)).unwrap().is_some());
+        assert_eq!(batches(), 1, "one batch for both");
+        // Held again, then written when the actor stops.
+        ledger.append_nowait(vec![account(3, "at-stop@tokun.local")]);
+        ledger.stop().await;
+        assert!(store.account(AccountId::new(3)).unwrap().is_some());
+    }
+
+    /// Left alone, an append nobody awaits is written `max_unflushed` later;
+    /// with zero it goes at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn appends_nobody_awaits_are_written_after_the_window() {
+        let store = Store::temporary().unwrap();
+        let window = Duration::from_millis(300);
+        let ledger = LedgerHandle::start_with(store.clone(), WriterConfig::default(), window)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        ledger.append_nowait(vec![account(1, "alone@tokun.local")]);
+        let written = wait_for_account(&store, 1).await;
+        assert!(written - started >= window, "{:?}", written - started);
+        ledger.stop().await;
+
+        let store = Store::temporary().unwrap();
+        let ledger =
+            LedgerHandle::start_with(store.clone(), WriterConfig::default(), Duration::ZERO)
+                .await
+                .unwrap();
+        let started = std::time::Instant::now();
+        ledger.append_nowait(vec![account(1, "at-once@tokun.local")]);
+        let written = wait_for_account(&store, 1).await;
+        assert!(written - started < window, "{:?}", written - started);
+        ledger.stop().await;
+    }
+
+    /// At most `MAX_HELD` appends wait: the next one sends them all.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_inbox_goes_to_the_writer_without_waiting() {
+        let store = Store::temporary().unwrap();
+        let ledger = LedgerHandle::start_with(
+            store.clone(),
+            WriterConfig::default(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let last = MAX_HELD as u64;
+        for id in 1..=last {
+            ledger.append_nowait(vec![account(id, &format!("full-{id}@tokun.local"))]);
+        }
+        wait_for_account(&store, last).await;
+        ledger.stop().await;
     }
 }

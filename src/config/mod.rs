@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokun_actors::Timeouts;
 use tokun_actors::provider::ProviderLimits;
 use tokun_actors::provider::breaker::BreakerConfig;
-use tokun_storage::{Nanos, Price, StoreOptions, WriterConfig};
+use tokun_storage::{Nanos, Price, StoreOptions};
 
 pub use postgres::PostgresConfig;
 pub use raw::RawConfig;
@@ -252,7 +252,7 @@ impl Config {
                 max_unflushed: raw
                     .ledger
                     .max_unflushed_us
-                    .map_or(WriterConfig::default().max_unflushed, |us| {
+                    .map_or(tokun_actors::ledger::MAX_UNFLUSHED, |us| {
                         Duration::from_micros(us.min(1_000_000))
                     }),
             },

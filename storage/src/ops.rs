@@ -87,9 +87,6 @@ type Callback = Box<dyn FnOnce(Result<Durable, StorageError>) + Send>;
 /// stranded in the queue at shutdown) fires `Err(WriterClosed)`.
 pub struct Ack {
     callback: Option<Callback>,
-    /// Someone waits for this submission to be durable: its batch is
-    /// flushed before the ack fires. Otherwise it may wait for a batch to join.
-    waited: bool,
 }
 
 impl NewEntry {
@@ -171,30 +168,12 @@ impl Ack {
     pub fn new(callback: impl FnOnce(Result<Durable, StorageError>) + Send + 'static) -> Ack {
         Ack {
             callback: Some(Box::new(callback)),
-            waited: true,
-        }
-    }
-
-    /// Nobody waits for this submission to be durable (a hold, a checkpoint),
-    /// so the writer may keep it for a later batch; `callback` still hears
-    /// the outcome once it is written or refused.
-    pub fn observe(callback: impl FnOnce(Result<Durable, StorageError>) + Send + 'static) -> Ack {
-        Ack {
-            callback: Some(Box::new(callback)),
-            waited: false,
         }
     }
 
     /// Nobody waits for this submission (e.g. a usage record).
     pub fn none() -> Ack {
-        Ack {
-            callback: None,
-            waited: false,
-        }
-    }
-
-    pub(crate) fn is_waited(&self) -> bool {
-        self.waited
+        Ack { callback: None }
     }
 
     /// An ack that sends its result on a channel, for threads that block.
@@ -228,8 +207,7 @@ impl Drop for Ack {
 impl fmt::Debug for Ack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ack")
-            .field("callback", &self.callback.is_some())
-            .field("waited", &self.waited)
+            .field("waiting", &self.callback.is_some())
             .finish()
     }
 }

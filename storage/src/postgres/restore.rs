@@ -107,7 +107,6 @@ async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError
             max_batch: 65_536,
             max_batch_delay: std::time::Duration::ZERO,
             queue_capacity: IN_FLIGHT * 2,
-            max_unflushed: std::time::Duration::ZERO,
         },
     )?;
     let mut loader = Loader::new(writer.clone());

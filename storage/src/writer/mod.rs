@@ -6,17 +6,6 @@
 //! writes the whole batch in ONE sled transaction over all trees
 //! (`commit.rs`), calls `flush()` ONCE, and only then fires the acks.
 //!
-//! **Batches nobody waits for.** Submissions nobody awaits (holds,
-//! extensions, checkpoints, submitted with [`Ack::observe`] or
-//! [`Ack::none`]) do not start a batch of their own: they wait in the writer
-//! until a submission someone awaits arrives (they go in its batch), the
-//! batch reaches `max_batch` ops, or `max_unflushed` passed. A lone request
-//! then pays one commit and one fsync (its settlement's batch carries its
-//! hold) instead of two, nothing is written between its hold and its first
-//! token, and under load such submissions make fewer, larger batches. A
-//! crash loses at most `max_unflushed` of them — holds of streams that had
-//! just started — and never anything an ack promised.
-//!
 //! **Atomicity.** A submission is all-or-nothing: if any of its ops breaks
 //! a rule (`stage.rs`) it is refused with `Err` and nothing of it is
 //! written, while the rest of the batch goes on. A batch is all-or-nothing
@@ -44,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use self::stage::{Changes, stage};
 pub use self::stats::{WriterStats, WriterStatsSnapshot};
@@ -67,9 +56,6 @@ pub struct WriterConfig {
     pub max_batch_delay: Duration,
     /// Bound of the submission queue; `submit` blocks when it is full.
     pub queue_capacity: usize,
-    /// Longest a submission nobody waits for stays unwritten, waiting for a
-    /// batch to join (see the module docs). Zero writes it at once.
-    pub max_unflushed: Duration,
 }
 
 /// Sends submissions to the writer. Cheap to clone; the writer stops when
@@ -86,7 +72,6 @@ impl Default for WriterConfig {
             max_batch: 1024,
             max_batch_delay: Duration::from_micros(500),
             queue_capacity: 16_384,
-            max_unflushed: Duration::from_millis(5),
         }
     }
 }
@@ -176,27 +161,6 @@ struct Submission {
     ack: Ack,
 }
 
-/// Submissions gathered for the next write.
-#[derive(Default)]
-struct Batch {
-    submissions: Vec<Submission>,
-    ops: usize,
-    /// Someone waits for one of them.
-    waited: bool,
-    /// When the first of them may wait no longer.
-    deadline: Option<Instant>,
-}
-
-impl Batch {
-    fn push(&mut self, submission: Submission, max_wait: Duration) {
-        self.ops += submission.ops.len();
-        self.waited |= submission.ack.is_waited();
-        self.deadline
-            .get_or_insert_with(|| Instant::now() + max_wait);
-        self.submissions.push(submission);
-    }
-}
-
 struct WriterThread {
     store: Store,
     rx: Receiver<Msg>,
@@ -254,26 +218,9 @@ impl WriterThread {
     }
 
     fn run(mut self) {
-        let mut batch = Batch::default();
-        loop {
-            let msg = match batch.deadline {
-                None => self.rx.recv().ok(),
-                Some(deadline) => match self.rx.recv_deadline(deadline) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.write_batch(std::mem::take(&mut batch).submissions);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
-            };
-            let closing = match msg {
-                Some(Msg::Submit(first)) => self.collect(first, &mut batch),
-                Some(Msg::Close) | None => true,
-            };
-            if closing || self.ready(&batch) {
-                self.write_batch(std::mem::take(&mut batch).submissions);
-            }
+        while let Ok(first) = self.rx.recv() {
+            let (batch, closing) = self.collect(first);
+            self.write_batch(batch);
             if closing {
                 break;
             }
@@ -288,25 +235,25 @@ impl WriterThread {
         }
     }
 
-    /// Adds `first` and whatever else is already queued (up to `max_batch`
-    /// ops, for at most `max_batch_delay`) to `batch`; whether a close was seen.
-    fn collect(&self, first: Submission, batch: &mut Batch) -> bool {
-        let drain_until = Instant::now() + self.config.max_batch_delay;
-        batch.push(first, self.config.max_unflushed);
-        while batch.ops < self.config.max_batch && Instant::now() < drain_until {
+    /// The batch starting with `first`, and whether a close was seen.
+    fn collect(&self, first: Msg) -> (Vec<Submission>, bool) {
+        let Msg::Submit(first) = first else {
+            return (Vec::new(), true);
+        };
+        let deadline = Instant::now() + self.config.max_batch_delay;
+        let mut ops = first.ops.len();
+        let mut batch = vec![first];
+        while ops < self.config.max_batch && Instant::now() < deadline {
             match self.rx.try_recv() {
-                Ok(Msg::Submit(submission)) => batch.push(submission, self.config.max_unflushed),
-                Ok(Msg::Close) => return true,
+                Ok(Msg::Submit(submission)) => {
+                    ops += submission.ops.len();
+                    batch.push(submission);
+                }
+                Ok(Msg::Close) => return (batch, true),
                 Err(_) => break,
             }
         }
-        false
-    }
-
-    /// Whether `batch` is written now: someone waits for part of it, it is
-    /// full, or its submissions may not wait.
-    fn ready(&self, batch: &Batch) -> bool {
-        batch.waited || batch.ops >= self.config.max_batch || self.config.max_unflushed.is_zero()
+        (batch, false)
     }
 
     /// Flushes the store and counts it.
@@ -331,9 +278,6 @@ impl WriterThread {
         let sync = batch
             .iter()
             .any(|s| s.ops.iter().any(|op| matches!(op, WriteOp::Sync)));
-        if batch.is_empty() {
-            return;
-        }
         let (changes, accepted, ops) = self.stage_batch(batch);
         if changes.is_empty() {
             // Nothing to write (say, only checkpoints of closed holds): all

@@ -62,17 +62,9 @@ fn topup(id: u64, amount: i64, balance_after: i64) -> WriteOp {
 /// submissions fall into batches is up to timing; the assertions hold for
 /// every split.
 fn writer(faults: &Arc<Faults>) -> (Store, WriterHandle, JoinHandle<()>) {
-    deferring_writer(faults, WriterConfig::default().max_unflushed)
-}
-
-fn deferring_writer(
-    faults: &Arc<Faults>,
-    max_unflushed: Duration,
-) -> (Store, WriterHandle, JoinHandle<()>) {
     let store = Store::temporary().unwrap();
     let config = WriterConfig {
         max_batch_delay: Duration::from_secs(5),
-        max_unflushed,
         ..WriterConfig::default()
     };
     let (handle, join) =
@@ -274,123 +266,4 @@ fn handles_cross_threads() {
     send_sync::<WriterStats>();
     send::<Ack>();
     send::<WriteOp>();
-}
-
-/// Submits `ops` with an ack nobody waits on (like a hold); the receiver
-/// hears whether they were written once they are.
-fn submit_unwaited(handle: &WriterHandle, ops: Vec<WriteOp>) -> crossbeam_channel::Receiver<bool> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    handle.submit(
-        ops,
-        Ack::observe(move |result| {
-            let _ = tx.send(result.is_ok());
-        }),
-    );
-    rx
-}
-
-#[test]
-fn submissions_nobody_waits_for_join_the_next_awaited_batch_or_go_at_their_deadline() {
-    let faults = Arc::new(Faults::default());
-    // Long enough that nothing below races the deadline by accident.
-    let (store, handle, join) = deferring_writer(&faults, Duration::from_secs(2));
-    let stats = || handle.stats().snapshot();
-    let balance = || store.books(AccountId::new(1)).unwrap().balance;
-    handle
-        .submit_wait(vec![WriteOp::PutAccount(account(1))])
-        .unwrap();
-    assert_eq!((stats().batches, stats().flushes), (1, 1));
-
-    // Not written yet: it waits for company.
-    let held = submit_unwaited(&handle, vec![topup(1, 10, 10)]);
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(held.try_recv().is_err());
-    assert_eq!((balance(), stats().batches), (Nanos::ZERO, 1));
-    // The next awaited submission takes it along: one batch, one flush.
-    handle.submit_wait(vec![topup(1, 5, 15)]).unwrap();
-    assert!(held.try_recv().unwrap());
-    assert_eq!(
-        (balance(), stats().batches, stats().flushes),
-        (Nanos::new(15), 2, 2)
-    );
-
-    // Left alone, it is written at its deadline.
-    let started = Instant::now();
-    let alone = submit_unwaited(&handle, vec![topup(1, 1, 16)]);
-    assert!(alone.recv().unwrap());
-    assert!(started.elapsed() >= Duration::from_millis(1500));
-    assert_eq!((balance(), stats().batches), (Nanos::new(16), 3));
-
-    // Closing writes what is waiting.
-    let last = submit_unwaited(&handle, vec![topup(1, 1, 17)]);
-    handle.close();
-    join.join().unwrap();
-    assert!(last.recv().unwrap());
-    assert_eq!((balance(), stats().batches), (Nanos::new(17), 4));
-}
-
-#[test]
-fn a_full_batch_of_submissions_nobody_waits_for_is_written_at_once() {
-    let faults = Arc::new(Faults::default());
-    let store = Store::temporary().unwrap();
-    let config = WriterConfig {
-        max_batch: 4,
-        max_unflushed: Duration::from_secs(60),
-        ..WriterConfig::default()
-    };
-    let (handle, join) =
-        LedgerWriter::start_with_faults(store.clone(), config, Arc::clone(&faults)).unwrap();
-    handle
-        .submit_wait(vec![WriteOp::PutAccount(account(1))])
-        .unwrap();
-    let written: Vec<_> = (1..=4)
-        .map(|i| submit_unwaited(&handle, vec![topup(1, 1, i)]))
-        .collect();
-    for done in written {
-        assert!(done.recv_timeout(Duration::from_secs(20)).unwrap());
-    }
-    assert_eq!(
-        store.books(AccountId::new(1)).unwrap().balance,
-        Nanos::new(4)
-    );
-    handle.close();
-    join.join().unwrap();
-}
-
-#[test]
-fn with_no_wait_allowed_every_submission_is_written_at_once() {
-    let faults = Arc::new(Faults::default());
-    let (store, handle, join) = deferring_writer(&faults, Duration::ZERO);
-    handle
-        .submit_wait(vec![WriteOp::PutAccount(account(1))])
-        .unwrap();
-    let done = submit_unwaited(&handle, vec![topup(1, 10, 10)]);
-    assert!(done.recv_timeout(Duration::from_secs(20)).unwrap());
-    assert_eq!(
-        store.books(AccountId::new(1)).unwrap().balance,
-        Nanos::new(10)
-    );
-    assert_eq!(handle.stats().snapshot().flushes, 2);
-    handle.close();
-    join.join().unwrap();
-}
-
-#[test]
-fn a_failed_flush_of_unawaited_writes_poisons_the_writer() {
-    let faults = Arc::new(Faults::default());
-    let (_store, handle, join) = deferring_writer(&faults, Duration::from_millis(20));
-    handle
-        .submit_wait(vec![WriteOp::PutAccount(account(1))])
-        .unwrap();
-    faults.fail_flush.store(true, Ordering::SeqCst);
-    let done = submit_unwaited(&handle, vec![topup(1, 10, 10)]);
-    assert!(!done.recv().unwrap());
-    faults.fail_flush.store(false, Ordering::SeqCst);
-    assert!(matches!(
-        handle.submit_wait(vec![topup(1, 5, 15)]),
-        Err(StorageError::WriterPoisoned { .. })
-    ));
-    assert_eq!(handle.stats().snapshot().failed_batches, 1);
-    handle.close();
-    join.join().unwrap();
 }
