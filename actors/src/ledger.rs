@@ -443,6 +443,15 @@ mod tests {
         );
     }
 
+    /// A ledger on a temporary store whose appends nobody awaits wait `window`.
+    async fn holding(window: Duration) -> (Store, LedgerHandle) {
+        let store = Store::temporary().unwrap();
+        let ledger = LedgerHandle::start_with(store.clone(), WriterConfig::default(), window)
+            .await
+            .unwrap();
+        (store, ledger)
+    }
+
     async fn wait_for_account(store: &Store, id: u64) -> std::time::Instant {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while store.account(AccountId::new(id)).unwrap().is_none() {
@@ -459,14 +468,7 @@ mod tests {
     /// to the writer together.
     #[tokio::test(flavor = "current_thread")]
     async fn appends_nobody_awaits_wait_for_an_awaited_one() {
-        let store = Store::temporary().unwrap();
-        let ledger = LedgerHandle::start_with(
-            store.clone(),
-            WriterConfig::default(),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+        let (store, ledger) = holding(Duration::from_secs(60)).await;
         let batches = || ledger.stats().snapshot().batches;
         ledger.append_nowait(vec![account(1, "held@tokun.local")]);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -488,22 +490,15 @@ mod tests {
     /// with zero it goes at once.
     #[tokio::test(flavor = "current_thread")]
     async fn appends_nobody_awaits_are_written_after_the_window() {
-        let store = Store::temporary().unwrap();
         let window = Duration::from_millis(300);
-        let ledger = LedgerHandle::start_with(store.clone(), WriterConfig::default(), window)
-            .await
-            .unwrap();
+        let (store, ledger) = holding(window).await;
         let started = std::time::Instant::now();
         ledger.append_nowait(vec![account(1, "alone@tokun.local")]);
         let written = wait_for_account(&store, 1).await;
         assert!(written - started >= window, "{:?}", written - started);
         ledger.stop().await;
 
-        let store = Store::temporary().unwrap();
-        let ledger =
-            LedgerHandle::start_with(store.clone(), WriterConfig::default(), Duration::ZERO)
-                .await
-                .unwrap();
+        let (store, ledger) = holding(Duration::ZERO).await;
         let started = std::time::Instant::now();
         ledger.append_nowait(vec![account(1, "at-once@tokun.local")]);
         let written = wait_for_account(&store, 1).await;
@@ -514,14 +509,7 @@ mod tests {
     /// At most `MAX_HELD` appends wait: the next one sends them all.
     #[tokio::test(flavor = "current_thread")]
     async fn a_full_inbox_goes_to_the_writer_without_waiting() {
-        let store = Store::temporary().unwrap();
-        let ledger = LedgerHandle::start_with(
-            store.clone(),
-            WriterConfig::default(),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+        let (store, ledger) = holding(Duration::from_secs(60)).await;
         let last = MAX_HELD as u64;
         for id in 1..=last {
             ledger.append_nowait(vec![account(id, &format!("full-{id}@tokun.local"))]);
