@@ -82,8 +82,8 @@ impl Inbox {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an append: `Ok(true)` when the queue was empty (the actor needs
-    /// a `Drain`); the append back when the inbox is closed.
+    /// Queues an append and says which message, if any, the actor needs;
+    /// the append back when the inbox is closed.
     fn push(&self, pending: Pending) -> Result<Signal, Pending> {
         let mut queue = self.lock();
         if queue.closed {
@@ -339,13 +339,14 @@ impl LedgerHandle {
         self.queue(ops, Some(Box::new(done)));
     }
 
-    /// Writes `ops` without anyone waiting (holds, checkpoints, usage records).
+    /// Writes `ops` without anyone waiting (holds, checkpoints): they wait in
+    /// the inbox for the next awaited append, at most `max_unflushed`.
     pub fn append_nowait(&self, ops: Vec<WriteOp>) {
         self.queue(ops, None);
     }
 
-    /// Queues an append; wakes the actor when the inbox was empty. If the
-    /// actor is gone, whatever is queued hears `WriterClosed`.
+    /// Queues an append and sends the actor what the inbox asks for (see
+    /// [`Inbox`]). If the actor is gone, whatever is queued hears `WriterClosed`.
     fn queue(&self, ops: Vec<WriteOp>, done: Option<OnDurable>) {
         match self.inbox.push((ops, done)) {
             Ok(Signal::None) => {}
@@ -358,8 +359,13 @@ impl LedgerHandle {
             }
             Ok(Signal::Later) => {
                 self.actor_stats.note_sent();
-                self.actor
-                    .send_after(self.inbox.max_wait, || LedgerMsg::Due);
+                // Without a runtime here to time it, the `Due` goes now.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    self.actor
+                        .send_after(self.inbox.max_wait, || LedgerMsg::Due);
+                } else if self.actor.send_message(LedgerMsg::Due).is_err() {
+                    refuse(self.inbox.close());
+                }
             }
             Err(pending) => refuse(vec![pending]),
         }
