@@ -171,11 +171,6 @@ impl Ack {
         }
     }
 
-    /// Nobody waits for this submission (e.g. a usage record).
-    pub fn none() -> Ack {
-        Ack { callback: None }
-    }
-
     /// An ack that sends its result on a channel, for threads that block.
     pub fn channel() -> (
         Ack,
