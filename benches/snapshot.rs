@@ -5,11 +5,17 @@
 //!   empty schema, best of `--rounds`: entries/s (the whole snapshot:
 //!   entries, balances, accounts, keys, request metadata, one transaction).
 //! - `latency`: a tokun server (billing on, echo provider) whose store holds
-//!   `--entries` entries; `--concurrency` clients send non-streaming
-//!   completions with no snapshot running (baseline, `--baseline-secs`),
-//!   then while a full snapshot of the store runs (Postgres emptied before
-//!   each round), alternating for `--rounds` rounds; p50/p90/p99 of both,
-//!   per round and pooled.
+//!   `--entries` entries, under an open-loop load: `--concurrency`
+//!   keep-alive connections together start `--rate` non-streaming
+//!   completions a second on a fixed schedule (a slow answer does not
+//!   delay the next request), from their own thread and runtime. Latency
+//!   with no snapshot running (baseline, `--baseline-secs`), then while a
+//!   full snapshot of the store runs (Postgres emptied before each round),
+//!   alternating for `--rounds` rounds; mean/p50/p90/p99 of both, per round
+//!   and pooled. An open loop at a rate the server carries is how a
+//!   production gateway sees load; a closed loop at saturation would only
+//!   measure how the CPU the snapshot takes (it and Postgres share the 2
+//!   cores with tokun) slows everything.
 //!
 //! Run: `TOKUN_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench snapshot`.
 //! Numbers: `benches/README.md`. A benchmark program, not a test: it reports on stdout.
@@ -45,15 +51,27 @@ struct Args {
     accounts: u64,
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// Clients sending completions in the latency run.
-    #[arg(long, default_value_t = 4)]
+    /// Connections sending completions in the latency run.
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Completions per second the connections start together (open loop).
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
     /// Seconds of baseline load.
     #[arg(long, default_value_t = 5)]
     baseline_secs: u64,
     /// `postgres.max_rows_per_sec` for the latency run (0: unpaced).
     #[arg(long, default_value_t = 0)]
     max_rows_per_sec: u64,
+    /// `[ledger] cache_mib` of the server (default: tokun's).
+    #[arg(long)]
+    cache_mib: Option<u64>,
+    /// Print p50/p99 per half second of every snapshot window.
+    #[arg(long)]
+    timeline: bool,
+    /// Skip the throughput measurement.
+    #[arg(long)]
+    latency_only: bool,
     /// Ignored (cargo bench passes it).
     #[arg(long)]
     bench: bool,
@@ -66,7 +84,9 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        throughput(&args).await;
+        if !args.latency_only {
+            throughput(&args).await;
+        }
         latency(&args).await;
     });
 }
@@ -118,6 +138,10 @@ async fn latency(args: &Args) {
         schema.name,
         args.max_rows_per_sec
     );
+    let toml = match args.cache_mib {
+        Some(mib) => format!("{toml}[ledger]\ncache_mib = {mib}\n"),
+        None => toml,
+    };
     let mut config = Config::parse(&toml, |_| None).unwrap();
     config.server.data_dir = data.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -150,6 +174,8 @@ async fn latency(args: &Args) {
             )
             .await
             .unwrap();
+        // Let Postgres settle after the TRUNCATE before the baseline window.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let before = load(
             &url,
             args,
@@ -174,6 +200,9 @@ async fn latency(args: &Args) {
         );
         report_line("  without snapshot", &before);
         report_line("  during snapshot", &while_running);
+        if args.timeline {
+            timeline(&while_running);
+        }
         baseline.extend(before);
         during.extend(while_running);
     }
@@ -184,20 +213,56 @@ async fn latency(args: &Args) {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// One completion: when it was sent and how long it took.
+#[derive(Clone, Copy)]
+struct Sample {
+    sent: Instant,
+    took: Duration,
+}
+
 enum LoadUntil {
     For(Duration),
     While(Arc<AtomicBool>),
 }
 
-/// Latencies of non-streaming completions from `--concurrency` clients.
-async fn load(url: &str, args: &Args, until: LoadUntil) -> Vec<Duration> {
+/// Latencies of non-streaming completions: `--concurrency` connections,
+/// each starting one every `concurrency / rate` seconds, on their own
+/// thread and current-thread runtime (off the server's workers).
+async fn load(url: &str, args: &Args, until: LoadUntil) -> Vec<Sample> {
+    let (url, accounts, concurrency) = (url.to_owned(), args.accounts, args.concurrency.max(1));
+    let interval = Duration::from_secs_f64(concurrency as f64 / f64::from(args.rate.max(1)));
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let latencies = runtime.block_on(open_loop(url, accounts, concurrency, interval, until));
+        let _ = done.send(latencies);
+    });
+    result.await.unwrap()
+}
+
+async fn open_loop(
+    url: String,
+    accounts: u64,
+    concurrency: usize,
+    interval: Duration,
+    until: LoadUntil,
+) -> Vec<Sample> {
     let until = Arc::new(until);
     let started = Instant::now();
     let mut clients = Vec::new();
-    for client in 0..args.concurrency {
-        let account = AccountId::new(1 + client as u64 % args.accounts);
-        let http = reqwest::Client::new();
-        let (url, until, key) = (url.to_owned(), until.clone(), key_secret(account));
+    for client in 0..concurrency {
+        let account = AccountId::new(1 + client as u64 % accounts);
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap();
+        let (url, until, key) = (url.clone(), until.clone(), key_secret(account));
+        // Connection `client` of `n` is due first `client / n` of an interval in.
+        let mut due = started + interval.mul_f64(client as f64 / concurrency as f64);
         clients.push(tokio::spawn(async move {
             let body = serde_json::json!({
                 "model": "echo-mini",
@@ -205,6 +270,8 @@ async fn load(url: &str, args: &Args, until: LoadUntil) -> Vec<Duration> {
             });
             let mut latencies = Vec::new();
             loop {
+                tokio::time::sleep_until(due.into()).await;
+                due += interval;
                 let go_on = match &*until {
                     LoadUntil::For(limit) => started.elapsed() < *limit,
                     LoadUntil::While(running) => running.load(Ordering::SeqCst),
@@ -217,7 +284,10 @@ async fn load(url: &str, args: &Args, until: LoadUntil) -> Vec<Duration> {
                 let response = response.unwrap();
                 assert_eq!(response.status(), 200);
                 response.bytes().await.unwrap();
-                latencies.push(sent.elapsed());
+                latencies.push(Sample {
+                    sent,
+                    took: sent.elapsed(),
+                });
             }
         }));
     }
@@ -228,8 +298,23 @@ async fn load(url: &str, args: &Args, until: LoadUntil) -> Vec<Duration> {
     all
 }
 
-fn report_line(label: &str, latencies: &[Duration]) {
-    let mut latencies = latencies.to_vec();
+/// p50 and p99 of each half second of a window.
+fn timeline(samples: &[Sample]) {
+    let Some(first) = samples.iter().map(|s| s.sent).min() else {
+        return;
+    };
+    let mut buckets: std::collections::BTreeMap<u64, Vec<Sample>> = Default::default();
+    for sample in samples {
+        let slot = (sample.sent - first).as_millis() as u64 / 500;
+        buckets.entry(slot).or_default().push(*sample);
+    }
+    for (slot, bucket) in buckets {
+        report_line(&format!("    {:>5.1}s", slot as f64 / 2.0), &bucket);
+    }
+}
+
+fn report_line(label: &str, samples: &[Sample]) {
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.took).collect();
     latencies.sort();
     let at = |q: f64| {
         let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;

@@ -39,6 +39,9 @@ pub(crate) struct Spec {
     pub(crate) warmup: f64,
     /// Connection `i` of `n` starts its first request `i / n × stagger` late.
     pub(crate) stagger: f64,
+    /// Open loop: every connection starts a request each `interval` (the
+    /// offered rate is `concurrency / interval`), not one after another.
+    pub(crate) interval: Option<Duration>,
 }
 
 impl Spec {
@@ -51,6 +54,7 @@ impl Spec {
             duration,
             warmup,
             stagger: 0.0,
+            interval: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl Spec {
             duration,
             warmup,
             stagger: 0.0,
+            interval: None,
         }
     }
 
@@ -94,6 +99,7 @@ pub(crate) struct Plan {
     pub(crate) streaming: bool,
     pub(crate) measure_from: Instant,
     pub(crate) end: Instant,
+    pub(crate) interval: Option<Duration>,
 }
 
 #[derive(Clone, Copy)]
@@ -228,7 +234,18 @@ pub(crate) async fn worker(plan: Arc<Plan>, delay: Duration) -> WorkerOut {
     tokio::time::sleep(delay).await;
     let mut out = WorkerOut::default();
     let mut connection: Option<SendRequest<Full<Bytes>>> = None;
+    let mut due = Instant::now();
     while Instant::now() < plan.end {
+        if let Some(interval) = plan.interval {
+            // Open loop: the next request is due one interval after the last
+            // was due, however long that one took (a late request goes at
+            // once, it does not shift the schedule).
+            tokio::time::sleep_until(due.into()).await;
+            due += interval;
+            if Instant::now() >= plan.end {
+                break;
+            }
+        }
         let mut sender = match connection.take() {
             Some(sender) => sender,
             None => match connect(plan.target.addr).await {
@@ -369,6 +386,7 @@ pub(crate) fn run_load(
     let concurrency = spec.concurrency.max(1);
     let body = spec.body();
     let streaming = spec.streaming;
+    let interval = spec.interval;
     let rss_idle = rss.and_then(|pid| proc_status_kib(pid, "VmRSS:"));
     let sample_rss = rss.is_some() && spec.slow;
     let connections_before = MOCK_CONNECTIONS.load(Ordering::Relaxed);
@@ -380,6 +398,7 @@ pub(crate) fn run_load(
             streaming,
             measure_from: begin + warmup,
             end: begin + warmup + window,
+            interval,
         });
         let cpu = tokio::spawn(cpu_during(rss, plan.measure_from, plan.end));
         let sampling = Arc::new(AtomicBool::new(true));

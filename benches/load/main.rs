@@ -13,6 +13,11 @@
 //! - `a`: non-streaming, `--concurrency-a` (50) connections: req/s, p50/p99.
 //! - `b`: streaming `--chunks` (64) content chunks, `--concurrency-b` (50)
 //!   connections: streams/s, TTFT, SSE events/s.
+//! - `paced`: `a` as an open loop: the `--concurrency-a` connections together
+//!   offer each rate of `--paced-rates` (every connection starts a request
+//!   every `concurrency / rate` seconds, whether or not the last one took
+//!   long): latency at a load the gateway can carry, where `a` measures it
+//!   at saturation (p50 ≈ connections / throughput there).
 //! - `c`: slow streams, every event `--token-delay-ms` (20) apart,
 //!   `--concurrency-c` (500) connections: TTFT p99, errors, tokun's RSS peak.
 //!
@@ -113,6 +118,9 @@ pub(crate) struct Args {
     pub(crate) single_duration: f64,
     #[arg(long, default_value_t = 50)]
     pub(crate) concurrency_a: usize,
+    /// Offered req/s of the `paced` runs, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,3000,5000")]
+    pub(crate) paced_rates: Vec<u32>,
     #[arg(long, default_value_t = 50)]
     pub(crate) concurrency_b: usize,
     #[arg(long, default_value_t = 500)]
@@ -162,6 +170,7 @@ pub(crate) struct Args {
 pub(crate) enum Scenario {
     Single,
     A,
+    Paced,
     B,
     C,
 }
@@ -235,6 +244,21 @@ pub(crate) fn main() -> anyhow::Result<()> {
                     args.warmup,
                 );
                 results.push(run_scenario(&env, &spec, &shared)?);
+            }
+            Scenario::Paced => {
+                for &rate in &args.paced_rates {
+                    let connections = args.concurrency_a.max(1);
+                    let interval =
+                        Duration::from_secs_f64(connections as f64 / f64::from(rate.max(1)));
+                    let name: &'static str =
+                        Box::leak(format!("A paced {rate}/s").into_boxed_str());
+                    let spec = Spec {
+                        stagger: interval.as_secs_f64(),
+                        interval: Some(interval),
+                        ..Spec::json(name, connections, args.duration, args.warmup)
+                    };
+                    results.push(run_scenario(&env, &spec, &shared)?);
+                }
             }
             Scenario::B => {
                 let spec = Spec::stream(
