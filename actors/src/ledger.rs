@@ -189,7 +189,7 @@ impl Actor for LedgerActor {
         message: LedgerMsg,
         state: &mut LedgerState,
     ) -> Result<(), ActorProcessingErr> {
-        state.drain(matches!(message, LedgerMsg::Due));
+        state.drain(matches!(message, LedgerMsg::Due)).await;
         Ok(())
     }
 
@@ -201,7 +201,7 @@ impl Actor for LedgerActor {
         // What was queued before the stop still goes to the writer, which
         // drains its own queue, flushes, and exits; later appends are refused.
         let rest = state.inbox.close();
-        state.submit(rest);
+        state.submit(rest).await;
         if let Some(writer) = state.writer.take() {
             writer.close();
         }
@@ -214,11 +214,15 @@ impl Actor for LedgerActor {
 
 impl LedgerState {
     /// Submits everything in the inbox to the writer, in order.
-    fn drain(&self, due: bool) {
-        self.submit(self.inbox.take(due));
+    async fn drain(&self, due: bool) {
+        self.submit(self.inbox.take(due)).await;
     }
 
-    fn submit(&self, pending: Vec<Pending>) {
+    /// Submits in order. When the writer's queue is full, waits for room on
+    /// a blocking thread: the actor waits (backpressure: appends pile up in
+    /// the inbox meanwhile), but the async worker it runs on goes on serving
+    /// everything else.
+    async fn submit(&self, pending: Vec<Pending>) {
         for (ops, done) in pending {
             let healthy = self.healthy.clone();
             let ack = Ack::new(move |result: Result<Durable, StorageError>| {
@@ -238,9 +242,15 @@ impl LedgerState {
                     done(result);
                 }
             });
-            match &self.writer {
-                Some(writer) => writer.submit(ops, ack),
-                None => drop(ack),
+            let Some(writer) = &self.writer else {
+                drop(ack);
+                continue;
+            };
+            if let Some((ops, ack)) = writer.try_submit(ops, ack) {
+                let writer = writer.clone();
+                // If the blocking pool is gone (runtime shutdown), the
+                // dropped ack answers `WriterClosed`.
+                let _ = tokio::task::spawn_blocking(move || writer.submit(ops, ack)).await;
             }
         }
     }
@@ -433,6 +443,63 @@ mod tests {
         // One `Drain` for the 501 appends, one for the barrier.
         assert!(ledger.actor_stats.handled() - handled_before <= 2);
         ledger.stop().await;
+    }
+
+    /// A full writer queue makes the actor wait for room off the async
+    /// worker: on a one-thread runtime the other tasks keep running (here,
+    /// the one that lets the held writer go on), and every append lands. Had
+    /// the actor blocked the thread, nothing could release the writer.
+    #[test]
+    fn a_full_writer_queue_does_not_block_the_runtime() {
+        let (finished_tx, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let store = Store::temporary().unwrap();
+                let config = WriterConfig {
+                    queue_capacity: 1,
+                    ..WriterConfig::default()
+                };
+                let ledger = LedgerHandle::start(store.clone(), config).await.unwrap();
+                // Hold the writer inside the first append's callback.
+                let (entered_tx, entered) = oneshot::channel();
+                let (release, released) = std::sync::mpsc::channel::<()>();
+                ledger.append_then(vec![account(1, "held@tokun.local")], move |result| {
+                    assert!(result.is_ok(), "{result:?}");
+                    let _ = entered_tx.send(());
+                    let _ = released.recv();
+                });
+                entered.await.unwrap();
+                // One fills the queue's slot; the others find it full.
+                let appends: Vec<_> = (2..=5)
+                    .map(|id| {
+                        let ledger = ledger.clone();
+                        tokio::spawn(async move {
+                            ledger
+                                .append(vec![account(id, &format!("user-{id}@tokun.local"))])
+                                .await
+                        })
+                    })
+                    .collect();
+                // Room for the actor to run and find the queue full.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                release.send(()).unwrap();
+                for append in appends {
+                    append.await.unwrap().unwrap();
+                }
+                for id in 1..=5 {
+                    assert!(store.account(AccountId::new(id)).unwrap().is_some(), "{id}");
+                }
+                ledger.stop().await;
+            });
+            let _ = finished_tx.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the runtime stalled behind a full writer queue");
     }
 
     /// After the actor stopped, an append hears `WriterClosed` at once.

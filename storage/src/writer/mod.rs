@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use self::stage::{Changes, stage};
 pub use self::stats::{WriterStats, WriterStatsSnapshot};
@@ -122,6 +122,24 @@ impl WriterHandle {
             self.tx.send(Msg::Submit(Submission { ops, ack }))
         {
             submission.ack.fire(Err(StorageError::WriterClosed));
+        }
+    }
+
+    /// Queues a submission if the queue has room; when it is full, gives
+    /// the submission back untouched, for the caller to wait for room
+    /// without blocking an async worker (`submit` on a blocking thread).
+    pub fn try_submit(&self, ops: Vec<WriteOp>, ack: Ack) -> Option<(Vec<WriteOp>, Ack)> {
+        match self.tx.try_send(Msg::Submit(Submission { ops, ack })) {
+            Ok(()) => None,
+            Err(TrySendError::Full(Msg::Submit(submission))) => {
+                Some((submission.ops, submission.ack))
+            }
+            Err(TrySendError::Disconnected(Msg::Submit(submission))) => {
+                submission.ack.fire(Err(StorageError::WriterClosed));
+                None
+            }
+            // Only a `Submit` was sent, so only a `Submit` comes back.
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => None,
         }
     }
 

@@ -267,3 +267,50 @@ fn handles_cross_threads() {
     send::<Ack>();
     send::<WriteOp>();
 }
+
+/// While the writer is held (inside an ack) and its one-slot queue is full,
+/// `try_submit` gives the submission back untouched; once the writer goes
+/// on, it goes in like any other.
+#[test]
+fn try_submit_gives_the_submission_back_while_the_queue_is_full() {
+    let store = Store::temporary().unwrap();
+    let config = WriterConfig {
+        queue_capacity: 1,
+        ..WriterConfig::default()
+    };
+    let (handle, join) = LedgerWriter::start(store.clone(), config).unwrap();
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (release, released) = crossbeam_channel::bounded::<()>(1);
+    let held = Ack::new(move |result| {
+        assert!(result.is_ok(), "{result:?}");
+        entered_tx.send(()).unwrap();
+        released.recv().unwrap();
+    });
+    handle.submit(vec![WriteOp::PutAccount(account(1))], held);
+    entered.recv().unwrap();
+    let (ack, first) = Ack::channel();
+    assert!(handle.try_submit(vec![topup(1, 10, 10)], ack).is_none());
+    let (ack, second) = Ack::channel();
+    let (ops, ack) = handle
+        .try_submit(vec![topup(1, 5, 15)], ack)
+        .expect("the queue is full");
+    assert_eq!(ops.len(), 1);
+    assert!(second.try_recv().is_err(), "given back, not answered");
+    release.send(()).unwrap();
+    handle.submit(ops, ack);
+    first.recv().unwrap().unwrap();
+    second.recv().unwrap().unwrap();
+    assert_eq!(
+        store.books(AccountId::new(1)).unwrap().balance,
+        Nanos::new(15)
+    );
+    // Once the writer is gone, `try_submit` answers the ack itself.
+    handle.close();
+    join.join().unwrap();
+    let (ack, late) = Ack::channel();
+    assert!(handle.try_submit(vec![topup(1, 1, 16)], ack).is_none());
+    assert!(matches!(
+        late.recv().unwrap(),
+        Err(StorageError::WriterClosed)
+    ));
+}
