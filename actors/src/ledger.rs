@@ -203,7 +203,8 @@ impl Actor for LedgerActor {
         let rest = state.inbox.close();
         state.submit(rest).await;
         if let Some(writer) = state.writer.take() {
-            writer.close();
+            // `close` waits for room in a full queue: off the async worker.
+            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
         }
         if let Some(thread) = state.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
