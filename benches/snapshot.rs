@@ -66,7 +66,8 @@ struct Args {
     /// `[ledger] cache_mib` of the server (default: tokun's).
     #[arg(long)]
     cache_mib: Option<u64>,
-    /// Print p50/p99 per half second of every snapshot window.
+    /// Print when each window starts (seconds since the latency run began)
+    /// and p50/p99 per half second of every snapshot window.
     #[arg(long)]
     timeline: bool,
     /// Skip the throughput measurement.
@@ -125,6 +126,7 @@ async fn throughput(args: &Args) {
 }
 
 async fn latency(args: &Args) {
+    let began = Instant::now();
     let data = std::env::temp_dir().join(format!("tokun-bench-snapshot-{}", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();
     {
@@ -176,6 +178,12 @@ async fn latency(args: &Args) {
             .unwrap();
         // Let Postgres settle after the TRUNCATE before the baseline window.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if args.timeline {
+            println!(
+                "round {round}: baseline from t = {:.1} s",
+                began.elapsed().as_secs_f64()
+            );
+        }
         let before = load(
             &url,
             args,
@@ -185,6 +193,12 @@ async fn latency(args: &Args) {
         let running = Arc::new(AtomicBool::new(true));
         let flag = running.clone();
         let handle = snapshots.clone();
+        if args.timeline {
+            println!(
+                "round {round}: snapshot from t = {:.1} s",
+                began.elapsed().as_secs_f64()
+            );
+        }
         let snapshot = tokio::spawn(async move {
             let report = handle.snapshot_now(Duration::from_secs(600)).await.unwrap();
             flag.store(false, Ordering::SeqCst);
