@@ -17,7 +17,10 @@
 //!   offer each rate of `--paced-rates` (every connection starts a request
 //!   every `concurrency / rate` seconds, whether or not the last one took
 //!   long): latency at a load the gateway can carry, where `a` measures it
-//!   at saturation (p50 ≈ connections / throughput there).
+//!   at saturation (p50 ≈ connections / throughput there). Latency is timed
+//!   from the send; a request that had to wait for its connection's last one
+//!   would hide that wait, so check the run's p99 stays well under the
+//!   interval (50 ms at 1,000 req/s).
 //! - `c`: slow streams, every event `--token-delay-ms` (20) apart,
 //!   `--concurrency-c` (500) connections: TTFT p99, errors, tokun's RSS peak.
 //!
