@@ -16,6 +16,9 @@
 //!   production gateway sees load; a closed loop at saturation would only
 //!   measure how the CPU the snapshot takes (it and Postgres share the 2
 //!   cores with tokun) slows everything.
+//! - `--control`: the latency run with an outside client COPying synthetic
+//!   rows into a scratch table at the same pace instead of a snapshot: what
+//!   Postgres ingesting on the same two cores costs by itself.
 //!
 //! Run: `TOKUN_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench snapshot`.
 //! Numbers: `benches/README.md`. A benchmark program, not a test: it reports on stdout.
@@ -70,6 +73,17 @@ struct Args {
     /// and p50/p99 per half second of every snapshot window.
     #[arg(long)]
     timeline: bool,
+    /// Control run: in each snapshot window, tokun takes no snapshot; an
+    /// outside client (its own thread and connection) COPies synthetic
+    /// ledger rows into a scratch table shaped like `ledger_entries` at
+    /// `--max-rows-per-sec` for `--control-secs`. What that costs the
+    /// requests is what Postgres ingesting at that pace on the same two
+    /// cores costs, with none of tokun's snapshot code running.
+    #[arg(long)]
+    control: bool,
+    /// Length of each control window.
+    #[arg(long, default_value_t = 20)]
+    control_secs: u64,
     /// Skip the throughput measurement.
     #[arg(long)]
     latency_only: bool,
@@ -199,6 +213,29 @@ async fn latency(args: &Args) {
                 began.elapsed().as_secs_f64()
             );
         }
+        if args.control {
+            let (schema_name, rate, secs) = (
+                schema.name.clone(),
+                args.max_rows_per_sec.max(1),
+                args.control_secs,
+            );
+            let copier = std::thread::spawn(move || {
+                let rows = outside_copy(&schema_name, rate, Duration::from_secs(secs));
+                flag.store(false, Ordering::SeqCst);
+                rows
+            });
+            let while_running = load(&url, args, LoadUntil::While(running)).await;
+            let rows = copier.join().unwrap();
+            println!(
+                "round {round}: control: an outside COPY of {rows} rows in {} s, no snapshot",
+                args.control_secs
+            );
+            report_line("  without outside COPY", &before);
+            report_line("  during outside COPY", &while_running);
+            baseline.extend(before);
+            during.extend(while_running);
+            continue;
+        }
         let snapshot = tokio::spawn(async move {
             let report = handle.snapshot_now(Duration::from_secs(600)).await.unwrap();
             flag.store(false, Ordering::SeqCst);
@@ -225,6 +262,56 @@ async fn latency(args: &Args) {
     server.shutdown().await.unwrap();
     schema.drop_schema().await;
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The control's outside client: on this thread, its own runtime and
+/// connection, one COPY into `control_entries` (created like
+/// `ledger_entries`, emptied first) of text rows sent in slices of 500,
+/// each when the rows before it are due at `rows_per_sec`, for `length`.
+/// Returns the rows Postgres took.
+fn outside_copy(schema: &str, rows_per_sec: u64, length: Duration) -> u64 {
+    use futures_util::SinkExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut config: tokio_postgres::Config = pg_url().parse().unwrap();
+        config.options(format!("-c search_path={schema}"));
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS control_entries (LIKE ledger_entries INCLUDING ALL); \
+                 TRUNCATE control_entries",
+            )
+            .await
+            .unwrap();
+        let sink = client
+            .copy_in::<_, bytes::Bytes>("COPY control_entries FROM STDIN")
+            .await
+            .unwrap();
+        let mut sink = std::pin::pin!(sink);
+        let started = tokio::time::Instant::now();
+        let mut seq = 0u64;
+        while started.elapsed() < length {
+            let mut slice = String::with_capacity(500 * 120);
+            for _ in 0..500 {
+                seq += 1;
+                let account = 1 + seq % 1_000;
+                slice.push_str(&format!(
+                    "{seq}\t{}\t{account}\tsettle\t-{}\t{seq}\treq-{seq:016x}\t\\N\tf\t{}\t0\n",
+                    1_700_000_000_000 + seq,
+                    1_000 + seq % 977,
+                    1_000_000_000 - seq
+                ));
+            }
+            sink.send(bytes::Bytes::from(slice)).await.unwrap();
+            let due = Duration::from_secs_f64(seq as f64 / rows_per_sec as f64);
+            tokio::time::sleep_until(started + due).await;
+        }
+        sink.as_mut().finish().await.unwrap()
+    })
 }
 
 /// One completion: when it was sent and how long it took.

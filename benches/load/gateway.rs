@@ -17,6 +17,8 @@ pub(crate) struct Gateway {
 
 pub(crate) enum GatewayKind {
     InProc(Box<RunningServer>),
+    /// The bare proxy of `bare.rs`, not tokun.
+    Bare(tokio::task::JoinHandle<()>),
     Child {
         child: Child,
         stderr: Arc<Mutex<VecDeque<String>>>,
@@ -106,6 +108,18 @@ impl Gateway {
             }
             Mode::Child => Self::spawn_child(env, billing, dir, &toml),
         }
+    }
+
+    /// The bare hyper proxy on the in-process gateway's runtime.
+    pub(crate) fn start_bare(env: &Env<'_>) -> anyhow::Result<Gateway> {
+        let (addr, task) = env.gateway_rt.block_on(start_bare(env.mock))?;
+        Ok(Gateway {
+            billing: Billing::Off,
+            addr,
+            key: None,
+            dir: PathBuf::new(),
+            kind: GatewayKind::Bare(task),
+        })
     }
 
     pub(crate) fn spawn_child(
@@ -199,7 +213,7 @@ impl Gateway {
 
     pub(crate) fn pid(&self) -> Option<u32> {
         match &self.kind {
-            GatewayKind::InProc(_) => None,
+            GatewayKind::InProc(_) | GatewayKind::Bare(_) => None,
             GatewayKind::Child { child, .. } => Some(child.id()),
         }
     }
@@ -210,6 +224,7 @@ impl Gateway {
             Billing::On => "ON",
         };
         let kind = match self.kind {
+            GatewayKind::Bare(_) => return "bare hyper proxy".into(),
             GatewayKind::InProc(_) => "inproc",
             GatewayKind::Child { .. } => "child",
         };
@@ -230,6 +245,10 @@ impl Gateway {
                 if let Err(error) = env.gateway_rt.block_on(server.shutdown()) {
                     println!("(gateway shutdown: {error})");
                 }
+            }
+            GatewayKind::Bare(task) => {
+                task.abort();
+                return;
             }
             GatewayKind::Child { mut child, stderr } => {
                 // SIGTERM the child we started (by its pid), then wait a bounded time.

@@ -24,6 +24,11 @@
 //! - `c`: slow streams, every event `--token-delay-ms` (20) apart,
 //!   `--concurrency-c` (500) connections: TTFT p99, errors, tokun's RSS peak.
 //!
+//! With `--bare`, every run of `single`, `a`, `paced` and `b` also goes
+//! through a bare hyper proxy (`bare.rs`: bodies handed across untouched,
+//! one upstream connection per inbound one): the floor of what any gateway
+//! adds on this machine.
+//!
 //! Threads and processes. The mock upstream and the load generator share one
 //! tokio runtime with `--client-threads` (1) worker, like the peers' rig where
 //! they shared one core. tokun runs either
@@ -76,12 +81,14 @@ use tokio::runtime::Runtime;
 use tokun::config::Config;
 use tokun::server::RunningServer;
 
+mod bare;
 mod gateway;
 mod generator;
 mod machine;
 mod mock;
 mod report;
 
+use bare::*;
 use gateway::*;
 use generator::*;
 use machine::*;
@@ -141,6 +148,12 @@ pub(crate) struct Args {
     /// over which the connections' first requests are spread.
     #[arg(long, default_value_t = 6.0)]
     pub(crate) c_duration: f64,
+    /// Also measure a bare hyper proxy (no parsing, one upstream connection
+    /// per inbound one) in `single`, `a`, `paced` and `b`: the floor of what
+    /// any gateway adds on this machine. It runs on the in-process gateway's
+    /// runtime.
+    #[arg(long)]
+    pub(crate) bare: bool,
     /// Where tokun runs for `single`, `a` and `b`.
     #[arg(long, value_enum, default_value = "inproc")]
     pub(crate) gateway: Mode,
@@ -227,6 +240,9 @@ pub(crate) fn main() -> anyhow::Result<()> {
     let shared_needed = args.scenarios.iter().any(|s| *s != Scenario::C);
     let mut shared = Vec::new();
     if shared_needed {
+        if args.bare {
+            shared.push(Gateway::start_bare(&env)?);
+        }
         for billing in &args.billing {
             shared.push(Gateway::start(&env, args.gateway, *billing)?);
         }
