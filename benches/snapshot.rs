@@ -181,6 +181,12 @@ async fn latency(args: &Args) {
     // TRUNCATE) lands on both sides.
     let mut baseline = Vec::new();
     let mut during = Vec::new();
+    // What the "during" windows measure.
+    let what = if args.control {
+        "outside COPY"
+    } else {
+        "snapshot"
+    };
     for round in 0..args.rounds {
         schema
             .client
@@ -206,14 +212,13 @@ async fn latency(args: &Args) {
         .await;
         let running = Arc::new(AtomicBool::new(true));
         let flag = running.clone();
-        let handle = snapshots.clone();
         if args.timeline {
             println!(
-                "round {round}: snapshot from t = {:.1} s",
+                "round {round}: {what} from t = {:.1} s",
                 began.elapsed().as_secs_f64()
             );
         }
-        if args.control {
+        let while_running = if args.control {
             let (schema_name, rate, secs) = (
                 schema.name.clone(),
                 args.max_rows_per_sec.max(1),
@@ -227,38 +232,36 @@ async fn latency(args: &Args) {
             let while_running = load(&url, args, LoadUntil::While(running)).await;
             let rows = copier.join().unwrap();
             println!(
-                "round {round}: control: an outside COPY of {rows} rows in {} s, no snapshot",
-                args.control_secs
+                "round {round}: control: an outside COPY of {rows} rows in {secs} s, no snapshot"
             );
-            report_line("  without outside COPY", &before);
-            report_line("  during outside COPY", &while_running);
-            baseline.extend(before);
-            during.extend(while_running);
-            continue;
-        }
-        let snapshot = tokio::spawn(async move {
-            let report = handle.snapshot_now(Duration::from_secs(600)).await.unwrap();
-            flag.store(false, Ordering::SeqCst);
-            report
-        });
-        let while_running = load(&url, args, LoadUntil::While(running)).await;
-        let report = snapshot.await.unwrap();
-        println!(
-            "round {round}: snapshot under load: {} entries in {:.2}s = {:.0} entries/s",
-            report.entries,
-            report.duration.as_secs_f64(),
-            report.entries as f64 / report.duration.as_secs_f64()
-        );
-        report_line("  without snapshot", &before);
-        report_line("  during snapshot", &while_running);
+            while_running
+        } else {
+            let handle = snapshots.clone();
+            let snapshot = tokio::spawn(async move {
+                let report = handle.snapshot_now(Duration::from_secs(600)).await.unwrap();
+                flag.store(false, Ordering::SeqCst);
+                report
+            });
+            let while_running = load(&url, args, LoadUntil::While(running)).await;
+            let report = snapshot.await.unwrap();
+            println!(
+                "round {round}: snapshot under load: {} entries in {:.2}s = {:.0} entries/s",
+                report.entries,
+                report.duration.as_secs_f64(),
+                report.entries as f64 / report.duration.as_secs_f64()
+            );
+            while_running
+        };
+        report_line(&format!("  without {what}"), &before);
+        report_line(&format!("  during {what}"), &while_running);
         if args.timeline {
             timeline(&while_running);
         }
         baseline.extend(before);
         during.extend(while_running);
     }
-    report_line("without snapshot, all rounds", &baseline);
-    report_line("during snapshot, all rounds", &during);
+    report_line(&format!("without {what}, all rounds"), &baseline);
+    report_line(&format!("during {what}, all rounds"), &during);
     server.shutdown().await.unwrap();
     schema.drop_schema().await;
     let _ = std::fs::remove_dir_all(&data);
@@ -271,6 +274,7 @@ async fn latency(args: &Args) {
 /// Returns the rows Postgres took.
 fn outside_copy(schema: &str, rows_per_sec: u64, length: Duration) -> u64 {
     use futures_util::SinkExt;
+    use std::fmt::Write;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -299,12 +303,14 @@ fn outside_copy(schema: &str, rows_per_sec: u64, length: Duration) -> u64 {
             for _ in 0..500 {
                 seq += 1;
                 let account = 1 + seq % 1_000;
-                slice.push_str(&format!(
-                    "{seq}\t{}\t{account}\tsettle\t-{}\t{seq}\treq-{seq:016x}\t\\N\tf\t{}\t0\n",
+                writeln!(
+                    slice,
+                    "{seq}\t{}\t{account}\tsettle\t-{}\t{seq}\treq-{seq:016x}\t\\N\tf\t{}\t0",
                     1_700_000_000_000 + seq,
                     1_000 + seq % 977,
                     1_000_000_000 - seq
-                ));
+                )
+                .unwrap();
             }
             sink.send(bytes::Bytes::from(slice)).await.unwrap();
             let due = Duration::from_secs_f64(seq as f64 / rows_per_sec as f64);
