@@ -1,27 +1,114 @@
 //! Who is calling: API keys (`Authorization: Bearer sk-tokun-…`) and the
 //! admin token. Keys are looked up by SHA-256, cached in memory; revoked keys
 //! are refused forever. Per-key RPM limits are enforced here, before any work.
+//!
+//! Handlers take the caller as an extractor: [`Caller`] where a key is
+//! required, [`Inference`] on the metered endpoints (it may be nobody while
+//! billing is off, and counts the key's RPM), [`Admin`] for the operator API.
+//! A new way to sign in (a console session) is one more source here, not an
+//! edit in every handler.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tokun_storage::{AccountId, KeyRecord, Store, hash_secret};
+use tokun_actors::Payer;
+use tokun_storage::{AccountId, KeyRecord, Store, WriteOp, hash_secret};
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub const KEY_PREFIX: &str = "sk-tokun-";
 /// 43 base62 characters ≈ 256 random bits.
 const KEY_RANDOM_CHARS: usize = 43;
 
-/// An authenticated caller.
+/// An authenticated caller: a live API key and its account.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub account: AccountId,
     pub key: Arc<KeyRecord>,
+}
+
+impl Caller {
+    /// Who pays for this caller's requests.
+    pub fn payer(&self) -> Payer {
+        Payer {
+            account: self.account,
+            key: self.key.id,
+            key_limit: self.key.spend_limit,
+        }
+    }
+}
+
+/// A key is required: 401 without a valid one.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state
+            .keys()
+            .authenticate(&state.services().store, &parts.headers)
+    }
+}
+
+/// The caller of a metered endpoint (`/v1/chat/completions`, `/v1/embeddings`):
+/// a key, counted against its RPM limit and stamped as used — or nobody, when
+/// billing is off and no key was sent.
+#[derive(Debug, Clone)]
+pub struct Inference(pub Option<Caller>);
+
+impl FromRequestParts<AppState> for Inference {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(caller) = caller_if_billed(state, &parts.headers)? else {
+            return Ok(Inference(None));
+        };
+        state.keys().check_rpm(&caller.key)?;
+        stamp_last_used(state, &caller);
+        Ok(Inference(Some(caller)))
+    }
+}
+
+/// The key sent with a request, required while billing is on; `None` when
+/// billing is off and no key was sent (a key that is sent must be valid).
+pub fn caller_if_billed(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    if !state.billing_enabled() && bearer(headers).is_none() {
+        return Ok(None);
+    }
+    state
+        .keys()
+        .authenticate(&state.services().store, headers)
+        .map(Some)
+}
+
+/// Writes the key's `last_used` at most once a minute. Not awaited: a lost
+/// stamp is harmless, and revoked keys stay revoked (a writer rule).
+fn stamp_last_used(state: &AppState, caller: &Caller) {
+    let now = tokun_providers::clock::unix_ms();
+    if let Some((hash, record)) = state.keys().last_used_due(&caller.key, now) {
+        let services = state.services();
+        services
+            .ledger
+            .append_nowait(vec![WriteOp::PutKey { hash, record }]);
+    }
+}
+
+/// The operator: `Authorization: Bearer <admin token>`; 401 otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        check_admin(&parts.headers, &state.services().admin_token_hash).map(|()| Admin)
+    }
 }
 
 /// Generates a new API key secret: `sk-tokun-` + 43 random base62 characters.

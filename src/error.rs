@@ -195,6 +195,7 @@ impl IntoResponse for ApiError {
             ApiError::Upstream(error) => error.retry_after(),
             _ => None,
         };
+        // An error body is strings only: serializing it cannot fail.
         let body = serde_json::to_vec(&Body {
             error: self.object(),
         })
@@ -234,19 +235,7 @@ impl From<RequestError> for ApiError {
     fn from(error: RequestError) -> Self {
         match error {
             RequestError::Upstream(error) => ApiError::Upstream(error),
-            RequestError::InsufficientCredits {
-                balance_nanos,
-                estimate_nanos,
-            } => ApiError::InsufficientCredits {
-                balance: usd(balance_nanos),
-                estimate: usd(estimate_nanos),
-            },
-            RequestError::LedgerUnavailable => ApiError::Unavailable {
-                message: "The ledger is unavailable; nothing was charged. Retry later.".into(),
-            },
-            RequestError::ShuttingDown => ApiError::Unavailable {
-                message: "tokun is shutting down.".into(),
-            },
+            RequestError::Account(error) => error.into(),
         }
     }
 }
@@ -257,10 +246,6 @@ impl From<StreamFailure> for ApiError {
             StreamFailure::Upstream(error) => ApiError::Upstream(error),
         }
     }
-}
-
-fn usd(nanos: i64) -> String {
-    tokun_storage::Nanos::new(nanos).to_string()
 }
 
 impl From<tokun_actors::account::AccountError> for ApiError {
@@ -287,7 +272,12 @@ impl From<tokun_actors::account::AccountError> for ApiError {
             AccountError::LedgerUnavailable => ApiError::Unavailable {
                 message: "The ledger is unavailable; nothing was charged. Retry later.".into(),
             },
-            AccountError::Ledger(_) | AccountError::UnknownHold(_) => ApiError::Internal,
+            AccountError::Busy => ApiError::Unavailable {
+                message: "The account is busy; nothing was charged. Retry shortly.".into(),
+            },
+            AccountError::ActorFailed | AccountError::Ledger(_) | AccountError::UnknownHold(_) => {
+                ApiError::Internal
+            }
         }
     }
 }

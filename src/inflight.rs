@@ -102,16 +102,10 @@ pub struct IdempotencyTicket {
     key: Option<(AccountId, String)>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The oldest outcome still answered, in Unix ms.
 fn window_start_ms() -> u64 {
     let ttl = u64::try_from(IDEMPOTENCY_TTL.as_millis()).unwrap_or(u64::MAX);
-    now_ms().saturating_sub(ttl)
+    tokun_providers::clock::unix_ms().saturating_sub(ttl)
 }
 
 impl Idempotency {
@@ -169,7 +163,7 @@ impl IdempotencyTicket {
             return;
         };
         let outcome = IdempotentOutcome {
-            at_ms: now_ms(),
+            at_ms: tokun_providers::clock::unix_ms(),
             response: response.map(|r| StoredReply {
                 status: r.status,
                 headers: r.headers,

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokun_actors::provider::ProviderHandle;
-use tokun_actors::{StreamSupervisorHandle, metric};
+use tokun_actors::{HoldPolicy, StreamSupervisorHandle, metric};
 use tracing::Instrument;
 
 use crate::api;
@@ -234,7 +234,10 @@ impl RunningServer {
             crate::metrics::install();
         }
         let (services, first_start) = Services::start(&config, StartMode::Serve).await?;
-        let streams = StreamSupervisorHandle::start().await?;
+        let policy = HoldPolicy {
+            increment_tokens: u64::from(config.billing.hold_increment_tokens),
+        };
+        let streams = StreamSupervisorHandle::start(services.accounts.clone(), policy).await?;
         let grace = config.server.shutdown_grace;
         let admin_listen = config.server.admin_listen;
         let mut limiters = std::collections::HashMap::new();

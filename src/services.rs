@@ -139,7 +139,7 @@ impl Services {
         let record = AccountRecord {
             id,
             email: email.trim().to_lowercase(),
-            created_ms: tokun_actors::account::now_ms(),
+            created_ms: tokun_providers::clock::unix_ms(),
             disabled: false,
             floor: Nanos::ZERO,
             deleted_ms: None,
@@ -176,7 +176,7 @@ impl Services {
             account,
             prefix: KeyRecord::prefix_of(&secret),
             name: options.name,
-            created_ms: tokun_actors::account::now_ms(),
+            created_ms: tokun_providers::clock::unix_ms(),
             last_used_ms: None,
             revoked_ms: None,
             spend_limit: options.spend_limit,
@@ -201,7 +201,7 @@ impl Services {
             return Ok(None);
         };
         if record.revoked_ms.is_none() {
-            record.revoked_ms = Some(tokun_actors::account::now_ms());
+            record.revoked_ms = Some(tokun_providers::clock::unix_ms());
             self.ledger
                 .append(vec![WriteOp::PutKey {
                     hash,

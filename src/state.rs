@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokun_actors::provider::ProviderHandle;
-use tokun_actors::{Route, StreamSupervisorHandle};
+use tokun_actors::{Route, StreamSupervisorHandle, Tariff};
 use tokun_providers::echo::{EchoAdapter, EchoConfig};
 use tokun_providers::openai::OpenAiAdapter;
 use tokun_providers::{Adapter, ProviderError};
@@ -47,6 +47,16 @@ struct Inner {
 pub struct Model {
     pub config: ModelConfig,
     pub routes: Arc<[Route]>,
+}
+
+impl Model {
+    /// What the model costs and how much it can read, for its holds.
+    pub fn tariff(&self) -> Tariff {
+        Tariff {
+            price: self.config.price,
+            context_window: u64::from(self.config.context_window),
+        }
+    }
 }
 
 impl AppState {

@@ -21,10 +21,10 @@ pub mod stream_supervisor;
 
 pub use account::registry::AccountsHandle;
 pub use ledger::LedgerHandle;
-pub use meter::{AccountMeter, Meter, MeterRecord};
+pub use meter::{HoldPolicy, Meter, MeterRecord, Output, Payer, RequestOutcome, Tariff, Transport};
 pub use relay::{
     RelayEvent, RequestError, Route, Settlement, StreamFailure, Timeouts, UsageSource,
 };
 pub use snapshot_supervisor::SnapshotHandle;
-pub use stream::StreamArgs;
+pub use stream::{StreamArgs, Work};
 pub use stream_supervisor::StreamSupervisorHandle;

@@ -6,7 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokun_providers::{Adapter, ChatCompletion, ChatCompletionChunk, ProviderError, Usage};
+use tokun_providers::{
+    Adapter, ChatCompletion, ChatCompletionChunk, EmbeddingResponse, ProviderError, Usage,
+};
+use tokun_storage::Nanos;
+
+use crate::account::AccountError;
 
 /// One upstream route a model may be served by, tried in configured order.
 #[derive(Debug, Clone)]
@@ -57,10 +62,10 @@ pub enum UsageSource {
 pub struct Settlement {
     pub usage: Usage,
     pub source: UsageSource,
-    /// Cost in nano-USD; zero while billing is off.
-    pub cost_nanos: i64,
+    /// Zero while billing is off.
+    pub cost: Nanos,
     /// Balance after the settlement, when the request was billed to an account.
-    pub balance_nanos: Option<i64>,
+    pub balance: Option<Nanos>,
 }
 
 /// Why a committed stream failed (sent as one error event before the usage chunk).
@@ -73,7 +78,7 @@ pub enum StreamFailure {
 ///
 /// A streamed request yields `Routed`, `Chunk`s, at most one `Failed` (only after a chunk
 /// was sent), then exactly one `Finished`. A non-streaming request yields
-/// `Routed` and one `Completion`, or one `Rejected`. `Rejected` is only ever sent before any chunk:
+/// `Routed` and one `Completion` (or `Embedded` for embeddings), or one `Rejected`. `Rejected` is only ever sent before any chunk:
 /// the first chunk is the commit point after which the edge can no longer
 /// change the HTTP status.
 ///
@@ -90,6 +95,7 @@ pub enum RelayEvent {
     },
     Chunk(Box<ChatCompletionChunk>),
     Completion(Box<ChatCompletion>, Box<Settlement>),
+    Embedded(Box<EmbeddingResponse>, Box<Settlement>),
     Rejected(Box<RequestError>),
     Failed(Box<StreamFailure>),
     Finished(Box<Settlement>),
@@ -100,17 +106,10 @@ pub enum RelayEvent {
 pub enum RequestError {
     #[error(transparent)]
     Upstream(#[from] ProviderError),
-    #[error(
-        "insufficient credits: balance {balance_nanos} nanos, estimated cost {estimate_nanos} nanos"
-    )]
-    InsufficientCredits {
-        balance_nanos: i64,
-        estimate_nanos: i64,
-    },
-    #[error("the ledger could not record this request")]
-    LedgerUnavailable,
-    #[error("tokun is shutting down")]
-    ShuttingDown,
+    /// The hold could not be placed (funds, limits, a disabled account, the
+    /// ledger), or the settlement could not be recorded.
+    #[error(transparent)]
+    Account(#[from] AccountError),
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use tokun_storage::Store;
 use tokun_storage::postgres::{PgConn, PgError, PgTarget, SnapshotReport, snapshot, watermark};
 
-use crate::account::now_ms;
 use crate::instrument::{ActorKind, MessageKind};
+use tokun_providers::clock::unix_ms as now_ms;
 
 /// `application_name` of tokun's Postgres sessions (`pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "tokun-snapshot";

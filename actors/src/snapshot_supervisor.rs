@@ -163,7 +163,7 @@ impl SnapshotHandle {
             Ok(lag) => Lag {
                 entries: lag.entries,
                 seconds: lag.oldest_at_ms.map_or(0.0, |at| {
-                    crate::account::now_ms().saturating_sub(at) as f64 / 1000.0
+                    tokun_providers::clock::unix_ms().saturating_sub(at) as f64 / 1000.0
                 }),
             },
             Err(error) => {

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::account::registry::AccountsHandle;
+use crate::meter::HoldPolicy;
 use crate::stats::StreamStats;
-use crate::stream::{StreamActor, StreamArgs};
+use crate::stream::{StreamActor, StreamArgs, StreamStart, Work};
 
 pub struct StreamSupervisor;
 
@@ -60,22 +62,35 @@ impl Actor for StreamSupervisor {
     }
 }
 
-/// Cheap-clone handle to the supervisor and its counters.
+/// Cheap-clone handle to the supervisor and its counters; it also hands
+/// every stream actor the accounts and the hold policy it meters with.
 #[derive(Clone)]
 pub struct StreamSupervisorHandle {
     cell: ActorCell,
     stats: Arc<StreamStats>,
+    accounts: AccountsHandle,
+    policy: HoldPolicy,
 }
 
 impl StreamSupervisorHandle {
-    pub async fn start() -> Result<Self, ractor::SpawnErr> {
+    pub async fn start(
+        accounts: AccountsHandle,
+        policy: HoldPolicy,
+    ) -> Result<Self, ractor::SpawnErr> {
         let stats = Arc::new(StreamStats::default());
         let (actor, _) =
             crate::instrument::Metered::spawn(StreamSupervisor, stats.clone(), None).await?;
         Ok(Self {
             cell: actor.get_cell(),
             stats,
+            accounts,
+            policy,
         })
+    }
+
+    /// The rule every hold is sized by (also for Realtime responses).
+    pub fn policy(&self) -> HoldPolicy {
+        self.policy
     }
 
     pub fn stats(&self) -> &Arc<StreamStats> {
@@ -83,9 +98,16 @@ impl StreamSupervisorHandle {
     }
 
     /// Starts a stream actor for one request, supervised by this supervisor.
-    pub async fn spawn(&self, mut args: StreamArgs) -> Result<(), ractor::SpawnErr> {
-        args.stats = self.stats.clone();
-        crate::instrument::Metered::spawn(StreamActor, args, Some(self.cell.clone())).await?;
+    /// It places the request's hold itself; a spawn that fails held nothing.
+    pub async fn spawn(&self, args: StreamArgs, work: Work) -> Result<(), ractor::SpawnErr> {
+        let start = StreamStart {
+            args,
+            work,
+            accounts: self.accounts.clone(),
+            policy: self.policy,
+            stats: self.stats.clone(),
+        };
+        crate::instrument::Metered::spawn(StreamActor, start, Some(self.cell.clone())).await?;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! server; everything it returns is in OpenAI's shapes (see [`types`]).
 
 pub mod anthropic;
+pub mod clock;
 pub mod echo;
 pub mod embeddings;
 pub mod error;
@@ -82,6 +83,11 @@ impl Adapter {
             Adapter::Gemini(adapter) => adapter.embed(request).await,
             Adapter::Echo(_) => embeddings::echo(request),
         }
+    }
+
+    /// Whether this wire format has an embeddings endpoint (Anthropic has none).
+    pub fn can_embed(&self) -> bool {
+        !matches!(self, Adapter::Anthropic(_))
     }
 
     /// A short name of the wire format, for logs and metric labels.

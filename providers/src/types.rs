@@ -33,6 +33,15 @@ impl ChatRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
+    /// Sets the output cap sent upstream, in the field the client used.
+    pub fn cap_max_tokens(&mut self, cap: u32) {
+        if self.max_completion_tokens.is_some() {
+            self.max_completion_tokens = Some(cap);
+        } else {
+            self.max_tokens = Some(cap);
+        }
+    }
+
     /// Whether the client asked for the final usage chunk.
     pub fn wants_usage_chunk(&self) -> bool {
         self.stream_options

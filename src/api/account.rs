@@ -17,15 +17,10 @@ use crate::error::ApiError;
 use crate::services::KeyOptions;
 use crate::state::AppState;
 
-fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    state.keys().authenticate(&state.services().store, headers)
-}
-
 pub async fn account(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = caller(&state, &headers)?;
     Ok(Json(account_json(&state, caller.account).await?))
 }
 
@@ -63,10 +58,10 @@ pub struct UsageQuery {
 
 pub async fn usage(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Query(query): Query<UsageQuery>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&state, &headers)?;
     let records = usage_records(&state, caller.account, &query)?;
     let csv = query.format.as_deref() == Some("csv")
         || headers
@@ -220,9 +215,8 @@ impl KeyView {
 
 pub async fn list_keys(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = caller(&state, &headers)?;
     let keys = state
         .services()
         .store
@@ -292,10 +286,10 @@ impl NewKey {
 
 pub async fn create_key(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&state, &headers)?;
     let bytes = read_json_body(&headers, body, 64 * 1024).await?;
     let request: NewKey = if bytes.is_empty() {
         NewKey::default()
@@ -317,10 +311,9 @@ pub async fn create_key(
 
 pub async fn revoke_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let caller = caller(&state, &headers)?;
     let not_found = || ApiError::NotFound {
         message: format!("No key `{id}`."),
         code: "key_not_found",
@@ -360,11 +353,8 @@ pub async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let account = if state.billing_enabled() || crate::auth::bearer(&headers).is_some() {
-        Some(caller(&state, &headers)?.account)
-    } else {
-        None
-    };
+    let caller = crate::auth::caller_if_billed(&state, &headers)?;
+    let account = caller.map(|c| c.account);
     if state.inflight().cancel(&id, account) {
         Ok(Json(
             json!({"id": id, "object": "request.cancel", "cancelled": true}),

@@ -13,15 +13,11 @@ use tokun_storage::{AccountId, EntryKind, KeyId, Nanos};
 
 use super::account::{KeyView, NewKey, account_json, revoke};
 use super::{parse_json, read_json_body};
-use crate::auth::check_admin;
+use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
-
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    check_admin(headers, &state.services().admin_token_hash)
-}
 
 fn account_id(id: &str) -> Result<AccountId, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound {
@@ -46,10 +42,9 @@ pub struct Search {
 
 pub async fn list_accounts(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Query(q): Query<Search>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     let store = &state.services().store;
     let accounts = store
         .accounts(q.search.as_deref(), q.limit.unwrap_or(100).min(1000))
@@ -75,10 +70,10 @@ pub struct NewAccount {
 
 pub async fn create_account(
     State(state): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
     let request: NewAccount = json_body(&headers, body).await?;
     let email = request.email.trim();
     if email.len() < 3 || !email.contains('@') || email.len() > 254 {
@@ -113,10 +108,9 @@ pub async fn create_account(
 
 pub async fn get_account(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     Ok(Json(account_json(&state, account_id(&id)?).await?))
 }
 
@@ -133,11 +127,11 @@ fn yes() -> bool {
 
 pub async fn disable_account(
     State(state): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     let id = account_id(&id)?;
     let bytes = read_json_body(&headers, body, ADMIN_BODY_LIMIT).await?;
     let request: Disable = if bytes.is_empty() {
@@ -162,6 +156,7 @@ pub struct Adjust {
 
 pub async fn credit(
     state: State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     id: Path<String>,
     body: Body,
@@ -171,6 +166,7 @@ pub async fn credit(
 
 pub async fn debit(
     state: State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     id: Path<String>,
     body: Body,
@@ -185,7 +181,6 @@ async fn adjust(
     body: Body,
     sign: i64,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     let id = account_id(&id)?;
     let request: Adjust = json_body(&headers, body).await?;
     let reason = request.reason.trim();
@@ -228,11 +223,11 @@ fn positive_usd(usd: &str, field: &str) -> Result<Nanos, ApiError> {
 
 pub async fn create_key(
     State(state): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
     let id = account_id(&id)?;
     if state
         .services()
@@ -267,10 +262,9 @@ pub async fn create_key(
 
 pub async fn revoke_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    admin(&state, &headers)?;
     let not_found = || ApiError::NotFound {
         message: format!("No key `{id}`."),
         code: "key_not_found",
@@ -281,9 +275,8 @@ pub async fn revoke_key(
 
 pub async fn verify_ledger(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     let services = state.services().clone();
     // Everything sent so far is on disk before the replay starts.
     let _ = services.ledger.barrier().await;
@@ -309,10 +302,9 @@ pub struct PaymentQuery {
 /// operator must match by hand.
 pub async fn list_payments(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Query(q): Query<PaymentQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(name) => Some(crate::stripe::parse_status(name).ok_or_else(|| {

@@ -1,14 +1,15 @@
 //! Starting a completion, whatever the transport (SSE or WebSocket): check
-//! the request against the model and the key, place the hold (capping the
-//! upstream `max_tokens` to what the balance affords), register the cancel
-//! signal, and spawn the stream actor. The caller reads its relay events.
+//! the request against the model and the key, pick the model for `auto`,
+//! register the cancel signal, and spawn the stream actor — which places the
+//! hold and caps the upstream `max_tokens` itself. The caller reads its relay
+//! events.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokun_actors::account::ReserveRequest;
+use tokun_actors::provider::CircuitState;
 use tokun_actors::routing::{Candidate, cheapest_fit};
-use tokun_actors::{AccountMeter, Meter, RelayEvent, StreamArgs};
+use tokun_actors::{RelayEvent, StreamArgs, Transport, Work};
 use tokun_providers::{ChatRequest, tokens};
 
 use crate::auth::Caller;
@@ -53,7 +54,10 @@ async fn pick_auto<'a>(
             continue;
         };
         let healthy = match model.routes.first().and_then(|r| r.limiter.as_ref()) {
-            Some(limiter) => limiter.health().await.is_none_or(|h| h.circuit != "open"),
+            Some(limiter) => limiter
+                .health()
+                .await
+                .is_none_or(|h| h.circuit != CircuitState::Open),
             None => true,
         };
         candidates.push(Candidate {
@@ -73,7 +77,7 @@ async fn pick_auto<'a>(
     state.model(id).ok_or(ApiError::Internal)
 }
 
-fn check_request_model(caller: Option<&Caller>, model: &Model) -> Result<(), ApiError> {
+pub fn check_request_model(caller: Option<&Caller>, model: &Model) -> Result<(), ApiError> {
     match caller {
         Some(caller)
             if !caller.key.allowed_models.is_empty()
@@ -104,13 +108,15 @@ pub fn check_request(
     check_request_model(caller, model)
 }
 
-/// Reserves and spawns the stream actor. `request` must have passed `check_request`.
+/// Picks the model (`auto` resolved), registers the cancel signal and
+/// spawns the stream actor, which places the hold itself. `request` must have
+/// passed `check_request`.
 pub async fn launch(
     state: &AppState,
     caller: Option<&Caller>,
     request_id: Arc<str>,
     mut request: ChatRequest,
-    transport: &'static str,
+    transport: Transport,
 ) -> Result<Launched, ApiError> {
     let prompt_tokens = tokens::estimate_prompt(&request);
     let model = if request.model == AUTO {
@@ -123,53 +129,63 @@ pub async fn launch(
             .model(&request.model)
             .ok_or_else(|| ApiError::model_not_found(&request.model))?
     };
-    let meter = match caller {
-        Some(caller) => {
-            reserve(
-                state,
-                caller,
-                &request_id,
-                model,
-                &mut request,
-                prompt_tokens,
-                transport,
-            )
-            .await?
-        }
-        None => Meter::Log,
-    };
     let streaming = request.stream;
     let wants_usage = request.wants_usage_chunk();
-    let (cancel, guard) = state
-        .inflight()
-        .register(request_id.clone(), caller.map(|c| c.account));
     let buffer = match transport {
-        "ws" => WS_RELAY_BUFFER,
-        _ => RELAY_BUFFER,
+        Transport::Ws => WS_RELAY_BUFFER,
+        Transport::Http | Transport::Realtime => RELAY_BUFFER,
     };
-    let (out, events) = mpsc::channel(buffer);
-    let args = StreamArgs {
+    let work = Work::Chat(request);
+    let (events, guard) = start(
+        state,
+        caller,
         request_id,
-        model: model.config.id.as_str().into(),
-        prompt_tokens_estimate: prompt_tokens,
-        request,
-        routes: model.routes.clone(),
-        out,
-        cancel,
-        meter: meter.clone(),
-        stats: state.streams().stats().clone(),
+        (model, prompt_tokens),
+        work,
         transport,
-    };
-    if state.streams().spawn(args).await.is_err() {
-        meter.release().await;
-        return Err(ApiError::Internal);
-    }
+        buffer,
+    )
+    .await?;
     Ok(Launched {
         events,
         guard,
         streaming,
         wants_usage,
     })
+}
+
+/// Spawns the stream actor for `work` on `model`; returns its relay events and
+/// the guard that keeps it cancellable. A spawn that fails held nothing (the
+/// actor places the hold) and answers 500 with the request id.
+pub async fn start(
+    state: &AppState,
+    caller: Option<&Caller>,
+    request_id: Arc<str>,
+    (model, prompt_tokens): (&Model, u64),
+    work: Work,
+    transport: Transport,
+    buffer: usize,
+) -> Result<(mpsc::Receiver<RelayEvent>, InFlightGuard), ApiError> {
+    let (cancel, guard) = state
+        .inflight()
+        .register(request_id.clone(), caller.map(|c| c.account));
+    let (out, events) = mpsc::channel(buffer);
+    let args = StreamArgs {
+        request_id,
+        model: model.config.id.as_str().into(),
+        tariff: model.tariff(),
+        routes: model.routes.clone(),
+        prompt_tokens_estimate: prompt_tokens,
+        payer: caller.map(Caller::payer),
+        out,
+        cancel,
+        transport,
+    };
+    if let Err(error) = state.streams().spawn(args, work).await {
+        tracing::error!(%error, "the stream actor failed to start");
+        return Err(ApiError::Internal);
+    }
+    Ok((events, guard))
 }
 
 fn validate(request: &ChatRequest) -> Result<(), ApiError> {
@@ -198,94 +214,4 @@ fn validate(request: &ChatRequest) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// Places the hold and caps the upstream `max_tokens` to what the balance affords.
-async fn reserve(
-    state: &AppState,
-    caller: &Caller,
-    request_id: &str,
-    model: &Model,
-    request: &mut ChatRequest,
-    prompt_tokens: u64,
-    transport: &'static str,
-) -> Result<Meter, ApiError> {
-    let billing = &state.config().billing;
-    let context_left = u64::from(model.config.context_window)
-        .saturating_sub(prompt_tokens)
-        .max(1);
-    let max_output = request
-        .requested_max_tokens()
-        .map_or(context_left, u64::from);
-    // Streams hold in increments; a non-streaming answer cannot be extended, so hold it whole.
-    let increment = if request.stream {
-        u64::from(billing.hold_increment_tokens)
-    } else {
-        max_output
-    };
-    let hold = Hold {
-        request_id,
-        model,
-        prompt_tokens,
-        increment_tokens: increment,
-        max_output_tokens: max_output,
-    };
-    let (meter, max_tokens) = hold_credit(state, caller, hold, transport).await?;
-    if max_tokens < max_output || request.requested_max_tokens().is_some() {
-        let cap = u32::try_from(max_tokens).unwrap_or(u32::MAX);
-        if request.max_completion_tokens.is_some() {
-            request.max_completion_tokens = Some(cap);
-        } else {
-            request.max_tokens = Some(cap);
-        }
-    }
-    Ok(meter)
-}
-
-/// What a request wants held before its upstream call.
-pub struct Hold<'a> {
-    pub request_id: &'a str,
-    pub model: &'a Model,
-    pub prompt_tokens: u64,
-    pub increment_tokens: u64,
-    pub max_output_tokens: u64,
-}
-
-/// Places a hold on the caller's account; returns the meter that settles it
-/// and the most output tokens the funds allow. Refused with 503 while the
-/// ledger is not writable, before any upstream call.
-pub async fn hold_credit(
-    state: &AppState,
-    caller: &Caller,
-    hold: Hold<'_>,
-    transport: &'static str,
-) -> Result<(Meter, u64), ApiError> {
-    let services = state.services();
-    if !services.ledger.is_healthy() {
-        return Err(ApiError::Unavailable {
-            message: "The ledger is not writable; nothing was charged. Retry later.".into(),
-        });
-    }
-    let reserve = ReserveRequest {
-        request_id: hold.request_id.to_owned(),
-        key: Some(caller.key.id),
-        key_limit: caller.key.spend_limit,
-        price: hold.model.config.price,
-        prompt_tokens: hold.prompt_tokens,
-        increment_tokens: hold.increment_tokens,
-        max_output_tokens: hold.max_output_tokens,
-    };
-    let reservation = services
-        .accounts
-        .reserve(caller.account, reserve)
-        .await
-        .map_err(ApiError::from)?;
-    let meter = Meter::Account(Box::new(AccountMeter {
-        accounts: services.accounts.clone(),
-        account: caller.account,
-        key: Some(caller.key.id),
-        reservation,
-        transport,
-    }));
-    Ok((meter, reservation.max_tokens))
 }

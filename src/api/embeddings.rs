@@ -1,7 +1,9 @@
-//! `POST /v1/embeddings`: one upstream call on the model's first route that
-//! can embed, billed like a completion with input tokens only — a hold for the
-//! counted input first, settled from the upstream's usage (or tokun's count,
-//! marked estimated, when the upstream gives none).
+//! `POST /v1/embeddings`: billed like a completion with input tokens only.
+//! The stream actor runs it like any request — the hold for the counted input,
+//! the model's routes that can embed tried in order with permits and
+//! failover, the settlement from the upstream's usage (or tokun's count,
+//! marked estimated) — and sends one `Embedded` event; this handler checks
+//! the request and shapes the answer.
 
 use std::sync::Arc;
 
@@ -11,12 +13,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokun_actors::{Meter, MeterRecord, UsageSource};
-use tokun_providers::{Adapter, EmbeddingRequest, ProviderError, Usage};
+use tokun_actors::{RelayEvent, Settlement, Transport, Work};
+use tokun_providers::{EmbeddingRequest, EmbeddingResponse};
 
-use super::chat::authenticate;
-use super::completion::{Hold, hold_credit};
+use super::completion::{RELAY_BUFFER, check_request_model, start};
 use super::{parse_json, read_json_body};
+use crate::auth::Inference;
 use crate::error::ApiError;
 use crate::server::RequestId;
 use crate::state::AppState;
@@ -24,25 +26,16 @@ use crate::state::AppState;
 pub async fn embeddings(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    Inference(caller): Inference,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let started = std::time::Instant::now();
-    let caller = authenticate(&state, &headers)?;
     let bytes = read_json_body(&headers, body, state.config().server.max_body_bytes).await?;
-    let mut request: EmbeddingRequest = parse_json(&bytes)?;
+    let request: EmbeddingRequest = parse_json(&bytes)?;
     let model = state
         .model(&request.model)
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
-    if let Some(caller) = &caller {
-        if !caller.key.allowed_models.is_empty()
-            && !caller.key.allowed_models.contains(&model.config.id)
-        {
-            return Err(ApiError::Forbidden {
-                message: format!("This API key may not use the model `{}`.", model.config.id),
-            });
-        }
-    }
+    check_request_model(caller.as_ref(), model)?;
     let input_tokens = request.input.count_tokens();
     if input_tokens == 0 {
         return Err(ApiError::bad_request(
@@ -50,67 +43,54 @@ pub async fn embeddings(
             Some("input"),
         ));
     }
-    let route = model
-        .routes
-        .iter()
-        .find(|r| !matches!(r.adapter, Adapter::Anthropic(_)))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                format!(
-                    "The model `{}` has no route that can embed.",
-                    model.config.id
-                ),
-                Some("model"),
-            )
-        })?;
-    let meter = match &caller {
-        Some(caller) => {
-            let hold = Hold {
-                request_id: &request_id.0,
-                model,
-                prompt_tokens: input_tokens,
-                increment_tokens: 1,
-                max_output_tokens: 1,
-            };
-            hold_credit(&state, caller, hold, "http").await?.0
-        }
-        None => Meter::Log,
-    };
+    if !model.routes.iter().any(|r| r.adapter.can_embed()) {
+        let message = format!(
+            "The model `{}` has no route that can embed.",
+            model.config.id
+        );
+        return Err(ApiError::bad_request(message, Some("model")));
+    }
     let base64 = request.encoding_format.as_deref() == Some("base64");
-    request.model = route.upstream_model.to_string();
-    let answer =
-        match tokio::time::timeout(route.timeouts.total, route.adapter.embed(&request)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(ProviderError::Timeout {
-                phase: tokun_providers::TimeoutPhase::Total,
-            }),
-        };
-    let response = match answer {
-        Ok(response) => response,
-        Err(error) => {
-            meter.release().await;
-            return Err(ApiError::Upstream(error));
+    let model_id: Arc<str> = model.config.id.as_str().into();
+    let work = Work::Embeddings(request);
+    let (mut events, _guard) = start(
+        &state,
+        caller.as_ref(),
+        request_id.0.clone(),
+        (model, input_tokens),
+        work,
+        Transport::Http,
+        RELAY_BUFFER,
+    )
+    .await?;
+    let mut route = None;
+    loop {
+        match events.recv().await {
+            Some(RelayEvent::Routed { provider, .. }) => route = Some(provider),
+            Some(RelayEvent::Rejected(error)) => return Err((*error).into()),
+            Some(RelayEvent::Embedded(response, settlement)) => {
+                return Ok(answer(&response, &settlement, &model_id, route, base64));
+            }
+            Some(event) => {
+                tracing::error!(?event, "an embeddings request answered out of order");
+                return Err(ApiError::Internal);
+            }
+            None => {
+                tracing::error!("an embeddings request ended without an answer");
+                return Err(ApiError::Internal);
+            }
         }
-    };
-    let source = if response.usage_estimated {
-        UsageSource::Estimated
-    } else {
-        UsageSource::Exact
-    };
-    let record = MeterRecord {
-        request_id: request_id.0.clone(),
-        model: Arc::from(model.config.id.as_str()),
-        provider: Some(route.provider.clone()),
-        usage: Usage::new(response.usage.prompt_tokens, 0),
-        source,
-        outcome: "completed",
-        status: 200,
-        error_kind: None,
-        latency_ms: started.elapsed().as_millis() as u64,
-        ttft_ms: None,
-    };
-    let settlement = meter.settle(record).await?;
-    let cost = tokun_storage::Nanos::new(settlement.cost_nanos).to_string();
+    }
+}
+
+fn answer(
+    response: &EmbeddingResponse,
+    settlement: &Settlement,
+    model: &str,
+    route: Option<Arc<str>>,
+    base64: bool,
+) -> Response {
+    let cost = settlement.cost.to_string();
     let data: Vec<Value> = response
         .data
         .iter()
@@ -123,18 +103,19 @@ pub async fn embeddings(
             json!({"object": "embedding", "index": e.index, "embedding": embedding})
         })
         .collect();
+    let tokens = response.usage.prompt_tokens;
     let body = json!({
         "object": "list",
         "data": data,
-        "model": model.config.id,
-        "usage": {"prompt_tokens": response.usage.prompt_tokens, "total_tokens": response.usage.prompt_tokens, "cost": cost},
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "cost": cost},
     });
     let mut http = axum::Json(body).into_response();
     if let Ok(value) = HeaderValue::from_str(&cost) {
         http.headers_mut().insert("x-tokun-cost", value);
     }
-    if let Ok(value) = HeaderValue::from_str(&route.provider) {
+    if let Some(value) = route.and_then(|r| HeaderValue::from_str(&r).ok()) {
         http.headers_mut().insert("x-tokun-route", value);
     }
-    Ok(http)
+    http
 }

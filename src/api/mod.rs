@@ -8,6 +8,7 @@ mod chat;
 pub mod completion;
 mod embeddings;
 mod health;
+mod idempotent;
 mod models;
 mod ops;
 mod snapshots;

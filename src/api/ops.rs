@@ -8,13 +8,13 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokun_actors::instrument::directory;
 
-use crate::auth::check_admin;
+use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -40,12 +40,7 @@ pub struct ActorsQuery {
     all: Option<bool>,
 }
 
-pub async fn actors(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<ActorsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    check_admin(&headers, &state.services().admin_token_hash)?;
+pub async fn actors(_: Admin, Query(query): Query<ActorsQuery>) -> Result<Json<Value>, ApiError> {
     let survey = directory().survey(query.top.unwrap_or(20).min(1000));
     let kinds: Vec<Value> = directory()
         .counts()
@@ -79,11 +74,7 @@ pub async fn actors(
     Ok(Json(body))
 }
 
-pub async fn providers(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    check_admin(&headers, &state.services().admin_token_hash)?;
+pub async fn providers(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     let config = state.config();
     let mut health = HashMap::new();
     for provider in &config.providers {
@@ -107,7 +98,7 @@ pub async fn providers(
                 "kind": format!("{:?}", p.kind).to_lowercase(),
                 "base_url": p.base_url,
                 "models": models,
-                "circuit": health.as_ref().map(|h| h.circuit),
+                "circuit": health.as_ref().map(|h| h.circuit.as_str()),
                 "in_flight": health.as_ref().map(|h| h.in_flight),
                 "waiting": health.as_ref().map(|h| h.waiting),
                 "headroom": health.as_ref().map(|h| json!({

@@ -7,33 +7,24 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use tokun_actors::SnapshotHandle;
 
-use crate::auth::check_admin;
+use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// How long `POST /admin/snapshots` waits for the snapshot.
 const TRIGGER_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub async fn status(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    check_admin(&headers, &state.services().admin_token_hash)?;
+pub async fn status(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     Ok(Json(match &state.services().snapshots {
         Some(handle) => status_json(handle).await?,
         None => json!({ "configured": false }),
     }))
 }
 
-pub async fn trigger(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    check_admin(&headers, &state.services().admin_token_hash)?;
+pub async fn trigger(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     let Some(handle) = &state.services().snapshots else {
         return Err(ApiError::Conflict {
             message: "Postgres snapshots are not configured (add a [postgres] section).".into(),

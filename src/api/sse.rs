@@ -28,7 +28,7 @@ impl<'a> UsageWithCost<'a> {
     pub fn new(settlement: &'a Settlement) -> Self {
         Self {
             usage: &settlement.usage,
-            cost: tokun_storage::Nanos::new(settlement.cost_nanos).to_string(),
+            cost: settlement.cost.to_string(),
             estimated: settlement.source == tokun_actors::UsageSource::Estimated,
         }
     }
@@ -91,7 +91,7 @@ impl SseEncoder {
                 true
             }
             // Never sent after a stream started; end the stream cleanly if it is.
-            RelayEvent::Completion(..) | RelayEvent::Rejected(_) => {
+            RelayEvent::Completion(..) | RelayEvent::Embedded(..) | RelayEvent::Rejected(_) => {
                 out.put_slice(b"data: [DONE]\n\n");
                 true
             }

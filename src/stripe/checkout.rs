@@ -22,11 +22,13 @@ use stripe_checkout::checkout_session::{
 };
 use tokun_storage::{AccountId, Nanos, PaymentRecord, WriteOp};
 
-use super::{Stripe, now_ms, payment_json};
+use super::{Stripe, payment_json};
 use crate::api::{parse_json, read_json_body};
+use crate::auth::Caller;
 use crate::config::NANOS_PER_CENT;
 use crate::error::ApiError;
 use crate::state::AppState;
+use tokun_providers::clock::unix_ms as now_ms;
 
 const TOPUP_BODY_LIMIT: usize = 16 * 1024;
 
@@ -39,13 +41,11 @@ struct TopupRequest {
 
 pub async fn create_topup(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let stripe = configured(&state)?;
-    let caller = state
-        .keys()
-        .authenticate(&state.services().store, &headers)?;
     let bytes = read_json_body(&headers, body, TOPUP_BODY_LIMIT).await?;
     let request: TopupRequest = parse_json(&bytes)?;
     let amount = topup_amount(request.amount_usd.get(), stripe)?;
@@ -92,11 +92,8 @@ pub async fn create_topup(
 
 pub async fn list_payments(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state
-        .keys()
-        .authenticate(&state.services().store, &headers)?;
     let payments = state
         .services()
         .store

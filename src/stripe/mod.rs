@@ -83,7 +83,3 @@ pub fn payment_json(payment: &PaymentRecord) -> Value {
 pub fn parse_status(name: &str) -> Option<PaymentStatus> {
     PaymentStatus::parse(name)
 }
-
-pub(crate) fn now_ms() -> u64 {
-    tokun_actors::account::now_ms()
-}

@@ -18,12 +18,13 @@ use serde_json::{Value, json};
 use tokun_actors::account::{PaidSession, PaymentCommand, PaymentOutcome, StripeRefund};
 use tokun_storage::{AccountId, Nanos, PaymentRecord, PaymentStatus, WriteOp};
 
+use super::Stripe;
 use super::checkout::configured;
 use super::event::{Event, Handling, Session, cents_to_nanos};
 use super::signature::{self, TOLERANCE};
-use super::{Stripe, now_ms};
 use crate::error::ApiError;
 use crate::state::AppState;
+use tokun_providers::clock::unix_ms as now_ms;
 
 /// Stripe's events are a few KiB; anything much larger is not one.
 pub const WEBHOOK_BODY_LIMIT: usize = 64 * 1024;

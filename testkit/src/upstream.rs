@@ -106,6 +106,7 @@ impl FakeUpstream {
         let shared = Arc::new(Shared::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -178,6 +179,38 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         }
     };
     with_headers(response, &headers)
+}
+
+/// `POST /v1/embeddings` under the same script: `hang`, `first_byte_delay`
+/// and `status` apply; otherwise one small vector per input, and usage from
+/// `usage.0` (or 2 tokens per input).
+async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    shared.calls.fetch_add(1, Ordering::SeqCst);
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    lock(&shared.requests).push(request.clone());
+    let script = lock(&shared.scripts)
+        .pop_front()
+        .or_else(|| lock(&shared.default_script).clone())
+        .unwrap_or_default();
+    if script.hang {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(script.first_byte_delay).await;
+    if let Some(status) = script.status {
+        return error_response(status, script.retry_after_secs);
+    }
+    let inputs = match request.get("input") {
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items.len(),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|index| json!({"object": "embedding", "index": index, "embedding": [0.1, 0.2, 0.3]}))
+        .collect();
+    let prompt_tokens = script.usage.map_or(2 * inputs as u64, |(prompt, _)| prompt);
+    let model = request.get("model").cloned().unwrap_or(Value::Null);
+    let body = json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}});
+    with_headers(axum::Json(body).into_response(), &script.headers)
 }
 
 /// Adds a script's extra headers (invalid ones are skipped).

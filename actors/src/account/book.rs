@@ -71,6 +71,12 @@ pub enum AccountError {
     Ledger(#[from] LedgerError),
     #[error("the ledger is unavailable")]
     LedgerUnavailable,
+    /// The account actor did not answer in time (it or the ledger is overloaded).
+    #[error("the account did not answer in time")]
+    Busy,
+    /// The account actor could not be started or stopped mid-call.
+    #[error("the account actor failed")]
+    ActorFailed,
 }
 
 #[derive(Debug, Clone)]

@@ -215,15 +215,9 @@ impl Actor for AccountActor {
         if !matches!(message, AccountMsg::IdleCheck) {
             state.last_activity = tokio::time::Instant::now();
         }
-        let now = now_ms();
+        let now = tokun_providers::clock::unix_ms();
         let holds_before = state.book.open_holds();
-        match message {
-            // Handled to completion, durable write included: see `payment`.
-            AccountMsg::Payment(command, reply) => {
-                let _ = reply.send(state.payment(command, now).await);
-            }
-            message => state.dispatch(&myself, message, now),
-        }
+        state.dispatch(&myself, message, now).await;
         // One place keeps the open-holds gauge right, whatever the message did.
         let holds_after = state.book.open_holds();
         crate::metric::gauge_add(
@@ -236,9 +230,13 @@ impl Actor for AccountActor {
 }
 
 impl AccountState {
-    fn dispatch(&mut self, myself: &ActorRef<AccountMsg>, message: AccountMsg, now: u64) {
+    async fn dispatch(&mut self, myself: &ActorRef<AccountMsg>, message: AccountMsg, now: u64) {
         let state = self;
         match message {
+            // Handled to completion, durable write included: see `payment`.
+            AccountMsg::Payment(command, reply) => {
+                let _ = reply.send(state.payment(command, now).await);
+            }
             AccountMsg::Reserve(request, reply) => {
                 let result = state.reserve(&request, now);
                 let _ = reply.send(result);
@@ -315,10 +313,6 @@ impl AccountState {
                 {
                     myself.stop(Some("idle".into()));
                 }
-            }
-            // `handle` awaits payments itself; this arm is never reached.
-            AccountMsg::Payment(_, reply) => {
-                let _ = reply.send(Err(AccountError::LedgerUnavailable));
             }
         }
     }
@@ -440,10 +434,4 @@ fn seed_key_spend(
         book.set_key_spent(key, total);
     }
     Ok(())
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -41,11 +41,17 @@ pub struct AccountSupervisor;
 
 pub enum AccountSupervisorMsg {
     Get(AccountId, RpcReplyPort<Result<Live, AccountError>>),
+    /// A message nobody awaits (a release, a checkpoint) for an account whose
+    /// actor is not live: spawned if need be, then handed over.
+    Forward(AccountId, AccountMsg),
 }
 
 impl MessageKind for AccountSupervisorMsg {
     fn kind(&self) -> &'static str {
-        "get"
+        match self {
+            AccountSupervisorMsg::Get(..) => "get",
+            AccountSupervisorMsg::Forward(..) => "forward",
+        }
     }
 }
 
@@ -90,28 +96,22 @@ impl Actor for AccountSupervisor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let AccountSupervisorMsg::Get(account, reply) = message;
-        if let Some(live) = lock(&state.args.live).get(&account) {
-            let _ = reply.send(Ok(live.clone()));
-            return Ok(());
-        }
-        let args = AccountArgs {
-            account,
-            store: state.args.store.clone(),
-            ledger: state.args.ledger.clone(),
-            idle_after: state.args.idle_after,
-            after_crash: state.crashed.remove(&account),
-        };
-        let result = match Metered::spawn(AccountActor, args, Some(myself.get_cell())).await {
-            Ok((actor, stats)) => {
-                stats.set_label(account.to_string());
-                lock(&state.args.live).insert(account, (actor.clone(), stats.clone()));
-                state.by_actor.insert(actor.get_id(), account);
-                Ok((actor, stats))
+        match message {
+            AccountSupervisorMsg::Get(account, reply) => {
+                let _ = reply.send(state.live_actor(&myself, account).await);
             }
-            Err(_) => Err(AccountError::UnknownAccount),
-        };
-        let _ = reply.send(result);
+            AccountSupervisorMsg::Forward(account, message) => {
+                match state.live_actor(&myself, account).await {
+                    Ok((actor, stats)) => {
+                        stats.note_sent();
+                        let _ = actor.send_message(message);
+                    }
+                    Err(error) => {
+                        tracing::error!(%account, %error, "a message for this account was dropped; its hold is recovered at restart");
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -145,12 +145,56 @@ impl Actor for AccountSupervisor {
     }
 }
 
+impl AccountSupervisorState {
+    /// The account's live actor, spawned if need be. An account the store
+    /// does not have is `UnknownAccount`; a store that cannot be read is
+    /// `LedgerUnavailable`; an actor that fails to start is `ActorFailed`.
+    async fn live_actor(
+        &mut self,
+        myself: &ActorRef<AccountSupervisorMsg>,
+        account: AccountId,
+    ) -> Result<Live, AccountError> {
+        if let Some(live) = lock(&self.args.live).get(&account) {
+            return Ok(live.clone());
+        }
+        match self.args.store.account(account) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(AccountError::UnknownAccount),
+            Err(error) => {
+                tracing::error!(%account, %error, "cannot read the account from the store");
+                return Err(AccountError::LedgerUnavailable);
+            }
+        }
+        let args = AccountArgs {
+            account,
+            store: self.args.store.clone(),
+            ledger: self.args.ledger.clone(),
+            idle_after: self.args.idle_after,
+            after_crash: self.crashed.remove(&account),
+        };
+        match Metered::spawn(AccountActor, args, Some(myself.get_cell())).await {
+            Ok((actor, stats)) => {
+                stats.set_label(account.to_string());
+                lock(&self.args.live).insert(account, (actor.clone(), stats.clone()));
+                self.by_actor.insert(actor.get_id(), account);
+                Ok((actor, stats))
+            }
+            Err(error) => {
+                tracing::error!(%account, %error, "the account actor failed to start");
+                Err(AccountError::ActorFailed)
+            }
+        }
+    }
+}
+
 /// Cheap-clone entry point to every account actor.
 #[derive(Clone)]
 pub struct AccountsHandle {
     supervisor: ActorRef<AccountSupervisorMsg>,
     supervisor_stats: Arc<ActorStats>,
     live: LiveMap,
+    /// Asked before a hold is placed: no new spending while it cannot write.
+    ledger: LedgerHandle,
 }
 
 impl AccountsHandle {
@@ -162,7 +206,7 @@ impl AccountsHandle {
         let live = LiveMap::default();
         let args = AccountSupervisorArgs {
             store,
-            ledger,
+            ledger: ledger.clone(),
             idle_after,
             live: live.clone(),
         };
@@ -171,6 +215,7 @@ impl AccountsHandle {
             supervisor,
             supervisor_stats: stats,
             live,
+            ledger,
         })
     }
 
@@ -207,7 +252,10 @@ impl AccountsHandle {
                     CALL_TIMEOUT.as_millis() as u64,
                     account
                 )
-                .map_err(|_| AccountError::LedgerUnavailable)??
+                .map_err(|error| match error {
+                    ractor::RactorErr::Timeout => AccountError::Busy,
+                    _ => AccountError::ActorFailed,
+                })??
             }
         };
         stats.note_sent();
@@ -228,13 +276,11 @@ impl AccountsHandle {
             let actor = self.actor(account).await?;
             match actor.call(&build, Some(CALL_TIMEOUT)).await {
                 Ok(ractor::rpc::CallResult::Success(result)) => return result,
-                Ok(ractor::rpc::CallResult::Timeout) => {
-                    return Err(AccountError::LedgerUnavailable);
-                }
+                Ok(ractor::rpc::CallResult::Timeout) => return Err(AccountError::Busy),
                 _ => self.forget(account, &actor),
             }
         }
-        Err(AccountError::LedgerUnavailable)
+        Err(AccountError::ActorFailed)
     }
 
     /// Like `call`, for messages that answer through a oneshot (once durable,
@@ -254,10 +300,10 @@ impl AccountsHandle {
             match tokio::time::timeout(CALL_TIMEOUT, answer).await {
                 Ok(Ok(result)) => return result,
                 Ok(Err(_)) => self.forget(account, &actor),
-                Err(_) => return Err(AccountError::LedgerUnavailable),
+                Err(_) => return Err(AccountError::Busy),
             }
         }
-        Err(AccountError::LedgerUnavailable)
+        Err(AccountError::ActorFailed)
     }
 
     fn forget(&self, account: AccountId, actor: &ActorRef<AccountMsg>) {
@@ -270,11 +316,15 @@ impl AccountsHandle {
         }
     }
 
+    /// Places a hold; refused while the ledger is not writable.
     pub async fn reserve(
         &self,
         account: AccountId,
         request: ReserveRequest,
     ) -> Result<Reservation, AccountError> {
+        if !self.ledger.is_healthy() {
+            return Err(AccountError::LedgerUnavailable);
+        }
         self.call(account, |reply| AccountMsg::Reserve(request.clone(), reply))
             .await
     }
@@ -331,25 +381,53 @@ impl AccountsHandle {
         .await
     }
 
-    pub async fn release(&self, account: AccountId, hold: HoldId) {
-        if let Ok(actor) = self.actor(account).await {
-            let _ = actor.send_message(AccountMsg::Release(hold));
-        }
+    /// Gives a hold back. Sent, never awaited: callable from `Drop`.
+    pub fn release_nowait(&self, account: AccountId, hold: HoldId) {
+        self.send_nowait(account, AccountMsg::Release(hold));
     }
 
-    pub async fn checkpoint(
+    /// Records a hold's usage so far for crash recovery. Sent, never awaited.
+    pub fn checkpoint_nowait(
         &self,
         account: AccountId,
         hold: HoldId,
         prompt_tokens: u64,
         completion_tokens: u64,
     ) {
-        if let Ok(actor) = self.actor(account).await {
-            let _ = actor.send_message(AccountMsg::Checkpoint {
-                hold,
-                prompt_tokens,
-                completion_tokens,
-            });
+        let message = AccountMsg::Checkpoint {
+            hold,
+            prompt_tokens,
+            completion_tokens,
+        };
+        self.send_nowait(account, message);
+    }
+
+    /// To the live actor directly, else through the supervisor, which starts
+    /// one (an actor stopping between the lookup and the send is the rare case
+    /// the supervisor's path also covers).
+    fn send_nowait(&self, account: AccountId, message: AccountMsg) {
+        let live = lock(&self.live).get(&account).cloned();
+        let message = match live {
+            Some((actor, stats)) => match actor.send_message(message) {
+                Ok(()) => {
+                    stats.note_sent();
+                    return;
+                }
+                Err(ractor::MessagingErr::SendErr(message)) => {
+                    self.forget(account, &actor);
+                    message
+                }
+                Err(_) => return,
+            },
+            None => message,
+        };
+        self.supervisor_stats.note_sent();
+        if self
+            .supervisor
+            .send_message(AccountSupervisorMsg::Forward(account, message))
+            .is_err()
+        {
+            tracing::error!(%account, "the account supervisor is gone; the message is dropped");
         }
     }
 

@@ -32,6 +32,24 @@ impl Default for BreakerConfig {
     }
 }
 
+/// A circuit's state as operators and routing see it (no deadlines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::HalfOpen => "half_open",
+            CircuitState::Open => "open",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
@@ -54,11 +72,11 @@ impl BreakerState {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub fn circuit(self) -> CircuitState {
         match self {
-            BreakerState::Closed => "closed",
-            BreakerState::HalfOpen { .. } => "half_open",
-            BreakerState::Open { .. } => "open",
+            BreakerState::Closed => CircuitState::Closed,
+            BreakerState::HalfOpen { .. } => CircuitState::HalfOpen,
+            BreakerState::Open { .. } => CircuitState::Open,
         }
     }
 }

@@ -17,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tokun_providers::RateLimits;
 
+pub use self::breaker::CircuitState;
 use self::breaker::{Breaker, BreakerConfig, BreakerState};
 use self::bucket::TokenBucket;
 use crate::instrument::{ActorKind, ActorStats, MessageKind, Metered};
@@ -71,7 +72,7 @@ pub enum Outcome {
 /// A provider's health and headroom, for `/admin/providers`.
 #[derive(Debug, Clone)]
 pub struct ProviderHealth {
-    pub circuit: &'static str,
+    pub circuit: CircuitState,
     pub in_flight: u32,
     pub waiting: usize,
     /// Requests that may start now (`None`: no request limit, configured or learned).
@@ -350,7 +351,7 @@ impl ProviderState {
             .max()
             .unwrap_or_default();
         ProviderHealth {
-            circuit: self.breaker.state().as_str(),
+            circuit: self.breaker.state().circuit(),
             in_flight: self.in_flight,
             waiting: self.waiting.len(),
             requests_available: self.rpm.as_mut().map(TokenBucket::available),

@@ -64,12 +64,12 @@ async fn the_breaker_opens_on_failures_and_recovers_through_a_probe() {
         Err(Refusal::Open { retry_after }) => assert!(retry_after <= Duration::from_secs(10)),
         other => panic!("expected an open circuit, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(p.health().await.unwrap().circuit, "open");
+    assert_eq!(p.health().await.unwrap().circuit, CircuitState::Open);
     tokio::time::advance(Duration::from_secs(10)).await;
     let probe = p.acquire(1).await.expect("one probe after the cool-down");
-    assert_eq!(p.health().await.unwrap().circuit, "half_open");
+    assert_eq!(p.health().await.unwrap().circuit, CircuitState::HalfOpen);
     probe.finish(Outcome::Success);
-    assert_eq!(p.health().await.unwrap().circuit, "closed");
+    assert_eq!(p.health().await.unwrap().circuit, CircuitState::Closed);
     assert!(p.acquire(1).await.is_ok());
 }
 

@@ -5,7 +5,12 @@
 //! (so a slow client slows the upstream read instead of growing a buffer),
 //! counts what it relayed, watches for client disconnect, cancel and stalls,
 //! and settles the request through its [`Meter`] before it sends the final
-//! event. It does not know about HTTP, SSE framing or accounts' balances.
+//! event. It owns the request's money from start to end: it opens the hold
+//! (sized by the [`HoldPolicy`], capping the upstream `max_tokens` to what the
+//! funds allow), extends it and settles it; a hold it never closed is given
+//! back when its meter drops. Embeddings run here too (`embed.rs`), with the
+//! same permits, failover and meter. It does not know about HTTP, SSE framing
+//! or accounts' balances.
 
 use std::sync::Arc;
 
@@ -15,37 +20,58 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, timeout};
 use tokun_providers::types::{ChunkChoice, Delta};
 use tokun_providers::{
-    ChatCompletionChunk, ChatRequest, ChunkStream, ProviderError, RateLimits, TimeoutPhase, Usage,
-    tokens,
+    ChatCompletionChunk, ChatRequest, ChunkStream, EmbeddingRequest, ProviderError, RateLimits,
+    TimeoutPhase, Usage, tokens,
 };
 
-use crate::meter::{Meter, MeterRecord};
+use crate::account::registry::AccountsHandle;
+use crate::meter::{
+    HoldPolicy, Meter, MeterRecord, Output, Payer, RequestOutcome, Tariff, Transport,
+};
 use crate::metric;
 use crate::provider::{Outcome, Permit};
 
 mod attempts;
+mod embed;
 mod unary;
 
 use self::attempts::{Attempts, attempt, outcome_of, request_for};
 use crate::relay::{RelayEvent, RequestError, Route, StreamFailure, UsageSource};
 use crate::stats::StreamStats;
 
-/// Everything a stream actor needs, handed over by the edge.
+/// What one request asks of its upstream.
+pub enum Work {
+    Chat(ChatRequest),
+    Embeddings(EmbeddingRequest),
+}
+
+/// Everything a stream actor needs beside its [`Work`], handed over by the
+/// edge: who pays, which model, and where the answer goes. Nothing about money
+/// beyond the payer: the actor sizes, opens and closes the hold itself.
 pub struct StreamArgs {
     pub request_id: Arc<str>,
     /// The configured model id the client asked for (or `auto` resolved to).
     pub model: Arc<str>,
-    pub request: ChatRequest,
-    pub prompt_tokens_estimate: u64,
+    pub tariff: Tariff,
     pub routes: Arc<[Route]>,
+    /// Counted once by the edge (it also picks `auto` by it).
+    pub prompt_tokens_estimate: u64,
+    /// `None` when billing is off and no key was sent.
+    pub payer: Option<Payer>,
     /// Towards the client; bounded, so sending waits while the client is slow.
     pub out: mpsc::Sender<RelayEvent>,
     /// Fired by `POST /v1/requests/{id}/cancel`: stop upstream, finish cleanly.
     pub cancel: Arc<Notify>,
-    pub meter: Meter,
+    pub transport: Transport,
+}
+
+/// What the supervisor adds to the edge's [`StreamArgs`].
+pub struct StreamStart {
+    pub args: StreamArgs,
+    pub work: Work,
+    pub accounts: AccountsHandle,
+    pub policy: HoldPolicy,
     pub stats: Arc<StreamStats>,
-    /// `http` or `ws`, a metric label.
-    pub transport: &'static str,
 }
 
 pub enum StreamMsg {
@@ -73,6 +99,15 @@ impl crate::instrument::MessageKind for StreamMsg {
 
 pub struct StreamState {
     args: StreamArgs,
+    accounts: AccountsHandle,
+    policy: HoldPolicy,
+    stats: Arc<StreamStats>,
+    /// Taken by `Start`: the request is only needed until a route answers.
+    work: Option<Work>,
+    /// `Log` until `Start` opens the hold.
+    meter: Meter,
+    /// What the request counts against a provider's tokens-per-minute limit.
+    tpm_tokens: u32,
     created: u64,
     chunk_id: String,
     deadline: Instant,
@@ -114,19 +149,27 @@ enum End {
 impl Actor for StreamActor {
     type Msg = StreamMsg;
     type State = StreamState;
-    type Arguments = StreamArgs;
+    type Arguments = StreamStart;
 
     async fn pre_start(
         &self,
         myself: ActorRef<StreamMsg>,
-        args: StreamArgs,
+        start: StreamStart,
     ) -> Result<StreamState, ActorProcessingErr> {
-        args.stats.started();
+        let StreamStart {
+            args,
+            work,
+            accounts,
+            policy,
+            stats,
+        } = start;
+        stats.started();
         metric::gauge_add(
             "tokun_streams_active",
-            &[("transport", args.transport)],
+            &[("transport", args.transport.as_str())],
             1.0,
         );
+
         let total = args
             .routes
             .first()
@@ -134,10 +177,16 @@ impl Actor for StreamActor {
             .unwrap_or_default();
         myself.send_message(StreamMsg::Start)?;
         Ok(StreamState {
-            created: unix_seconds(),
+            created: tokun_providers::clock::unix_seconds(),
             chunk_id: format!("chatcmpl-{}", args.request_id),
             deadline: Instant::now() + total,
             args,
+            accounts,
+            policy,
+            stats,
+            work: Some(work),
+            meter: Meter::Log,
+            tpm_tokens: 0,
             route: None,
             upstream: None,
             permit: None,
@@ -162,10 +211,10 @@ impl Actor for StreamActor {
         if !state.settled {
             state.finish(End::Cancelled).await;
         }
-        state.args.stats.stopped();
+        state.stats.stopped();
         metric::gauge_add(
             "tokun_streams_active",
-            &[("transport", state.args.transport)],
+            &[("transport", state.args.transport.as_str())],
             -1.0,
         );
         Ok(())
@@ -181,11 +230,7 @@ impl Actor for StreamActor {
         // inline they would make every `Pump` (one per chunk) build and move
         // a future sized for them.
         let next = match message {
-            StreamMsg::Start if state.args.request.stream => Box::pin(state.open_stream()).await,
-            StreamMsg::Start => {
-                Box::pin(state.complete_unary()).await;
-                None
-            }
+            StreamMsg::Start => Box::pin(state.start()).await,
             StreamMsg::Pump => state.pump().await,
         };
         match next {
@@ -201,18 +246,80 @@ impl Actor for StreamActor {
 }
 
 impl StreamState {
+    /// Opens the hold, then runs the request; `None` when it ended without
+    /// streaming (answered whole, or refused — already reported).
+    async fn start(&mut self) -> Option<Result<(), End>> {
+        let mut work = self.work.take()?;
+        let (output, requested) = match &work {
+            Work::Chat(request) => {
+                let requested = request.requested_max_tokens();
+                let output = Output {
+                    requested: requested.map(u64::from),
+                    streamed: request.stream,
+                };
+                (output, requested.unwrap_or(0))
+            }
+            // Embeddings produce no output tokens; the hold is the input.
+            Work::Embeddings(_) => (
+                Output {
+                    requested: Some(1),
+                    streamed: false,
+                },
+                0,
+            ),
+        };
+        self.tpm_tokens = u32::try_from(self.args.prompt_tokens_estimate)
+            .unwrap_or(u32::MAX)
+            .saturating_add(requested);
+        if let Err(error) = self.open_meter(output).await {
+            self.reject(error).await;
+            return None;
+        }
+        if let Work::Chat(request) = &mut work {
+            let (tariff, prompt) = (self.args.tariff, self.args.prompt_tokens_estimate);
+            if let Some(cap) = self.meter.output_cap(output, tariff, prompt) {
+                request.cap_max_tokens(u32::try_from(cap).unwrap_or(u32::MAX));
+            }
+        }
+        match work {
+            Work::Chat(request) if request.stream => self.open_stream(&request).await,
+            Work::Chat(request) => {
+                self.complete_unary(&request).await;
+                None
+            }
+            Work::Embeddings(request) => {
+                self.embed(request).await;
+                None
+            }
+        }
+    }
+
+    async fn open_meter(&mut self, output: Output) -> Result<(), RequestError> {
+        let sizing = (self.args.tariff, self.args.prompt_tokens_estimate, output);
+        self.meter = Meter::open(
+            &self.accounts,
+            self.args.payer,
+            &self.args.request_id,
+            self.policy,
+            sizing,
+            self.args.transport,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Tries each route until one yields a first chunk; relays it.
     /// `None` means the request ended before streaming (already reported).
-    async fn open_stream(&mut self) -> Option<Result<(), End>> {
+    async fn open_stream(&mut self, request: &ChatRequest) -> Option<Result<(), End>> {
         let routes = self.args.routes.clone();
         let mut plan = Attempts::new(routes.len());
         while let Some(index) = plan.next() {
             let route = &routes[index];
-            let request = request_for(&self.args.request, route);
+            let request = request_for(request, route);
             let attempt_started = Instant::now();
             let attempt = attempt(
                 route,
-                self.tpm_tokens(),
+                self.tpm_tokens,
                 route.timeouts.first_byte,
                 TimeoutPhase::FirstByte,
                 first_chunk(route, &request),
@@ -242,14 +349,6 @@ impl StreamState {
         let error = plan.into_error();
         self.reject(RequestError::Upstream(error)).await;
         None
-    }
-
-    /// Tokens counted against a provider's tokens-per-minute limit.
-    fn tpm_tokens(&self) -> u32 {
-        let output = self.args.request.requested_max_tokens().unwrap_or(0);
-        u32::try_from(self.args.prompt_tokens_estimate)
-            .unwrap_or(u32::MAX)
-            .saturating_add(output)
     }
 
     /// Relays the next chunk, or says why the stream ended.
@@ -350,15 +449,15 @@ impl StreamState {
     /// Extends the hold once the relayed tokens reach it; checkpoints usage.
     async fn keep_budget(&mut self) -> Result<(), End> {
         // Boxed for the same reason as in `handle`: rare, and large.
-        if self.relayed_tokens >= self.args.meter.allowance()
-            && Box::pin(self.args.meter.extend()).await.is_err()
+        if self.relayed_tokens >= self.meter.allowance()
+            && Box::pin(self.meter.extend()).await.is_err()
         {
             return Err(End::Budget);
         }
         if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.last_checkpoint = Instant::now();
-            let meter = &self.args.meter;
-            Box::pin(meter.checkpoint(self.args.prompt_tokens_estimate, self.relayed_tokens)).await;
+            self.meter
+                .checkpoint(self.args.prompt_tokens_estimate, self.relayed_tokens);
         }
         Ok(())
     }
@@ -396,11 +495,11 @@ impl StreamState {
             let _ = self.send(RelayEvent::Chunk(Box::new(chunk))).await;
         }
         self.count_outcome(&end, error_kind);
-        let outcome = matches!(end, End::Completed).then_some("completed");
-        match self
-            .settle(outcome.unwrap_or("interrupted"), error_kind)
-            .await
-        {
+        let outcome = match end {
+            End::Completed => RequestOutcome::Completed,
+            _ => RequestOutcome::Interrupted,
+        };
+        match self.settle(outcome, error_kind).await {
             Ok(settlement) => {
                 let _ = self.send(RelayEvent::Finished(Box::new(settlement))).await;
             }
@@ -434,14 +533,14 @@ impl StreamState {
 
     async fn reject(&mut self, error: RequestError) {
         self.settled = true;
-        self.args.meter.release().await;
+        self.meter.release();
         let _ = self.send(RelayEvent::Rejected(Box::new(error))).await;
     }
 
     /// Bills the request and waits until the settlement is durable.
     async fn settle(
         &mut self,
-        outcome: &'static str,
+        outcome: RequestOutcome,
         error_kind: Option<&'static str>,
     ) -> Result<crate::relay::Settlement, RequestError> {
         let (usage, source) = match self.upstream_usage {
@@ -459,18 +558,18 @@ impl StreamState {
         let record = MeterRecord {
             request_id: self.args.request_id.clone(),
             model: self.args.model.clone(),
+            served_model: self.route.as_ref().map(|r| r.upstream_model.clone()),
             provider: self.route.as_ref().map(|r| r.provider.clone()),
             usage,
             source,
             outcome,
-            status: 200,
             error_kind,
             latency_ms: self.started.elapsed().as_millis() as u64,
             ttft_ms: self
                 .first_token_at
                 .map(|t| t.duration_since(self.started).as_millis() as u64),
         };
-        let settlement = self.args.meter.settle(record).await?;
+        let settlement = self.meter.settle(record).await?;
         let model = &*self.args.model;
         let usage = &settlement.usage;
         let tokens = "tokun_tokens_total";
@@ -487,7 +586,7 @@ impl StreamState {
         metric::counter_add(
             "tokun_cost_nanos_total",
             &[("model", model)],
-            u64::try_from(settlement.cost_nanos).unwrap_or(0),
+            u64::try_from(settlement.cost.get()).unwrap_or(0),
         );
         Ok(settlement)
     }
@@ -535,10 +634,4 @@ fn learn(route: &Route, limits: RateLimits) {
     if let Some(limiter) = &route.limiter {
         limiter.learn(limits);
     }
-}
-
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

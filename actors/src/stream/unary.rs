@@ -2,25 +2,26 @@
 //! until one answers, then one settlement and one `Completion` event.
 
 use tokio::time::Instant;
-use tokun_providers::{ChatCompletion, TimeoutPhase};
+use tokun_providers::{ChatCompletion, ChatRequest, TimeoutPhase};
 
 use super::attempts::{Attempts, attempt, request_for};
 use super::{StreamState, learn};
+use crate::meter::RequestOutcome;
 use crate::provider::Outcome;
 use crate::relay::{RelayEvent, RequestError};
 
 impl StreamState {
     /// Non-streaming: one upstream call per route until one answers.
-    pub(super) async fn complete_unary(&mut self) {
+    pub(super) async fn complete_unary(&mut self, request: &ChatRequest) {
         let routes = self.args.routes.clone();
         let mut plan = Attempts::new(routes.len());
         while let Some(index) = plan.next() {
             let route = &routes[index];
-            let request = request_for(&self.args.request, route);
+            let request = request_for(request, route);
             let attempt_started = Instant::now();
             let attempt = attempt(
                 route,
-                self.tpm_tokens(),
+                self.tpm_tokens,
                 route.timeouts.total,
                 TimeoutPhase::Total,
                 route.adapter.complete(&request),
@@ -29,7 +30,9 @@ impl StreamState {
                 outcome = attempt => outcome,
                 () = self.args.out.closed() => {
                     // The upstream call is dropped; bill the prompt it already read.
-                    let _ = self.settle("interrupted", Some("client_gone")).await;
+                    let _ = self
+                        .settle(RequestOutcome::Interrupted, Some("client_gone"))
+                        .await;
                     return;
                 }
             };
@@ -67,7 +70,7 @@ impl StreamState {
         }
         completion.id.clone_from(&self.chunk_id);
         completion.model = self.args.model.to_string();
-        match self.settle("completed", None).await {
+        match self.settle(RequestOutcome::Completed, None).await {
             Ok(settlement) => {
                 completion.usage = Some(settlement.usage);
                 let _ = self

@@ -3,8 +3,6 @@
 //! bodies. Status codes and transport failures are classified in `mod.rs` with
 //! the shared OpenAI classifier; this module only reads 2xx bodies.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -132,7 +130,7 @@ pub(super) fn parse_completion(body: &[u8], model: &str) -> Result<ChatCompletio
     Ok(ChatCompletion {
         id: message.id.clone(),
         object: "chat.completion".to_owned(),
-        created: unix_seconds(),
+        created: crate::clock::unix_seconds(),
         model: model.to_owned(),
         choices: vec![Choice {
             index: 0,
@@ -162,12 +160,6 @@ pub(super) fn stream_error(data: &str) -> ProviderError {
         message: upstream_error_message(data)
             .unwrap_or_else(|| "the upstream reported an error".to_owned()),
     }
-}
-
-pub(super) fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// The OpenAI assistant message for Anthropic content blocks: texts joined,

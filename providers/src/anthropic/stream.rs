@@ -14,9 +14,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::response::{
-    WireBlock, WireMessage, WireUsage, finish_reason, stream_error, unix_seconds,
-};
+use super::response::{WireBlock, WireMessage, WireUsage, finish_reason, stream_error};
 use crate::ChunkStream;
 use crate::error::ProviderError;
 use crate::openai::response::truncate;
@@ -185,7 +183,7 @@ impl Translator {
         Self {
             id: String::new(),
             model: model.to_owned(),
-            created: unix_seconds(),
+            created: crate::clock::unix_seconds(),
             usage: WireUsage::default(),
             tool_blocks: Vec::new(),
             stopped: false,

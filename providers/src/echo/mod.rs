@@ -10,7 +10,7 @@
 mod tests;
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::stream;
 use serde_json::{Map, Value, json};
@@ -118,7 +118,7 @@ impl Reply {
         let usage = Usage::new(tokens::estimate_prompt(req), pieces.len as u64);
         Self {
             id,
-            created: unix_seconds(),
+            created: crate::clock::unix_seconds(),
             model: req.model.clone(),
             pieces,
             finish_reason,
@@ -273,12 +273,6 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
         }
     }
     hash
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 async fn sleep(delay: Duration) {

@@ -3,8 +3,6 @@
 //! finish-reason and usage mapping, and non-streaming bodies. Status codes are
 //! classified in `error.rs`; this module only reads 2xx bodies.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -195,7 +193,7 @@ pub(super) fn parse_completion(body: &[u8], model: &str) -> Result<ChatCompletio
     Ok(ChatCompletion {
         id: answer.response_id.unwrap_or_else(generated_id),
         object: "chat.completion".to_owned(),
-        created: unix_seconds(),
+        created: crate::clock::unix_seconds(),
         model: model.to_owned(),
         choices,
         usage: answer.usage_metadata.map(WireUsage::to_openai),
@@ -216,16 +214,8 @@ pub(super) fn json_instead_of_stream(body: &[u8]) -> ProviderError {
 
 /// An id for answers Gemini gave none (older API versions send no `responseId`).
 pub(super) fn generated_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
+    let nanos = crate::clock::unix_nanos();
     format!("chatcmpl-gemini-{nanos:x}")
-}
-
-pub(super) fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 fn choice((position, candidate): (usize, &WireCandidate)) -> Choice {

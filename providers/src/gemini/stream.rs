@@ -15,7 +15,6 @@ use serde_json::{Map, Value};
 
 use super::response::{
     WireCandidate, WireResponse, WireUsage, finish_reason, generated_id, translate_parts,
-    unix_seconds,
 };
 use crate::ChunkStream;
 use crate::error::ProviderError;
@@ -120,7 +119,7 @@ impl Translator {
         Self {
             id: None,
             model: model.to_owned(),
-            created: unix_seconds(),
+            created: crate::clock::unix_seconds(),
             usage: None,
             candidates: Vec::new(),
             finished: false,

@@ -108,11 +108,8 @@ pub async fn realtime(
 /// `POST /v1/ws/ticket`: a single-use ticket for `?ticket=`, valid for `ticket_ttl_secs`.
 pub async fn issue_ticket(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let caller = state
-        .keys()
-        .authenticate(&state.services().store, &headers)?;
     state.keys().check_rpm(&caller.key)?;
     let ticket = state.tickets().issue(&caller)?;
     let body = json!({

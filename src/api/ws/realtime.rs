@@ -8,6 +8,7 @@
 //! the other side pause (each socket's own window is the buffer), and a write
 //! blocked longer than `stall_timeout` ends the session.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
@@ -21,9 +22,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as UpstreamConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message as UpstreamMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokun_actors::Tariff;
 use tokun_providers::ProviderError;
 use tokun_providers::TimeoutPhase;
-use tokun_storage::Price;
 
 use super::OpenSocket;
 use super::realtime_meter::{RealtimeMeter, Verdict};
@@ -32,6 +33,7 @@ use super::writer::{
     read_failed,
 };
 use super::{REALTIME_READ_BUFFER, WRITE_BUFFER};
+use crate::api::completion::check_request_model;
 use crate::auth::Caller;
 use crate::config::{Secret, WebSocketConfig};
 use crate::error::ApiError;
@@ -48,10 +50,10 @@ pub(super) struct Target {
     url: String,
     api_key: Option<Secret>,
     handshake_timeout: Duration,
-    pub model: String,
-    pub upstream_model: String,
-    pub provider: String,
-    pub price: Price,
+    pub model: Arc<str>,
+    pub upstream_model: Arc<str>,
+    pub provider: Arc<str>,
+    pub tariff: Tariff,
 }
 
 impl Target {
@@ -67,14 +69,7 @@ impl Target {
         let model = state
             .model(id)
             .ok_or_else(|| ApiError::model_not_found(id))?;
-        let allowed = caller
-            .map(|c| c.key.allowed_models.as_slice())
-            .unwrap_or_default();
-        if !allowed.is_empty() && !allowed.contains(&model.config.id) {
-            return Err(ApiError::Forbidden {
-                message: format!("This API key may not use the model `{id}`."),
-            });
-        }
+        check_request_model(caller, model)?;
         for route in &model.config.routes {
             let provider = state
                 .config()
@@ -89,10 +84,10 @@ impl Target {
                 url: with_model(url, &route.model),
                 api_key: provider.api_key.clone(),
                 handshake_timeout: provider.connect_timeout + provider.timeouts.first_byte,
-                model: model.config.id.clone(),
-                upstream_model: route.model.clone(),
-                provider: provider.name.clone(),
-                price: model.config.price,
+                model: model.config.id.as_str().into(),
+                upstream_model: route.model.as_str().into(),
+                provider: provider.name.as_str().into(),
+                tariff: model.tariff(),
             });
         }
         Err(ApiError::NotFound {

@@ -1,23 +1,25 @@
-//! Metering of one Realtime session, with the same holds and ledger as
+//! Metering of one Realtime session through the same [`Meter`] as
 //! completions: a hold per response, placed when the client asks for one
 //! (`response.create`) or, for a response the upstream starts by itself
 //! (server VAD), when it announces it (`response.created`); settled from
 //! its `response.done` usage before that event reaches the client. At close,
 //! responses still running are settled at tokun's estimate (flagged
-//! `estimated`) and holds the upstream never started are released.
+//! `estimated`) and holds the upstream never started are released; a session
+//! dropped without `close` gives its holds back as their meters drop.
 //!
 //! The estimate is honest but rough: the prompt is the text the client put
 //! into the conversation (audio is not counted), the output one token per
 //! text or transcript delta. Events are inspected, never changed.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tokun_actors::account::{Billed, ReserveRequest};
-use tokun_providers::tokens;
-use tokun_storage::{HoldId, UsageRecord};
+use tokun_actors::{Meter, MeterRecord, Output, RequestOutcome, Transport, UsageSource};
+use tokun_providers::types::PromptTokensDetails;
+use tokun_providers::{Usage, tokens};
 
 use super::realtime::Target;
 use crate::auth::Caller;
@@ -57,8 +59,8 @@ pub(super) struct RealtimeMeter {
 
 /// One response's hold.
 struct Open {
-    hold: HoldId,
-    request_id: String,
+    meter: Meter,
+    request_id: Arc<str>,
     client_event: Option<String>,
     prompt_tokens: u64,
     output_deltas: u64,
@@ -178,7 +180,7 @@ impl RealtimeMeter {
                         .position(|o| o.client_event.as_deref() == Some(id))
                 });
                 if let Some(open) = at.and_then(|at| self.requested.remove(at)) {
-                    self.release(open).await;
+                    self.release(open);
                 }
             }
             _ => {}
@@ -189,16 +191,12 @@ impl RealtimeMeter {
     /// The session ended: settles running responses at the estimate, releases the rest.
     pub async fn close(&mut self, reason: &'static str) {
         for open in std::mem::take(&mut self.requested) {
-            self.release(open).await;
+            self.release(open);
         }
         let started: Vec<Open> = self.started.drain().map(|(_, open)| open).collect();
         for open in started {
-            let billed = Billed {
-                prompt_tokens: open.prompt_tokens,
-                cached_tokens: 0,
-                completion_tokens: open.output_deltas,
-                estimated: true,
-            };
+            let usage = Usage::new(open.prompt_tokens, open.output_deltas);
+            let billed = (usage, UsageSource::Estimated);
             self.settle(open, billed, Some(reason)).await;
         }
     }
@@ -212,26 +210,24 @@ impl RealtimeMeter {
         let Some(caller) = &self.caller else {
             return Ok(None);
         };
-        let services = self.state.services();
-        if !services.ledger.is_healthy() {
-            return Err(ApiError::Unavailable {
-                message: "The ledger is not writable; nothing was charged. Retry later.".into(),
-            });
-        }
-        let request_id = crate::server::new_request_id();
+        let request_id: Arc<str> = crate::server::new_request_id().into();
         let prompt_tokens = self.context_tokens + self.instructions_tokens;
-        let request = ReserveRequest {
-            request_id: request_id.clone(),
-            key: Some(caller.key.id),
-            key_limit: caller.key.spend_limit,
-            price: self.target.price,
-            prompt_tokens,
-            increment_tokens: max_output,
-            max_output_tokens: max_output,
+        // A response arrives whole as far as the hold goes: held at once.
+        let output = Output {
+            requested: Some(max_output),
+            streamed: false,
         };
-        let reservation = services.accounts.reserve(caller.account, request).await?;
+        let meter = Meter::open(
+            &self.state.services().accounts,
+            Some(caller.payer()),
+            &request_id,
+            self.state.streams().policy(),
+            (self.target.tariff, prompt_tokens, output),
+            Transport::Realtime,
+        )
+        .await?;
         Ok(Some(Open {
-            hold: reservation.hold,
+            meter,
             request_id,
             client_event,
             prompt_tokens,
@@ -244,21 +240,19 @@ impl RealtimeMeter {
         let usage = response.get("usage").filter(|u| !u.is_null());
         let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64);
         let billed = match (count("input_tokens"), count("output_tokens")) {
-            (Some(input), Some(output)) => Billed {
-                prompt_tokens: input,
-                cached_tokens: usage
+            (Some(input), Some(output)) => {
+                let mut exact = Usage::new(input, output);
+                let cached = usage
                     .and_then(|u| u.pointer("/input_token_details/cached_tokens"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-                completion_tokens: output,
-                estimated: false,
-            },
-            _ => Billed {
-                prompt_tokens: open.prompt_tokens,
-                cached_tokens: 0,
-                completion_tokens: open.output_deltas,
-                estimated: true,
-            },
+                    .and_then(Value::as_u64);
+                exact.prompt_tokens_details =
+                    cached.map(|cached_tokens| PromptTokensDetails { cached_tokens });
+                (exact, UsageSource::Exact)
+            }
+            _ => (
+                Usage::new(open.prompt_tokens, open.output_deltas),
+                UsageSource::Estimated,
+            ),
         };
         let error_kind = match response.get("status").and_then(Value::as_str) {
             Some("cancelled") => Some("cancelled"),
@@ -268,45 +262,34 @@ impl RealtimeMeter {
         self.settle(open, billed, error_kind).await;
     }
 
-    async fn settle(&self, open: Open, billed: Billed, error_kind: Option<&'static str>) {
-        let Some(caller) = &self.caller else { return };
-        let usage = UsageRecord {
-            request_id: open.request_id,
-            at_ms: tokun_actors::account::now_ms(),
-            account: caller.account,
-            key: Some(caller.key.id),
+    async fn settle(
+        &self,
+        mut open: Open,
+        (usage, source): (Usage, UsageSource),
+        error_kind: Option<&'static str>,
+    ) {
+        let record = MeterRecord {
+            request_id: open.request_id.clone(),
             model: self.target.model.clone(),
-            served_model: self.target.upstream_model.clone(),
-            provider: self.target.provider.clone(),
-            prompt_tokens: billed.prompt_tokens,
-            completion_tokens: billed.completion_tokens,
-            cost: tokun_storage::Nanos::ZERO,
-            estimated: billed.estimated,
-            status: 200,
-            transport: "realtime".into(),
-            latency_ms: open.opened.elapsed().as_millis() as u64,
+            served_model: Some(self.target.upstream_model.clone()),
+            provider: Some(self.target.provider.clone()),
+            usage,
+            source,
+            outcome: match error_kind {
+                None => RequestOutcome::Completed,
+                Some(_) => RequestOutcome::Interrupted,
+            },
+            error_kind,
+            latency_ms: u64::try_from(open.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
             ttft_ms: None,
-            error_kind: error_kind.map(str::to_owned),
         };
-        let settled = self
-            .state
-            .services()
-            .accounts
-            .settle(caller.account, open.hold, billed, Some(usage))
-            .await;
-        if let Err(error) = settled {
+        if let Err(error) = open.meter.settle(record).await {
             tracing::error!(%error, "realtime settlement failed; the hold is recovered at restart");
         }
     }
 
-    async fn release(&self, open: Open) {
-        if let Some(caller) = &self.caller {
-            self.state
-                .services()
-                .accounts
-                .release(caller.account, open.hold)
-                .await;
-        }
+    fn release(&self, mut open: Open) {
+        open.meter.release();
     }
 }
 

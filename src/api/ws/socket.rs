@@ -19,7 +19,7 @@ use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures_util::{FutureExt, SinkExt, StreamExt, stream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
-use tokun_actors::{RelayEvent, metric};
+use tokun_actors::{RelayEvent, Transport, metric};
 use tokun_providers::ChatRequest;
 
 use super::OpenSocket;
@@ -227,7 +227,8 @@ impl Session {
         let (state, caller) = (self.state.clone(), self.caller.clone());
         self.launches.push(
             async move {
-                let launched = launch(&state, caller.as_ref(), request_id, request, "ws").await;
+                let launched =
+                    launch(&state, caller.as_ref(), request_id, request, Transport::Ws).await;
                 (seq, launched)
             }
             .boxed(),
@@ -299,7 +300,7 @@ impl Session {
                 if let Some(since) = running.waiting_since.take() {
                     metric::histogram_record(
                         "tokun_time_to_first_token_seconds",
-                        &[("transport", "ws")],
+                        &[("transport", Transport::Ws.as_str())],
                         since.elapsed().as_secs_f64(),
                     );
                 }
@@ -322,7 +323,8 @@ impl Session {
                 self.end(seq, None);
             }
             Some(RelayEvent::Rejected(error)) => self.end(seq, Some(&ApiError::from(*error))),
-            None => self.end(seq, Some(&ApiError::Internal)),
+            // Embeddings are not run over `/v1/ws`; nor does a stream end unanswered.
+            Some(RelayEvent::Embedded(..)) | None => self.end(seq, Some(&ApiError::Internal)),
         }
     }
 
@@ -347,7 +349,7 @@ impl Session {
                 ("model", model),
                 ("provider", running.provider.as_deref().unwrap_or("none")),
                 ("status", &status),
-                ("transport", "ws"),
+                ("transport", Transport::Ws.as_str()),
             ],
             1,
         );
