@@ -78,7 +78,7 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             let services = open(&store).await?;
             let accounts = services.store.accounts(search.as_deref(), limit);
             let mut lines = Vec::new();
-            for account in accounts.unwrap_or_default() {
+            for account in accounts? {
                 let books = services.store.books(account.id)?;
                 let state = if account.disabled {
                     "disabled"

@@ -187,7 +187,7 @@ async fn reserve_release(accounts: &AccountsHandle, account: AccountId) {
         .reserve(account, request(256, 4096))
         .await
         .expect("reserve");
-    accounts.release(account, reservation.hold).await;
+    accounts.release_nowait(account, reservation.hold);
 }
 
 async fn reserve_settle(accounts: &AccountsHandle, account: AccountId) {
@@ -317,7 +317,7 @@ fn extend_timed(bench: &Bench, iters: u64) -> Duration {
             black_box(accounts.extend(account, hold).await.expect("extend"));
         }
         let elapsed = start.elapsed();
-        accounts.release(account, hold).await;
+        accounts.release_nowait(account, hold);
         elapsed
     })
 }

@@ -14,17 +14,15 @@ pub mod provider;
 pub mod relay;
 pub mod routing;
 pub mod snapshot;
-pub mod snapshot_supervisor;
 pub mod stats;
 pub mod stream;
-pub mod stream_supervisor;
 
-pub use account::registry::AccountsHandle;
+pub use account::supervisor::AccountsHandle;
 pub use ledger::LedgerHandle;
 pub use meter::{HoldPolicy, Meter, MeterRecord, Output, Payer, RequestOutcome, Tariff, Transport};
 pub use relay::{
     RelayEvent, RequestError, Route, Settlement, StreamFailure, Timeouts, UsageSource,
 };
-pub use snapshot_supervisor::SnapshotHandle;
+pub use snapshot::supervisor::SnapshotHandle;
+pub use stream::supervisor::StreamSupervisorHandle;
 pub use stream::{StreamArgs, Work};
-pub use stream_supervisor::StreamSupervisorHandle;

@@ -6,25 +6,28 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Now, for comparing with times an upstream sends (rate-limit resets).
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
 /// Seconds since the Unix epoch (0 if the clock is set before 1970).
 pub fn unix_seconds() -> u64 {
-    SystemTime::now()
+    now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is set before 1970).
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
+    now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 /// Nanoseconds since the Unix epoch, for ids that must differ between calls.
 pub fn unix_nanos() -> u128 {
-    SystemTime::now()
+    now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos())
 }

@@ -55,7 +55,7 @@ impl RateLimits {
 
     /// Reads OpenAI-style headers, else Anthropic-style ones.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        Self::read(headers, SystemTime::now())
+        Self::read(headers, crate::clock::now())
     }
 
     fn read(headers: &HeaderMap, now: SystemTime) -> Self {

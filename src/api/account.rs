@@ -146,6 +146,7 @@ fn usage_csv(records: &[UsageRecord]) -> String {
         "request_id,created,key,model,provider,prompt_tokens,completion_tokens,cost_usd,estimated,status,transport,latency_ms,ttft_ms\n",
     );
     for r in records {
+        // Absent values are empty CSV cells.
         let key = r.key.map(|k| k.to_string()).unwrap_or_default();
         let ttft = r.ttft_ms.map(|t| t.to_string()).unwrap_or_default();
         out.push_str(&format!(

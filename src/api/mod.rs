@@ -83,6 +83,7 @@ pub async fn read_json_body(
     limit: usize,
 ) -> Result<Bytes, ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        // A content type that is not visible ASCII matches nothing below: 415.
         let content_type = content_type
             .to_str()
             .unwrap_or_default()

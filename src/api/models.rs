@@ -57,6 +57,7 @@ fn model_object(model: &ModelConfig) -> ModelObject {
         id: model.id.clone(),
         object: "model",
         created: 0,
+        // A model without routes (all its providers unknown) is owned by nobody.
         owned_by: model
             .routes
             .first()

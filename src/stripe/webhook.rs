@@ -116,6 +116,8 @@ async fn credit(
     session: &Session,
 ) -> Result<Done, ApiError> {
     let reported = reported_amount(session);
+    // Stripe always names the currency of a Checkout Session; an absent one
+    // is recorded as empty, never guessed.
     let currency = session.currency.clone().unwrap_or_default().to_lowercase();
     let target = match session_account(state, session)? {
         Ok(account) => account,

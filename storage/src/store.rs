@@ -145,12 +145,6 @@ impl Store {
         self.db.was_recovered()
     }
 
-    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
-        self.db
-            .size_on_disk()
-            .map_err(StorageError::sled("measure the store"))
-    }
-
     /// The next id of `kind`: unique and increasing, never repeated even
     /// after a crash (ranges are reserved durably ahead of use, so a restart
     /// skips the unused rest of a range).

@@ -11,7 +11,7 @@
 
 pub mod book;
 pub mod payment;
-pub mod registry;
+pub mod supervisor;
 #[cfg(test)]
 mod tests;
 
@@ -190,6 +190,7 @@ impl Actor for AccountActor {
                 hold.hold,
                 hold.amount,
                 hold.price,
+                // Holds written before request ids were kept have none.
                 hold.request_id.unwrap_or_default(),
             );
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokun_providers::Usage;
 use tokun_storage::{AccountId, KeyId, Nanos, Price, UsageRecord};
 
-use crate::account::registry::AccountsHandle;
+use crate::account::supervisor::AccountsHandle;
 use crate::account::{AccountError, Billed, Reservation, ReserveRequest};
 use crate::relay::{RequestError, Settlement, UsageSource};
 

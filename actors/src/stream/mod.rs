@@ -24,7 +24,7 @@ use tokun_providers::{
     TimeoutPhase, Usage, tokens,
 };
 
-use crate::account::registry::AccountsHandle;
+use crate::account::supervisor::AccountsHandle;
 use crate::meter::{
     HoldPolicy, Meter, MeterRecord, Output, Payer, RequestOutcome, Tariff, Transport,
 };
@@ -33,10 +33,11 @@ use crate::provider::{Outcome, Permit};
 
 mod attempts;
 mod embed;
+pub mod supervisor;
 mod unary;
 
 use self::attempts::{Attempts, attempt, outcome_of, request_for};
-use crate::relay::{RelayEvent, RequestError, Route, StreamFailure, UsageSource};
+use crate::relay::{RelayEvent, RequestError, Route, StreamFailure, Timeouts, UsageSource};
 use crate::stats::StreamStats;
 
 /// What one request asks of its upstream.
@@ -170,11 +171,11 @@ impl Actor for StreamActor {
             1.0,
         );
 
+        // A model with no routes is refused at `Start`; its deadline is moot.
         let total = args
             .routes
             .first()
-            .map(|r| r.timeouts.total)
-            .unwrap_or_default();
+            .map_or(Timeouts::default().total, |r| r.timeouts.total);
         myself.send_message(StreamMsg::Start)?;
         Ok(StreamState {
             created: tokun_providers::clock::unix_seconds(),
@@ -354,11 +355,11 @@ impl StreamState {
     /// Relays the next chunk, or says why the stream ended.
     async fn pump(&mut self) -> Option<Result<(), End>> {
         let stream = self.upstream.as_mut()?;
+        // `upstream` is only set together with `route`.
         let idle = self
             .route
             .as_ref()
-            .map(|r| r.timeouts.idle)
-            .unwrap_or_default();
+            .map_or(Timeouts::default().idle, |r| r.timeouts.idle);
         let wait = idle.min(self.deadline.saturating_duration_since(Instant::now()));
         let next = tokio::select! {
             biased;

@@ -159,11 +159,6 @@ impl WriterHandle {
         let _ = self.tx.send(Msg::Close);
     }
 
-    /// Submissions waiting in the queue.
-    pub fn queue_len(&self) -> usize {
-        self.tx.len()
-    }
-
     pub fn stats(&self) -> &Arc<WriterStats> {
         &self.stats
     }

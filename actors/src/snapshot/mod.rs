@@ -18,6 +18,8 @@ use tokun_storage::Store;
 use tokun_storage::postgres::{PgConn, PgError, PgTarget, SnapshotReport, snapshot, watermark};
 
 use crate::instrument::{ActorKind, MessageKind};
+
+pub mod supervisor;
 use tokun_providers::clock::unix_ms as now_ms;
 
 /// `application_name` of tokun's Postgres sessions (`pg_stat_activity`).

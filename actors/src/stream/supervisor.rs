@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::account::registry::AccountsHandle;
+use crate::account::supervisor::AccountsHandle;
 use crate::meter::HoldPolicy;
 use crate::stats::StreamStats;
 use crate::stream::{StreamActor, StreamArgs, StreamStart, Work};
