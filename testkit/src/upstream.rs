@@ -151,9 +151,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+/// Counts and records a call, takes its script, and waits as it says
+/// (`hang` forever, else `first_byte_delay`).
+async fn begin(shared: &Shared, body: &Bytes) -> (Value, Script) {
     shared.calls.fetch_add(1, Ordering::SeqCst);
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     lock(&shared.requests).push(request.clone());
     let script = lock(&shared.scripts)
         .pop_front()
@@ -163,6 +165,11 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         std::future::pending::<()>().await;
     }
     tokio::time::sleep(script.first_byte_delay).await;
+    (request, script)
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let (request, script) = begin(&shared, &body).await;
     let headers = script.headers.clone();
     let response = if let Some(status) = script.status {
         error_response(status, script.retry_after_secs)
@@ -185,17 +192,7 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 /// and `status` apply; otherwise one small vector per input, and usage from
 /// `usage.0` (or 2 tokens per input).
 async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    shared.calls.fetch_add(1, Ordering::SeqCst);
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    lock(&shared.requests).push(request.clone());
-    let script = lock(&shared.scripts)
-        .pop_front()
-        .or_else(|| lock(&shared.default_script).clone())
-        .unwrap_or_default();
-    if script.hang {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(script.first_byte_delay).await;
+    let (request, script) = begin(&shared, &body).await;
     if let Some(status) = script.status {
         return error_response(status, script.retry_after_secs);
     }

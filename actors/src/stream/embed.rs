@@ -1,15 +1,12 @@
 //! The embeddings path of a stream actor: the model's routes that can embed,
-//! tried in order with the same permits and failover as a completion, then
+//! tried like any whole answer (permits, failover, the total watchdog), then
 //! one settlement (input tokens only) and one `Embedded` event.
 
-use tokio::time::Instant;
-use tokun_providers::{EmbeddingRequest, EmbeddingResponse, TimeoutPhase, Usage};
+use tokun_providers::{EmbeddingRequest, EmbeddingResponse, Usage};
 
 use super::StreamState;
-use super::attempts::{Attempts, attempt};
 use crate::meter::RequestOutcome;
-use crate::provider::Outcome;
-use crate::relay::{RelayEvent, RequestError, Route};
+use crate::relay::{RelayEvent, Route};
 
 impl StreamState {
     pub(super) async fn embed(&mut self, request: EmbeddingRequest) {
@@ -20,48 +17,16 @@ impl StreamState {
             .filter(|route| route.adapter.can_embed())
             .cloned()
             .collect();
-        let mut plan = Attempts::new(routes.len());
-        while let Some(index) = plan.next() {
-            let route = &routes[index];
-            let mut upstream_request = request.clone();
-            upstream_request.model = route.upstream_model.to_string();
-            let attempt_started = Instant::now();
-            let attempt = attempt(
-                route,
-                self.tpm_tokens,
-                route.timeouts.total,
-                TimeoutPhase::Total,
-                route.adapter.embed(&upstream_request),
-            );
-            let outcome = tokio::select! {
-                outcome = attempt => outcome,
-                () = self.args.out.closed() => {
-                    // The upstream call is dropped; bill the input it already read.
-                    let _ = self
-                        .settle(RequestOutcome::Interrupted, Some("client_gone"))
-                        .await;
-                    return;
-                }
-            };
-            match outcome {
-                Ok((permit, Ok(response))) => {
-                    if let Some(permit) = permit {
-                        permit.finish(Outcome::Success);
-                    }
-                    self.route = Some(route.clone());
-                    let routed = RelayEvent::Routed {
-                        provider: route.provider.clone(),
-                        upstream: attempt_started.elapsed(),
-                    };
-                    let _ = self.send(routed).await;
-                    return self.deliver_embeddings(response).await;
-                }
-                Ok((permit, Err(error))) => plan.failed(route, permit, error),
-                Err(refused) => plan.failed(route, None, refused),
-            }
+        let response = self
+            .first_whole_answer(&routes, |route| {
+                let mut upstream_request = request.clone();
+                upstream_request.model = route.upstream_model.to_string();
+                async move { route.adapter.embed(&upstream_request).await }
+            })
+            .await;
+        if let Some(response) = response {
+            self.deliver_embeddings(response).await;
         }
-        let error = plan.into_error();
-        self.reject(RequestError::Upstream(error)).await;
     }
 
     async fn deliver_embeddings(&mut self, response: EmbeddingResponse) {

@@ -1,45 +1,71 @@
-//! The non-streaming path of a stream actor: one upstream call per route
-//! until one answers, then one settlement and one `Completion` event.
+//! The whole-answer paths of a stream actor (a non-streamed completion, an
+//! embeddings call): one upstream call per route until one answers, then one
+//! settlement and one `Completion` (or `Embedded`) event.
 
 use tokio::time::Instant;
-use tokun_providers::{ChatCompletion, ChatRequest, TimeoutPhase};
+use tokun_providers::{ChatCompletion, ChatRequest, ProviderError, TimeoutPhase};
 
 use super::attempts::{Attempts, attempt, request_for};
 use super::{StreamState, learn};
 use crate::meter::RequestOutcome;
 use crate::provider::Outcome;
-use crate::relay::{RelayEvent, RequestError};
+use crate::relay::{RelayEvent, RequestError, Route};
 
 impl StreamState {
     /// Non-streaming: one upstream call per route until one answers.
     pub(super) async fn complete_unary(&mut self, request: &ChatRequest) {
         let routes = self.args.routes.clone();
+        let reply = self
+            .first_whole_answer(&routes, |route| {
+                let request = request_for(request, &route);
+                async move { route.adapter.complete(&request).await }
+            })
+            .await;
+        if let Some(reply) = reply {
+            if let Some(route) = &self.route {
+                learn(route, reply.limits);
+            }
+            self.deliver(reply.body).await;
+        }
+    }
+
+    /// Calls `routes` in order until one answers whole — each try under its
+    /// provider's permit and the route's total watchdog, moving on after a
+    /// retryable failure — and sends `Routed` for the route that answered.
+    /// `None` when the request already ended: the client left (billed for
+    /// the input the upstream read) or no route answered (rejected).
+    pub(super) async fn first_whole_answer<T, F, Fut>(
+        &mut self,
+        routes: &[Route],
+        call: F,
+    ) -> Option<T>
+    where
+        F: Fn(Route) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
         let mut plan = Attempts::new(routes.len());
         while let Some(index) = plan.next() {
             let route = &routes[index];
-            let request = request_for(request, route);
             let attempt_started = Instant::now();
             let attempt = attempt(
                 route,
                 self.tpm_tokens,
                 route.timeouts.total,
                 TimeoutPhase::Total,
-                route.adapter.complete(&request),
+                call(route.clone()),
             );
             let outcome = tokio::select! {
                 outcome = attempt => outcome,
                 () = self.args.out.closed() => {
-                    // The upstream call is dropped; bill the prompt it already read.
+                    // The upstream call is dropped; bill the input it already read.
                     let _ = self
                         .settle(RequestOutcome::Interrupted, Some("client_gone"))
                         .await;
-                    return;
+                    return None;
                 }
             };
             match outcome {
-                Ok((permit, Ok(reply))) => {
-                    learn(route, reply.limits);
-                    let completion = reply.body;
+                Ok((permit, Ok(answer))) => {
                     if let Some(permit) = permit {
                         permit.finish(Outcome::Success);
                     }
@@ -49,7 +75,7 @@ impl StreamState {
                         upstream: attempt_started.elapsed(),
                     };
                     let _ = self.send(routed).await;
-                    return self.deliver(completion).await;
+                    return Some(answer);
                 }
                 Ok((permit, Err(error))) => plan.failed(route, permit, error),
                 Err(refused) => plan.failed(route, None, refused),
@@ -57,6 +83,7 @@ impl StreamState {
         }
         let error = plan.into_error();
         self.reject(RequestError::Upstream(error)).await;
+        None
     }
 
     async fn deliver(&mut self, mut completion: ChatCompletion) {
