@@ -137,6 +137,9 @@ pub struct KeyCache {
     windows: Mutex<HashMap<u64, (Instant, u32)>>,
     /// When each key's `last_used` was last written, so it is written at most once a minute.
     last_used_written: Mutex<HashMap<u64, Instant>>,
+    /// Keys revoked while this process runs, by id: a credential checked
+    /// once (an open `/v1/ws` socket) asks here before it starts anything.
+    revoked: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// How stale a key's `last_used` may get before it is written again.
@@ -190,10 +193,26 @@ impl KeyCache {
 
     /// Replaces or drops the cached record of a key (after revoke or update).
     pub fn update(&self, hash: [u8; 32], record: KeyRecord) {
+        if record.is_revoked() {
+            self.revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(record.id.get());
+        }
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(hash, Arc::new(record));
+    }
+
+    /// Whether `key` (authenticated earlier) has been revoked since.
+    pub fn is_revoked(&self, key: &KeyRecord) -> bool {
+        key.is_revoked()
+            || self
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&key.id.get())
     }
 
     /// The key's record with `last_used` set to now, when it is due to be

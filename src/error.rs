@@ -75,8 +75,15 @@ impl ApiError {
     }
 
     pub fn model_not_found(model: &str) -> Self {
+        // A name is echoed back at most this long: the client sent it, but a
+        // 100,000-character name is not worth sending back whole.
+        const ECHOED: usize = 100;
+        let shown: String = model.chars().take(ECHOED).collect();
+        let more = if shown.len() < model.len() { "…" } else { "" };
         ApiError::NotFound {
-            message: format!("The model `{model}` does not exist or you do not have access to it."),
+            message: format!(
+                "The model `{shown}{more}` does not exist or you do not have access to it."
+            ),
             code: "model_not_found",
         }
     }
@@ -222,7 +229,12 @@ impl ApiError {
     pub fn kind_label(&self) -> &'static str {
         match self {
             ApiError::Upstream(error) => error.kind(),
-            other => other.object().code.unwrap_or("internal"),
+            // The error's code, else its type (`invalid_request_error`,
+            // `server_error`): a client's mistake is never labelled internal.
+            other => {
+                let object = other.object();
+                object.code.unwrap_or(object.kind)
+            }
         }
     }
 }

@@ -82,6 +82,8 @@ pub enum Claim {
     InFlight,
     Replay(StoredResponse),
     AlreadyStreamed,
+    /// The key was first used with another request.
+    Mismatch,
 }
 
 type Running = Arc<Mutex<HashSet<(AccountId, String)>>>;
@@ -100,6 +102,7 @@ pub struct IdempotencyTicket {
     running: Running,
     store: Store,
     key: Option<(AccountId, String)>,
+    fingerprint: String,
 }
 
 /// The oldest outcome still answered, in Unix ms.
@@ -116,7 +119,14 @@ impl Idempotency {
         }
     }
 
-    pub fn claim(&self, account: AccountId, key: &str) -> Result<Claim, StorageError> {
+    /// Claims `key` for a request whose fingerprint (a hash of the request)
+    /// is `fingerprint`.
+    pub fn claim(
+        &self,
+        account: AccountId,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Claim, StorageError> {
         let mut running = lock(&self.running);
         let id = (account, key.to_owned());
         if running.contains(&id) {
@@ -128,6 +138,10 @@ impl Idempotency {
             .store
             .idempotent_outcome(account, key, window_start_ms())?;
         Ok(match remembered {
+            Some(IdempotentOutcome {
+                fingerprint: Some(first),
+                ..
+            }) if first != fingerprint => Claim::Mismatch,
             Some(IdempotentOutcome {
                 response: Some(reply),
                 ..
@@ -143,6 +157,7 @@ impl Idempotency {
                     running: self.running.clone(),
                     store: self.store.clone(),
                     key: Some(id),
+                    fingerprint: fingerprint.to_owned(),
                 })
             }
         })
@@ -164,6 +179,7 @@ impl IdempotencyTicket {
         };
         let outcome = IdempotentOutcome {
             at_ms: tokun_providers::clock::unix_ms(),
+            fingerprint: Some(std::mem::take(&mut self.fingerprint)),
             response: response.map(|r| StoredReply {
                 status: r.status,
                 headers: r.headers,

@@ -49,6 +49,19 @@ impl EmbeddingInput {
         }
     }
 
+    /// How many inputs: one text or token array, or the items of a batch.
+    pub fn len(&self) -> usize {
+        match self {
+            EmbeddingInput::Text(_) | EmbeddingInput::Tokens(_) => 1,
+            EmbeddingInput::Texts(texts) => texts.len(),
+            EmbeddingInput::TokenBatches(batches) => batches.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Prompt tokens of the whole input: o200k counts for text, lengths for token arrays.
     pub fn count_tokens(&self) -> u64 {
         match self {

@@ -4,14 +4,14 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokun_storage::{AccountId, KeyId, KeyRecord, Nanos, UsageRecord};
 
-use super::{parse_json, read_json_body};
+use super::{Query, parse_json, read_json_body};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::services::KeyOptions;
@@ -245,6 +245,12 @@ pub struct NewKey {
 impl NewKey {
     pub fn into_options(self, state: &AppState) -> Result<KeyOptions, ApiError> {
         let name = self.name.unwrap_or_else(|| "unnamed".into());
+        if name.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "`name` must not contain control characters (line breaks, tabs, NUL).",
+                Some("name"),
+            ));
+        }
         if name.len() > 100 {
             return Err(ApiError::bad_request(
                 "`name` is longer than 100 characters.",
@@ -298,6 +304,7 @@ pub async fn create_key(
         parse_json(&bytes)?
     };
     let options = request.into_options(&state)?;
+    refuse_disabled(&state, caller.account).await?;
     let (record, secret) = state
         .services()
         .create_key(caller.account, options)
@@ -308,6 +315,18 @@ pub async fn create_key(
         Json(KeyView::new(&record, Some(secret))),
     )
         .into_response())
+}
+
+/// A disabled (or deleted) account may read what it has but start nothing
+/// new: no keys, no tickets, no requests (the hold refuses those).
+pub async fn refuse_disabled(state: &AppState, account: AccountId) -> Result<(), ApiError> {
+    let view = state.services().accounts.view(account).await?;
+    if view.record.disabled || view.record.deleted_ms.is_some() {
+        return Err(ApiError::from(
+            tokun_actors::account::AccountError::Disabled,
+        ));
+    }
+    Ok(())
 }
 
 pub async fn revoke_key(

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokun_storage::{AccountId, EntryKind, KeyId, Nanos};
 
 use super::account::{KeyView, NewKey, account_json, revoke};
-use super::{parse_json, read_json_body};
+use super::{Query, parse_json, read_json_body};
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -76,7 +76,11 @@ pub async fn create_account(
 ) -> Result<Response, ApiError> {
     let request: NewAccount = json_body(&headers, body).await?;
     let email = request.email.trim();
-    if email.len() < 3 || !email.contains('@') || email.len() > 254 {
+    if email.len() < 3
+        || !email.contains('@')
+        || email.len() > 254
+        || email.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(ApiError::bad_request(
             "`email` is not an email address.",
             Some("email"),
@@ -197,14 +201,25 @@ async fn adjust(
         .accounts
         .transfer(id, EntryKind::Adjustment, signed, reason)
         .await
-        .map_err(|error| match error {
-            tokun_actors::account::AccountError::Ledger(_) => ApiError::bad_request(
-                "The debit would take the account below its floor.",
-                Some("amount_usd"),
-            ),
-            other => other.into(),
-        })?;
+        .map_err(adjustment_refused)?;
     Ok(Json(account_json(&state, id).await?))
+}
+
+/// Why an adjustment was refused, in the words of what was asked.
+fn adjustment_refused(error: tokun_actors::account::AccountError) -> ApiError {
+    use tokun_actors::account::AccountError;
+    use tokun_storage::ledger::LedgerError;
+    match error {
+        AccountError::Ledger(LedgerError::BelowFloor { .. }) => ApiError::bad_request(
+            "The debit would take the account below its floor.",
+            Some("amount_usd"),
+        ),
+        AccountError::Ledger(LedgerError::Overflow { .. }) => ApiError::bad_request(
+            "The credit would take the balance past the largest amount tokun keeps.",
+            Some("amount_usd"),
+        ),
+        other => other.into(),
+    }
 }
 
 /// A positive USD amount with at most nano precision and at most $1,000,000.
@@ -318,4 +333,28 @@ pub async fn list_payments(
         .map_err(|_| ApiError::Internal)?;
     let data: Vec<Value> = payments.iter().map(crate::stripe::payment_json).collect();
     Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokun_actors::account::AccountError;
+    use tokun_storage::{EntryKind, Nanos, ledger::LedgerError};
+
+    use super::adjustment_refused;
+
+    #[test]
+    fn an_overflowing_credit_is_not_called_a_debit() {
+        let overflow = AccountError::Ledger(LedgerError::Overflow {
+            kind: EntryKind::Adjustment,
+        });
+        let message = adjustment_refused(overflow).object().message;
+        assert!(message.contains("credit"), "{message}");
+        let floor = AccountError::Ledger(LedgerError::BelowFloor {
+            kind: EntryKind::Adjustment,
+            available: Nanos::new(-1),
+            floor: Nanos::ZERO,
+        });
+        let message = adjustment_refused(floor).object().message;
+        assert!(message.contains("below its floor"), "{message}");
+    }
 }

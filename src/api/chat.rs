@@ -89,7 +89,7 @@ async fn serve<'a>(
     labels.model = state.model(&request.model).map(|m| m.config.id.as_str());
     record_span(caller.as_ref(), labels.model);
     check_request(state, caller.as_ref(), &request)?;
-    let ticket = match idempotent::begin(state, caller.as_ref(), headers)? {
+    let ticket = match idempotent::begin(state, caller.as_ref(), headers, &request)? {
         Begun::Run(ticket) => ticket,
         Begun::Replayed(response) => return Ok(response),
     };

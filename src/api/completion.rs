@@ -129,6 +129,7 @@ pub async fn launch(
             .model(&request.model)
             .ok_or_else(|| ApiError::model_not_found(&request.model))?
     };
+    check_context(model, prompt_tokens, request.requested_max_tokens())?;
     let streaming = request.stream;
     let wants_usage = request.wants_usage_chunk();
     let buffer = match transport {
@@ -188,6 +189,30 @@ pub async fn start(
     Ok((events, guard))
 }
 
+/// Refuses, before any upstream call or hold, a prompt (plus the output it
+/// asks for) that the model's context window cannot hold — as OpenAI does.
+fn check_context(model: &Model, prompt: u64, max_output: Option<u32>) -> Result<(), ApiError> {
+    let window = u64::from(model.config.context_window);
+    let output = max_output.map_or(0, u64::from);
+    if prompt.saturating_add(output) <= window {
+        return Ok(());
+    }
+    let message = match max_output {
+        Some(max) => format!(
+            "This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt} in the messages, {max} in the completion). Please reduce the length of the messages or completion.",
+            prompt.saturating_add(output)
+        ),
+        None => format!(
+            "This model's maximum context length is {window} tokens. However, your messages resulted in {prompt} tokens. Please reduce the length of the messages."
+        ),
+    };
+    Err(ApiError::BadRequest {
+        message,
+        param: Some("messages".into()),
+        code: Some("context_length_exceeded"),
+    })
+}
+
 fn validate(request: &ChatRequest) -> Result<(), ApiError> {
     if request.model.is_empty() {
         return Err(ApiError::bad_request(
@@ -205,6 +230,17 @@ fn validate(request: &ChatRequest) -> Result<(), ApiError> {
         return Err(ApiError::bad_request(
             "`max_tokens` must be at least 1.",
             Some("max_tokens"),
+        ));
+    }
+    // tokun bills and relays one choice per request; more would be billed as one.
+    if request
+        .extra
+        .get("n")
+        .is_some_and(|n| !n.is_null() && n != 1)
+    {
+        return Err(ApiError::bad_request(
+            "tokun serves one choice per request: `n` must be 1 (or left out).",
+            Some("n"),
         ));
     }
     if request.stream_options.is_some() && !request.stream {

@@ -23,6 +23,11 @@ use crate::error::ApiError;
 use crate::server::RequestId;
 use crate::state::AppState;
 
+/// OpenAI's limits per request: inputs in one array, and tokens summed over
+/// them. They also bound what one response may allocate.
+const MAX_INPUTS: usize = 2048;
+const MAX_INPUT_TOKENS: u64 = 300_000;
+
 pub async fn embeddings(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
@@ -36,7 +41,17 @@ pub async fn embeddings(
         .model(&request.model)
         .ok_or_else(|| ApiError::model_not_found(&request.model))?;
     check_request_model(caller.as_ref(), model)?;
+    if request.input.len() > MAX_INPUTS {
+        let message = format!("`input` may hold at most {MAX_INPUTS} items.");
+        return Err(ApiError::bad_request(message, Some("input")));
+    }
     let input_tokens = request.input.count_tokens();
+    if input_tokens > MAX_INPUT_TOKENS {
+        let message = format!(
+            "`input` holds {input_tokens} tokens; one request may embed at most {MAX_INPUT_TOKENS}."
+        );
+        return Err(ApiError::bad_request(message, Some("input")));
+    }
     if input_tokens == 0 {
         return Err(ApiError::bad_request(
             "`input` must not be empty.",

@@ -26,23 +26,31 @@ pub enum Begun {
 /// outcome (the request failed before charging anything), the key is freed.
 pub struct Ticket(Option<IdempotencyTicket>);
 
-/// Claims the request's `Idempotency-Key`, if it has one.
+/// Claims the request's `Idempotency-Key`, if it has one. Like Stripe, the
+/// key is bound to the request it was first used with (a hash of the parsed
+/// request, so whitespace and key order do not matter): another request under
+/// the same key is a 400, never the first one's answer.
 pub fn begin(
     state: &AppState,
     caller: Option<&Caller>,
     headers: &HeaderMap,
+    request: &impl serde::Serialize,
 ) -> Result<Begun, ApiError> {
     let Some(key) = idempotency_key(headers)? else {
         return Ok(Begun::Run(Ticket(None)));
     };
+    let fingerprint = fingerprint(request)?;
     // Without billing there is no account: keys share one namespace.
     let account = caller.map_or(tokun_storage::AccountId::new(0), |c| c.account);
-    let claim = state.idempotency().claim(account, key).map_err(|error| {
-        tracing::error!(%error, "idempotency lookup failed");
-        ApiError::Unavailable {
-            message: "tokun cannot check the Idempotency-Key right now; retry shortly.".into(),
-        }
-    })?;
+    let claim = state
+        .idempotency()
+        .claim(account, key, &fingerprint)
+        .map_err(|error| {
+            tracing::error!(%error, "idempotency lookup failed");
+            ApiError::Unavailable {
+                message: "tokun cannot check the Idempotency-Key right now; retry shortly.".into(),
+            }
+        })?;
     match claim {
         Claim::Proceed(ticket) => Ok(Begun::Run(Ticket(Some(ticket)))),
         Claim::Replay(stored) => replay(stored).map(Begun::Replayed),
@@ -52,7 +60,23 @@ pub fn begin(
         Claim::AlreadyStreamed => Err(ApiError::Conflict {
             message: "A streamed request with this Idempotency-Key already completed; streams are not replayed.".into(),
         }),
+        Claim::Mismatch => Err(ApiError::BadRequest {
+            message: "This Idempotency-Key was already used with a different request; use a new key for a new request.".into(),
+            param: None,
+            code: Some("idempotency_key_reused"),
+        }),
     }
+}
+
+/// SHA-256 of the request as tokun parsed it, in hex.
+fn fingerprint(request: &impl serde::Serialize) -> Result<String, ApiError> {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::to_vec(request).map_err(|error| {
+        tracing::error!(%error, "a parsed request could not be serialized again");
+        ApiError::Internal
+    })?;
+    let digest = Sha256::digest(&canonical);
+    Ok(digest.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 impl Ticket {

@@ -17,6 +17,8 @@ pub(crate) mod ws;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
@@ -74,6 +76,25 @@ pub fn operator_router() -> Router<AppState> {
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+}
+
+/// axum's `Query`, with a malformed query string answered as an
+/// OpenAI-shaped 400 (axum's own rejection is plain text).
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(ApiError::BadRequest {
+                message: format!("The query string is invalid: {}.", rejection.body_text()),
+                param: None,
+                code: Some("invalid_query"),
+            }),
+        }
+    }
 }
 
 /// Reads a JSON request body up to `limit` bytes.

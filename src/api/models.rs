@@ -1,8 +1,11 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: the configured models in
-//! OpenAI's list shape, with tokun's prices (USD per million tokens).
+//! OpenAI's list shape, with tokun's prices (USD per million tokens). Like
+//! OpenAI's, they need a key (while billing is on; with billing off, as every
+//! endpoint, they also answer without one).
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use serde::Serialize;
 
 use crate::config::ModelConfig;
@@ -33,18 +36,24 @@ pub struct ModelList {
     data: Vec<ModelObject>,
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<ModelList>, ApiError> {
+    crate::auth::caller_if_billed(&state, &headers)?;
     let data = state.config().models.iter().map(model_object).collect();
-    Json(ModelList {
+    Ok(Json(ModelList {
         object: "list",
         data,
-    })
+    }))
 }
 
 pub async fn retrieve(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
+    crate::auth::caller_if_billed(&state, &headers)?;
     let model = state
         .config()
         .model(&id)

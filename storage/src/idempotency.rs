@@ -19,6 +19,12 @@ pub struct IdempotentOutcome {
     /// The response to replay; `None` for a stream (streams are not replayed,
     /// but a retry must not run them again either).
     pub response: Option<StoredReply>,
+    /// SHA-256 (hex) of the request the key was first used with: a retry
+    /// with another request under the same key is refused, never answered
+    /// with the first one's result. Absent in outcomes stored before it was
+    /// kept (those are replayed as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// A non-streaming response, as replayed.
@@ -101,6 +107,7 @@ mod tests {
         let account = AccountId::new(7);
         let reply = IdempotentOutcome {
             at_ms: 1_000,
+            fingerprint: Some("ab".into()),
             response: Some(StoredReply {
                 status: 200,
                 headers: vec![("x-tokun-cost".into(), "0.000001".into())],
@@ -109,6 +116,7 @@ mod tests {
         };
         let streamed = IdempotentOutcome {
             at_ms: 5_000,
+            fingerprint: None,
             response: None,
         };
         {

@@ -47,11 +47,14 @@ impl StreamState {
         while let Some(index) = plan.next() {
             let route = &routes[index];
             let attempt_started = Instant::now();
+            // A whole answer's body is its first byte: while it has not come,
+            // nothing reached the client, so a route that stays silent for its
+            // total timeout fails over like a stream's first-byte timeout.
             let attempt = attempt(
                 route,
                 self.tpm_tokens,
                 route.timeouts.total,
-                TimeoutPhase::Total,
+                TimeoutPhase::FirstByte,
                 call(route.clone()),
             );
             let outcome = tokio::select! {

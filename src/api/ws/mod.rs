@@ -111,6 +111,7 @@ pub async fn issue_ticket(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     state.keys().check_rpm(&caller.key)?;
+    super::account::refuse_disabled(&state, caller.account).await?;
     let ticket = state.tickets().issue(&caller)?;
     let body = json!({
         "object": "websocket.ticket",

@@ -252,6 +252,12 @@ impl Session {
             });
         }
         if let Some(caller) = &self.caller {
+            // The socket was authenticated once; a key revoked since starts nothing.
+            if self.state.keys().is_revoked(&caller.key) {
+                return Err(ApiError::Unauthorized {
+                    message: "This API key has been revoked.".into(),
+                });
+            }
             self.state.keys().check_rpm(&caller.key)?;
         }
         check_request(&self.state, self.caller.as_ref(), request)
