@@ -87,6 +87,7 @@ mod generator;
 mod machine;
 mod mock;
 mod report;
+mod soak;
 
 use bare::*;
 use gateway::*;
@@ -176,6 +177,15 @@ pub(crate) struct Args {
     /// Parent folder of the gateways' data dirs (default: the system temp dir).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// `soak`: seconds of mixed traffic (a child gateway, billing ON).
+    #[arg(long, default_value_t = 600.0)]
+    pub(crate) soak_secs: f64,
+    /// `soak`: seconds before the slopes are measured.
+    #[arg(long, default_value_t = 120.0)]
+    pub(crate) soak_warmup: f64,
+    /// `soak`: req/s offered in all, half non-streaming and half streaming.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) soak_rate: u32,
     /// `off` sets `[metrics] enabled = false`: no recorder, `/metrics` is 404.
     /// The recorder is process-wide, so compare on and off with `--gateway child`.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
@@ -189,6 +199,8 @@ pub(crate) enum Scenario {
     Paced,
     B,
     C,
+    /// Mixed traffic for `--soak-secs`: RSS, fds and actors must stay flat.
+    Soak,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,7 +249,10 @@ pub(crate) fn main() -> anyhow::Result<()> {
     };
 
     let mut results = Vec::new();
-    let shared_needed = args.scenarios.iter().any(|s| *s != Scenario::C);
+    let shared_needed = args
+        .scenarios
+        .iter()
+        .any(|s| !matches!(s, Scenario::C | Scenario::Soak));
     let mut shared = Vec::new();
     if shared_needed {
         if args.bare {
@@ -288,7 +303,7 @@ pub(crate) fn main() -> anyhow::Result<()> {
                 );
                 results.push(run_scenario(&env, &spec, &shared)?);
             }
-            Scenario::C => {}
+            Scenario::C | Scenario::Soak => {}
         }
     }
     for gateway in shared {
@@ -314,6 +329,9 @@ pub(crate) fn main() -> anyhow::Result<()> {
         for gateway in fresh {
             gateway.stop(&env);
         }
+    }
+    if args.scenarios.contains(&Scenario::Soak) {
+        soak::soak(&env)?;
     }
     print_results(&results);
     gateway_rt.shutdown_timeout(Duration::from_secs(5));
