@@ -287,7 +287,13 @@ async fn an_idempotent_result_is_replayed_after_a_restart() {
     assert_eq!(second.status(), 200);
     assert_eq!(second.headers()["idempotent-replayed"], "true");
     assert_eq!(second.text().await.unwrap(), first_body);
-    let again = send(&h, "streamed-once").await.unwrap();
+    let again = client
+        .post(h.url("/v1/chat/completions"))
+        .header("idempotency-key", "streamed-once")
+        .json(&chat("fake-model", true))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 409, "a finished stream is not run again");
     assert_eq!(upstream.calls(), 2, "no retry reached the upstream");
     assert_eq!(

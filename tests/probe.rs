@@ -310,3 +310,49 @@ routes = [{{ provider = "silent" }}, {{ provider = "healthy" }}]
     assert_eq!(response.headers()["x-tokun-route"], "healthy");
     assert_eq!((silent.calls(), healthy.calls()), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_spend_limit_is_shared_by_concurrent_streams_and_never_exceeded() {
+    let h = Harness::start(None).await;
+    let created: Value = h
+        .post_json(
+            "/v1/keys",
+            &json!({"name": "capped", "spend_limit_usd": "0.001"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    let client = client_with_key(created["key"].as_str().unwrap());
+    // Each echo stream spends ≈ $0.00001 of the $0.001; each first hold is a
+    // 256-token increment (≈ $0.00016): without sharing, 8 of 50 got through.
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (client, url) = (client.clone(), h.url("/v1/chat/completions"));
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .json(&chat("echo-mini", true))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }));
+    }
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    }
+    let usage = support::get_json(&h.client, &h, &format!("/v1/usage?key={key_id}")).await;
+    let spent: f64 = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cost"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(usage["data"].as_array().unwrap().len(), 50);
+    assert!(spent > 0.0 && spent <= 0.001, "spent {spent}");
+    support::verify_clean(&h).await;
+}

@@ -85,6 +85,8 @@ struct HoldState {
     price: Price,
     request_id: String,
     key: Option<KeyId>,
+    /// The key's spend limit when the hold was placed: extensions keep to it.
+    key_limit: Option<Nanos>,
     allowance_tokens: u64,
     max_tokens: u64,
     increment_tokens: u64,
@@ -137,6 +139,18 @@ impl AccountBook {
         self.books = books;
     }
 
+    /// The most one new hold may take of what a key with a spend limit has
+    /// `left`: half of it, shared with the key's holds already open. Holds
+    /// count against the limit in full (it is never exceeded), so without a
+    /// share a few concurrent streams would hold a small limit whole and
+    /// refuse the rest long before it is spent; with it, each holds its first
+    /// tokens and extends as it goes.
+    fn key_share(&self, key: KeyId, left: Nanos) -> Nanos {
+        let open = self.holds.values().filter(|h| h.key == Some(key)).count();
+        let parts = i64::try_from(2 * (open + 1)).unwrap_or(i64::MAX);
+        Nanos::new(left.get() / parts)
+    }
+
     /// Seeds a key's settled spend (loaded at start).
     pub fn set_key_spent(&mut self, key: KeyId, spent: Nanos) {
         self.key_committed.insert(key, spent);
@@ -151,6 +165,7 @@ impl AccountBook {
                 price,
                 request_id,
                 key: None,
+                key_limit: None,
                 allowance_tokens: u64::MAX,
                 max_tokens: u64::MAX,
                 increment_tokens: 0,
@@ -167,6 +182,8 @@ impl AccountBook {
         let mut budget = self.spendable();
         let input = req.price.input_cost(req.prompt_tokens);
         let minimal = input.saturating_add(req.price.output_cost(1));
+        // What one hold may take of a key's spend limit (see `key_share`).
+        let mut share = None;
         if let (Some(key), Some(limit)) = (req.key, req.key_limit) {
             let committed = self.key_committed.get(&key).copied().unwrap_or(Nanos::ZERO);
             let left = limit.saturating_sub(committed);
@@ -174,6 +191,7 @@ impl AccountBook {
                 return Err(AccountError::KeyLimit { limit });
             }
             budget = budget.min(left);
+            share = Some(self.key_share(key, left).max(minimal));
         }
         if budget < minimal {
             let wanted = req.increment_tokens.min(req.max_output_tokens);
@@ -186,8 +204,21 @@ impl AccountBook {
         let affordable = req
             .price
             .output_tokens_affordable(budget.saturating_sub(input));
-        let max_tokens = req.max_output_tokens.min(affordable).max(1);
-        let allowance_tokens = max_tokens.min(req.increment_tokens.max(1));
+        let mut max_tokens = req.max_output_tokens.min(affordable).max(1);
+        let mut allowance_tokens = max_tokens.min(req.increment_tokens.max(1));
+        if let Some(share) = share {
+            let shared = req
+                .price
+                .output_tokens_affordable(share.saturating_sub(input))
+                .max(1);
+            if allowance_tokens > shared {
+                // A whole answer cannot be extended: its cap shrinks with its hold.
+                if allowance_tokens == max_tokens {
+                    max_tokens = shared;
+                }
+                allowance_tokens = shared;
+            }
+        }
         let amount = input.saturating_add(req.price.output_cost(allowance_tokens));
         let books = apply_within_floor(self.books, EntryKind::Hold, amount, self.floor)?;
         self.books = books;
@@ -202,6 +233,7 @@ impl AccountBook {
                 price: req.price,
                 request_id: req.request_id.clone(),
                 key: req.key,
+                key_limit: req.key_limit,
                 allowance_tokens,
                 max_tokens,
                 increment_tokens: req.increment_tokens.max(1),
@@ -232,12 +264,27 @@ impl AccountBook {
         let wanted = state
             .increment_tokens
             .min(state.max_tokens.saturating_sub(state.allowance_tokens));
-        let tokens = wanted.min(state.price.output_tokens_affordable(spendable));
+        let mut tokens = wanted.min(state.price.output_tokens_affordable(spendable));
         if tokens == 0 {
             return Err(AccountError::Insufficient {
                 available: spendable,
                 needed: state.price.output_cost(1),
             });
+        }
+        if let (Some(key), Some(limit)) = (state.key, state.key_limit) {
+            // An extension keeps to the key's limit, and to a share of what
+            // is left of it, like a new hold.
+            let committed = self.key_committed.get(&key).copied().unwrap_or(Nanos::ZERO);
+            let left = limit.saturating_sub(committed);
+            let within = state.price.output_tokens_affordable(left);
+            if within == 0 {
+                return Err(AccountError::KeyLimit { limit });
+            }
+            let share = state
+                .price
+                .output_tokens_affordable(self.key_share(key, left))
+                .max(1);
+            tokens = tokens.min(within).min(share);
         }
         let amount = state.price.output_cost(tokens);
         let books = apply_within_floor(self.books, EntryKind::Extend, amount, self.floor)?;
