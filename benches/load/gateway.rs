@@ -23,6 +23,8 @@ pub(crate) enum GatewayKind {
         child: Child,
         stderr: Arc<Mutex<VecDeque<String>>>,
     },
+    /// nginx as a pass-through (`nginx.rs`), not tokun.
+    Nginx(Child),
 }
 
 pub(crate) fn gateway_toml(
@@ -214,7 +216,7 @@ impl Gateway {
     pub(crate) fn pid(&self) -> Option<u32> {
         match &self.kind {
             GatewayKind::InProc(_) | GatewayKind::Bare(_) => None,
-            GatewayKind::Child { child, .. } => Some(child.id()),
+            GatewayKind::Child { child, .. } | GatewayKind::Nginx(child) => Some(child.id()),
         }
     }
 
@@ -225,6 +227,7 @@ impl Gateway {
         };
         let kind = match self.kind {
             GatewayKind::Bare(_) => return "bare hyper proxy".into(),
+            GatewayKind::Nginx(_) => return "nginx pass-through".into(),
             GatewayKind::InProc(_) => "inproc",
             GatewayKind::Child { .. } => "child",
         };
@@ -249,6 +252,10 @@ impl Gateway {
             GatewayKind::Bare(task) => {
                 task.abort();
                 return;
+            }
+            GatewayKind::Nginx(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
             }
             GatewayKind::Child { mut child, stderr } => {
                 // SIGTERM the child we started (by its pid), then wait a bounded time.

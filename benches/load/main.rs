@@ -24,6 +24,9 @@
 //! - `c`: slow streams, every event `--token-delay-ms` (20) apart,
 //!   `--concurrency-c` (500) connections: TTFT p99, errors, tokun's RSS peak.
 //!
+//! With `--nginx`, nginx (a pass-through that parses nothing, one worker)
+//! joins every run as the floor PEERS.md measures peers against.
+//!
 //! With `--bare`, every run of `single`, `a`, `paced` and `b` also goes
 //! through a bare hyper proxy (`bare.rs`: bodies handed across untouched,
 //! one upstream connection per inbound one): the floor of what any gateway
@@ -86,6 +89,7 @@ mod gateway;
 mod generator;
 mod machine;
 mod mock;
+mod nginx;
 mod report;
 mod soak;
 
@@ -155,6 +159,11 @@ pub(crate) struct Args {
     /// runtime.
     #[arg(long)]
     pub(crate) bare: bool,
+    /// Also measure nginx as a pass-through (`nginx.rs`; installed with apt
+    /// when missing, skipped when it cannot be): run as a child process,
+    /// pinned with `--pin` like tokun.
+    #[arg(long)]
+    pub(crate) nginx: bool,
     /// Where tokun runs for `single`, `a` and `b`.
     #[arg(long, value_enum, default_value = "inproc")]
     pub(crate) gateway: Mode,
@@ -258,6 +267,9 @@ pub(crate) fn main() -> anyhow::Result<()> {
         if args.bare {
             shared.push(Gateway::start_bare(&env)?);
         }
+        if args.nginx {
+            shared.extend(Gateway::start_nginx(&env)?);
+        }
         for billing in &args.billing {
             shared.push(Gateway::start(&env, args.gateway, *billing)?);
         }
@@ -322,6 +334,9 @@ pub(crate) fn main() -> anyhow::Result<()> {
             )
         };
         let mut fresh = Vec::new();
+        if args.nginx {
+            fresh.extend(Gateway::start_nginx(&env)?);
+        }
         for billing in &args.billing {
             fresh.push(Gateway::start(&env, args.c_gateway, *billing)?);
         }
