@@ -277,6 +277,12 @@ async fn a_client_leaving_mid_response_settles_it_and_closes_the_upstream() {
     })
     .await
     .expect("the unstarted hold is released");
+    // Nothing held: the account actor can idle out.
+    let view = get_json(&h.client, &h, "/v1/account").await;
+    assert_eq!(
+        (view["held_nanos"].clone(), view["open_holds"].clone()),
+        (json!(0), json!(0))
+    );
     verify_clean(&h).await;
 }
 
