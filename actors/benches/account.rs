@@ -149,6 +149,7 @@ fn request(increment_tokens: u64, max_output_tokens: u64) -> ReserveRequest {
         prompt_tokens: 24,
         increment_tokens,
         max_output_tokens,
+        checkpoint: None,
     }
 }
 

@@ -28,6 +28,11 @@ pub struct ReserveRequest {
     /// The most output tokens the request may produce (client's `max_tokens`
     /// or the configured default).
     pub max_output_tokens: u64,
+    /// Usage (prompt, completion) to record with the hold for crash
+    /// recovery, written in the same batch: `(0, 0)` for an answer the client
+    /// only receives once it is settled, so a hold a crash leaves open was
+    /// never delivered and costs nothing.
+    pub checkpoint: Option<(u64, u64)>,
 }
 
 /// A granted reservation.

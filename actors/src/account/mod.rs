@@ -327,7 +327,15 @@ impl AccountState {
             .next_hold_id()
             .map_err(|_| AccountError::LedgerUnavailable)?;
         let (reservation, entry) = self.book.reserve(hold, request, now)?;
-        self.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
+        let mut ops = vec![WriteOp::Entry(entry)];
+        if let Some((prompt_tokens, completion_tokens)) = request.checkpoint {
+            ops.push(WriteOp::Checkpoint {
+                hold,
+                prompt_tokens,
+                completion_tokens,
+            });
+        }
+        self.ledger.append_nowait(ops);
         Ok(reservation)
     }
 

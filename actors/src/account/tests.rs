@@ -89,6 +89,7 @@ proptest! {
                         prompt_tokens: prompt,
                         increment_tokens: increment,
                         max_output_tokens: max_output,
+                        checkpoint: None,
                     };
                     let spendable_before = book.spendable();
                     match book.reserve(hold, &request, now) {
@@ -165,6 +166,7 @@ fn reserve_caps_max_tokens_to_what_the_balance_affords() {
         prompt_tokens: 100,
         increment_tokens: 10_000,
         max_output_tokens: 10_000,
+        checkpoint: None,
     };
     // $0.001 − 100 × $2.5/M = $0.00075 → 75 output tokens at $10/M.
     let (reservation, _) = book.reserve(HoldId::new(1), &request, 1).unwrap();

@@ -80,6 +80,10 @@ pub struct Output {
     pub requested: Option<u64>,
     /// Streamed answers hold in increments; whole answers are held at once.
     pub streamed: bool,
+    /// Nothing reaches the client before the settlement is durable (a
+    /// non-streamed completion, embeddings): a hold that crash recovery finds
+    /// open was never delivered, so it is settled at zero, not in full.
+    pub withheld: bool,
 }
 
 /// The rule that sizes every hold (config `billing.hold_increment_tokens`).
@@ -183,6 +187,7 @@ impl Meter {
             prompt_tokens,
             increment_tokens,
             max_output_tokens,
+            checkpoint: output.withheld.then_some((0, 0)),
         };
         let reservation = accounts.reserve(payer.account, request).await?;
         Ok(Meter::Account(Box::new(AccountMeter {

@@ -85,17 +85,20 @@ fn streams_hold_one_increment_and_whole_answers_all_at_once() {
     let streamed = Output {
         requested: None,
         streamed: true,
+        withheld: false,
     };
     assert_eq!(POLICY.size(tariff(), 100, streamed), (256, 900));
     let whole = Output {
         requested: Some(50),
         streamed: false,
+        withheld: false,
     };
     assert_eq!(POLICY.size(tariff(), 100, whole), (50, 50));
     // A prompt that fills the window still leaves one output token to hold.
     let over = Output {
         requested: None,
         streamed: false,
+        withheld: false,
     };
     assert_eq!(POLICY.size(tariff(), 5_000, over), (1, 1));
 }
@@ -108,6 +111,7 @@ async fn a_dropped_meter_gives_its_hold_back_and_the_actor_idles_out() {
         Output {
             requested: None,
             streamed: true,
+            withheld: false,
         },
     )
     .await;
@@ -135,6 +139,7 @@ async fn a_settled_or_released_meter_closes_its_hold_once() {
     let whole = Output {
         requested: Some(10),
         streamed: false,
+        withheld: false,
     };
     let mut meter = open(&accounts, whole).await;
     assert_eq!(meter.output_cap(whole, tariff(), 100), Some(10));
@@ -173,6 +178,7 @@ async fn an_account_the_store_does_not_have_is_unknown_not_unavailable() {
     let whole = Output {
         requested: Some(10),
         streamed: false,
+        withheld: false,
     };
     let refused = Meter::open(
         &accounts,

@@ -257,6 +257,7 @@ impl StreamState {
                 let output = Output {
                     requested: requested.map(u64::from),
                     streamed: request.stream,
+                    withheld: !request.stream,
                 };
                 (output, requested.unwrap_or(0))
             }
@@ -265,6 +266,7 @@ impl StreamState {
                 Output {
                     requested: Some(1),
                     streamed: false,
+                    withheld: true,
                 },
                 0,
             ),

@@ -216,6 +216,8 @@ impl RealtimeMeter {
         let output = Output {
             requested: Some(max_output),
             streamed: false,
+            // Deltas reach the client before `response.done` settles.
+            withheld: false,
         };
         let meter = Meter::open(
             &self.state.services().accounts,
