@@ -84,6 +84,8 @@ pub enum Claim {
     AlreadyStreamed,
     /// The key was first used with another request.
     Mismatch,
+    /// The first attempt was cut short by a restart; it is never run again.
+    Interrupted,
 }
 
 type Running = Arc<Mutex<HashSet<(AccountId, String)>>>;
@@ -150,8 +152,20 @@ impl Idempotency {
                 body: Bytes::from(reply.body),
                 headers: reply.headers,
             }),
+            // Not running here, yet claimed: the process that ran it stopped.
+            Some(IdempotentOutcome { pending: true, .. }) => Claim::Interrupted,
             Some(IdempotentOutcome { response: None, .. }) => Claim::AlreadyStreamed,
             None => {
+                // The claim is written before anything runs: any flush that
+                // makes the request's hold durable makes this durable too, so
+                // after a crash a retry finds it and does not charge again.
+                let claimed = IdempotentOutcome {
+                    at_ms: tokun_providers::clock::unix_ms(),
+                    response: None,
+                    fingerprint: Some(fingerprint.to_owned()),
+                    pending: true,
+                };
+                self.store.remember_outcome(account, key, &claimed)?;
                 running.insert(id.clone());
                 Claim::Proceed(IdempotencyTicket {
                     running: self.running.clone(),
@@ -180,6 +194,7 @@ impl IdempotencyTicket {
         let outcome = IdempotentOutcome {
             at_ms: tokun_providers::clock::unix_ms(),
             fingerprint: Some(std::mem::take(&mut self.fingerprint)),
+            pending: false,
             response: response.map(|r| StoredReply {
                 status: r.status,
                 headers: r.headers,
@@ -196,9 +211,15 @@ impl IdempotencyTicket {
 }
 
 impl Drop for IdempotencyTicket {
+    /// Dropped without `finish`: the request failed before it was charged,
+    /// so its claim is withdrawn and a retry runs.
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            lock(&self.running).remove(&key);
+        if let Some((account, key)) = self.key.take() {
+            let mut running = lock(&self.running);
+            if let Err(error) = self.store.forget_outcome(account, &key) {
+                tracing::error!(%error, %account, "could not withdraw an idempotency claim");
+            }
+            running.remove(&(account, key));
         }
     }
 }

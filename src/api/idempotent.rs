@@ -60,6 +60,9 @@ pub fn begin(
         Claim::AlreadyStreamed => Err(ApiError::Conflict {
             message: "A streamed request with this Idempotency-Key already completed; streams are not replayed.".into(),
         }),
+        Claim::Interrupted => Err(ApiError::Conflict {
+            message: "The first request with this Idempotency-Key was cut short by a restart of tokun; it is not run again (what it used, if anything, is in /v1/usage). Use a new key to retry.".into(),
+        }),
         Claim::Mismatch => Err(ApiError::BadRequest {
             message: "This Idempotency-Key was already used with a different request; use a new key for a new request.".into(),
             param: None,

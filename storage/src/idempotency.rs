@@ -25,6 +25,11 @@ pub struct IdempotentOutcome {
     /// kept (those are replayed as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Written when a request claims its key, before anything runs: found
+    /// after a restart, it says the first attempt was interrupted (it may
+    /// have been charged), so the key is never run a second time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// A non-streaming response, as replayed.
@@ -79,6 +84,16 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the outcome of `client_key` (its request failed before it was
+    /// charged, so a retry may run). Not flushed, like the writes.
+    pub fn forget_outcome(&self, account: AccountId, client_key: &str) -> Result<(), StorageError> {
+        self.trees
+            .idempotency
+            .remove(key(account, client_key))
+            .map_err(StorageError::sled("forget idempotency"))?;
+        Ok(())
+    }
+
     /// Forgets outcomes older than `before_ms`; returns how many.
     pub fn purge_outcomes(&self, before_ms: u64) -> Result<usize, StorageError> {
         let tree = &self.trees.idempotency;
@@ -108,6 +123,7 @@ mod tests {
         let reply = IdempotentOutcome {
             at_ms: 1_000,
             fingerprint: Some("ab".into()),
+            pending: false,
             response: Some(StoredReply {
                 status: 200,
                 headers: vec![("x-tokun-cost".into(), "0.000001".into())],
@@ -117,6 +133,7 @@ mod tests {
         let streamed = IdempotentOutcome {
             at_ms: 5_000,
             fingerprint: None,
+            pending: false,
             response: None,
         };
         {
