@@ -164,33 +164,13 @@ async fn embeddings_get_permits_and_fail_over_like_chat() {
         status: Some(500),
         ..Script::default()
     });
-    let config = format!(
-        r#"
-[[providers]]
-name = "first"
-kind = "openai"
-base_url = "{}"
-max_concurrency = 4
-
-[[providers]]
-name = "second"
-kind = "openai"
-base_url = "{}"
-
-[[models]]
-id = "embedder"
-price = {{ input = 1.0, output = 1.0 }}
-routes = [{{ provider = "first" }}, {{ provider = "second" }}]
-"#,
-        first.base_url(),
-        second.base_url()
-    );
+    let config = support::two_routes(&first, &second, "max_concurrency = 4");
     let h = Harness::start(Some(&config)).await;
     let (_, key) = new_account(&h, "embedder@example.com", "5").await;
     let client = client_with_key(&key);
     let response = client
         .post(h.url("/v1/embeddings"))
-        .json(&json!({"model": "embedder", "input": ["a", "b"]}))
+        .json(&json!({"model": "two-routes", "input": ["a", "b"]}))
         .send()
         .await
         .unwrap();

@@ -281,33 +281,13 @@ async fn a_non_streamed_call_to_a_silent_route_fails_over_to_the_next() {
         hang: true,
         ..Script::default()
     });
-    let config = format!(
-        r#"
-[[providers]]
-name = "silent"
-kind = "openai"
-base_url = "{}"
-total_timeout_ms = 300
-
-[[providers]]
-name = "healthy"
-kind = "openai"
-base_url = "{}"
-
-[[models]]
-id = "two-routes"
-price = {{ input = 1.0, output = 2.0 }}
-routes = [{{ provider = "silent" }}, {{ provider = "healthy" }}]
-"#,
-        silent.base_url(),
-        healthy.base_url()
-    );
+    let config = support::two_routes(&silent, &healthy, "total_timeout_ms = 300");
     let h = Harness::start(Some(&config)).await;
     let response = h
         .post_json("/v1/chat/completions", &chat("two-routes", false))
         .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-tokun-route"], "healthy");
+    assert_eq!(response.headers()["x-tokun-route"], "second");
     assert_eq!((silent.calls(), healthy.calls()), (1, 1));
 }
 

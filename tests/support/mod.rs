@@ -64,6 +64,32 @@ routes = [{{ provider = "echo" }}]
     )
 }
 
+/// One model, `two-routes`, served by two OpenAI-compatible providers tried
+/// in order, `first` and `second`; `first_extra` adds lines to the first.
+pub fn two_routes(first: &FakeUpstream, second: &FakeUpstream, first_extra: &str) -> String {
+    format!(
+        r#"
+[[providers]]
+name = "first"
+kind = "openai"
+base_url = "{}"
+{first_extra}
+
+[[providers]]
+name = "second"
+kind = "openai"
+base_url = "{}"
+
+[[models]]
+id = "two-routes"
+price = {{ input = 1.0, output = 2.0 }}
+routes = [{{ provider = "first" }}, {{ provider = "second" }}]
+"#,
+        first.base_url(),
+        second.base_url()
+    )
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tokun-test-{tag}-{}-{}",
