@@ -108,6 +108,15 @@ pub(crate) fn soak(env: &Env<'_>) -> anyhow::Result<()> {
             if slope <= limit { "ok" } else { "OVER" }
         );
     }
+    let minutes: Vec<String> = readings
+        .iter()
+        .filter(|r| (r.at as u64) % 60 == 0)
+        .map(|r| format!("{:.0}s {:.1}/{:.0}/{:.0}", r.at, r.rss_mib, r.fds, r.actors))
+        .collect();
+    println!(
+        "  each minute (RSS MiB / fds / actors): {}",
+        minutes.join(", ")
+    );
     gateway.stop(env);
     Ok(())
 }
