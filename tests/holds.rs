@@ -21,7 +21,6 @@ use support::{
     Harness, account, chat, client_with_key, new_account, upstream_config, verify_clean,
 };
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokun_testkit::{FakeUpstream, Script};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -133,11 +132,7 @@ async fn a_websocket_closed_mid_completion_leaves_nothing_held() {
     let h = Harness::start(Some(&upstream_config(&upstream, ""))).await;
     let (_, key) = new_account(&h, "ws-leaver@example.com", "5").await;
     let client = client_with_key(&key);
-    let url = format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1));
-    let mut request = url.into_client_request().unwrap();
-    let bearer = format!("Bearer {key}").parse().unwrap();
-    request.headers_mut().insert("authorization", bearer);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = support::ws_with_key(&h, &key).await;
     let create = json!({"type": "chat.completion.create", "id": "c1",
         "request": chat("fake-model", true)});
     ws.send(Message::text(create.to_string())).await.unwrap();

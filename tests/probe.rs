@@ -17,7 +17,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::{Harness, account, admin_post, chat, client_with_key, new_account, upstream_config};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokun_testkit::{FakeUpstream, Script};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -36,11 +35,7 @@ async fn a_key_revoked_while_its_socket_is_open_starts_nothing_more() {
     let h = Harness::start(None).await;
     let (_, key) = new_account(&h, "revoked-ws@example.com", "5").await;
     let client = client_with_key(&key);
-    let url = format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1));
-    let mut request = url.into_client_request().unwrap();
-    let bearer = format!("Bearer {key}").parse().unwrap();
-    request.headers_mut().insert("authorization", bearer);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = support::ws_with_key(&h, &key).await;
     let create = |id: &str| {
         let body = json!({"type": "chat.completion.create", "id": id,
             "request": chat("echo-mini", true)});

@@ -196,6 +196,22 @@ pub fn client_with_key(key: &str) -> reqwest::Client {
         .expect("client")
 }
 
+/// A `/v1/ws` socket authenticated with `Authorization: Bearer <key>`.
+pub async fn ws_with_key(
+    h: &Harness,
+    key: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/v1/ws", h.base.replacen("http://", "ws://", 1));
+    let mut request = url.into_client_request().expect("a ws request");
+    let bearer = format!("Bearer {key}").parse().expect("a header value");
+    request.headers_mut().insert("authorization", bearer);
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the socket opens")
+        .0
+}
+
 pub fn chat(model: &str, stream: bool) -> Value {
     serde_json::json!({
         "model": model,
