@@ -100,3 +100,87 @@ impl Adapter {
         }
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (outside the workspace):
+/// the request builders and non-streaming body parsers, which are otherwise
+/// private to their adapters. Not an API; nothing in tokun calls these.
+#[doc(hidden)]
+pub mod fuzzing {
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use crate::{ChatCompletion, ChatRequest, ProviderError};
+
+    /// The OpenAI request body, streaming or not.
+    pub fn openai_request(req: &ChatRequest, stream: bool) -> Result<Vec<u8>, ProviderError> {
+        let mode = if stream {
+            crate::openai::request::Mode::Stream
+        } else {
+            crate::openai::request::Mode::Complete
+        };
+        crate::openai::request::encode(req, mode)
+    }
+
+    /// The Anthropic Messages request body, streaming or not.
+    pub fn anthropic_request(req: &ChatRequest, stream: bool) -> Result<Vec<u8>, ProviderError> {
+        crate::anthropic::request::encode(req, stream)
+    }
+
+    /// The Gemini `generateContent` request body.
+    pub fn gemini_request(req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
+        crate::gemini::request::encode(req)
+    }
+
+    /// A 2xx non-streaming OpenAI body.
+    pub fn openai_completion(body: &[u8]) -> Result<ChatCompletion, ProviderError> {
+        crate::openai::response::parse_completion(body)
+    }
+
+    /// A 2xx non-streaming Anthropic body, and the error for it in place of a stream.
+    pub fn anthropic_completion(
+        body: &[u8],
+        model: &str,
+    ) -> (Result<ChatCompletion, ProviderError>, ProviderError) {
+        (
+            crate::anthropic::response::parse_completion(body, model),
+            crate::anthropic::response::json_instead_of_stream(body),
+        )
+    }
+
+    /// A 2xx non-streaming Gemini body, and the error for it in place of a stream.
+    pub fn gemini_completion(
+        body: &[u8],
+        model: &str,
+    ) -> (Result<ChatCompletion, ProviderError>, ProviderError) {
+        (
+            crate::gemini::response::parse_completion(body, model),
+            crate::gemini::response::json_instead_of_stream(body),
+        )
+    }
+
+    /// The error for a non-2xx answer with this body and a `retry-after`
+    /// (or, with `in_ms`, `retry-after-ms`) header, as the OpenAI and
+    /// Anthropic adapters classify it, or with `gemini` as Gemini's does.
+    pub fn status_error(
+        gemini: bool,
+        status: u16,
+        retry_after: &[u8],
+        in_ms: bool,
+        body: &[u8],
+        key: &str,
+    ) -> ProviderError {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_bytes(retry_after) {
+            let name = if in_ms {
+                "retry-after-ms"
+            } else {
+                "retry-after"
+            };
+            headers.insert(name, value);
+        }
+        if gemini {
+            crate::gemini::error::status_error(status, &headers, body, Some(key))
+        } else {
+            crate::openai::response::status_error(status, &headers, body, Some(key))
+        }
+    }
+}

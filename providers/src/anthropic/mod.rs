@@ -3,8 +3,8 @@
 //! [`ChatCompletion`]s and [`ChunkStream`]s. Like every adapter it applies no
 //! timeouts beyond the client's connect timeout and never retries.
 
-mod request;
-mod response;
+pub(crate) mod request;
+pub(crate) mod response;
 mod stream;
 
 #[cfg(test)]

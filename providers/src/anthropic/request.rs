@@ -17,7 +17,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 const PASSTHROUGH: [&str; 3] = ["top_k", "thinking", "metadata"];
 
 /// The JSON body for `POST /v1/messages`.
-pub(super) fn encode(req: &ChatRequest, stream: bool) -> Result<Vec<u8>, ProviderError> {
+pub(crate) fn encode(req: &ChatRequest, stream: bool) -> Result<Vec<u8>, ProviderError> {
     let body = build(req, stream)?;
     serde_json::to_vec(&body).map_err(|err| invalid(format!("could not encode the body: {err}")))
 }

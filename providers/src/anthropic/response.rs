@@ -119,7 +119,7 @@ pub(super) fn finish_reason(stop_reason: &str) -> &'static str {
 /// Parses a 2xx non-streaming body into a completion for `model` (the
 /// request's model). An error envelope with a 2xx status is the upstream's
 /// failure (`Stream`); anything else that is not a message is `Protocol`.
-pub(super) fn parse_completion(body: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
+pub(crate) fn parse_completion(body: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
     let value: Value = serde_json::from_slice(body).map_err(|err| unparsable(body, &err))?;
     if value.get("type").and_then(Value::as_str) == Some("error") || value.get("error").is_some() {
         return Err(stream_error(&value.to_string()));
@@ -145,7 +145,7 @@ pub(super) fn parse_completion(body: &[u8], model: &str) -> Result<ChatCompletio
 }
 
 /// The error for a JSON body where an event stream was expected.
-pub(super) fn json_instead_of_stream(body: &[u8]) -> ProviderError {
+pub(crate) fn json_instead_of_stream(body: &[u8]) -> ProviderError {
     match upstream_error_message(&String::from_utf8_lossy(body)) {
         Some(message) => ProviderError::Stream { message },
         None => ProviderError::Protocol {

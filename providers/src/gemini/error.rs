@@ -12,7 +12,7 @@ use crate::error::ProviderError;
 use crate::openai::response as wire;
 
 /// The error for a non-2xx answer; its message never contains `api_key`.
-pub(super) fn status_error(
+pub(crate) fn status_error(
     status: u16,
     headers: &HeaderMap,
     body: &[u8],

@@ -7,9 +7,9 @@
 //! timeout and never retries.
 
 mod embed;
-mod error;
-mod request;
-mod response;
+pub(crate) mod error;
+pub(crate) mod request;
+pub(crate) mod response;
 mod stream;
 
 #[cfg(test)]

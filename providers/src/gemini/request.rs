@@ -23,7 +23,7 @@ const SAMPLING: [(&str, &str); 6] = [
 ];
 
 /// The JSON body for `:generateContent` and `:streamGenerateContent`.
-pub(super) fn encode(req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
+pub(crate) fn encode(req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
     let body = build(req)?;
     serde_json::to_vec(&body).map_err(|err| invalid(format!("could not encode the body: {err}")))
 }

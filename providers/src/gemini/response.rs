@@ -160,7 +160,7 @@ pub(super) fn finish_reason(reason: &str, called_tools: bool) -> &'static str {
 /// Parses a 2xx non-streaming body into a completion for `model` (the
 /// request's model). An error envelope with a 2xx status is the upstream's
 /// failure (`Stream`); anything else that is not an answer is `Protocol`.
-pub(super) fn parse_completion(body: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
+pub(crate) fn parse_completion(body: &[u8], model: &str) -> Result<ChatCompletion, ProviderError> {
     let text = String::from_utf8_lossy(body);
     // A bare `"error"` can only be a key (strings escape their quotes), so the
     // envelope is looked for only then, keeping the common path to one parse.
@@ -203,7 +203,7 @@ pub(super) fn parse_completion(body: &[u8], model: &str) -> Result<ChatCompletio
 }
 
 /// The error for a JSON body where an event stream was expected.
-pub(super) fn json_instead_of_stream(body: &[u8]) -> ProviderError {
+pub(crate) fn json_instead_of_stream(body: &[u8]) -> ProviderError {
     match upstream_error_message(&String::from_utf8_lossy(body)) {
         Some(message) => ProviderError::Stream { message },
         None => ProviderError::Protocol {

@@ -4,7 +4,7 @@
 //! client's connect timeout and never retries; callers own both.
 
 mod embeddings;
-mod request;
+pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod stream;
 

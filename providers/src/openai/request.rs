@@ -20,7 +20,7 @@ const OWN_KEYS: [&str; 6] = [
 
 /// Whether the upstream should stream its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
+pub(crate) enum Mode {
     /// `stream` and `stream_options` are left out (OpenAI rejects
     /// `stream_options` on a non-streaming request).
     Complete,
@@ -30,7 +30,7 @@ pub(super) enum Mode {
 }
 
 /// The JSON body for `POST {base}/chat/completions`.
-pub(super) fn encode(request: &ChatRequest, mode: Mode) -> Result<Vec<u8>, ProviderError> {
+pub(crate) fn encode(request: &ChatRequest, mode: Mode) -> Result<Vec<u8>, ProviderError> {
     serde_json::to_vec(&UpstreamBody { request, mode }).map_err(|err| ProviderError::Request {
         detail: format!("could not encode the request body: {err}"),
     })

@@ -103,7 +103,7 @@ pub(crate) fn upstream_error_message(body: &str) -> Option<String> {
 
 /// Parses a 2xx non-streaming body. An error envelope with a 2xx status is the
 /// upstream's failure (`Stream`); anything else that is not a completion is `Protocol`.
-pub(super) fn parse_completion(body: &[u8]) -> Result<ChatCompletion, ProviderError> {
+pub(crate) fn parse_completion(body: &[u8]) -> Result<ChatCompletion, ProviderError> {
     match serde_json::from_slice::<ChatCompletion>(body) {
         Ok(completion) => match completion.extra.get("error") {
             Some(error) if !error.is_null() => Err(ProviderError::Stream {

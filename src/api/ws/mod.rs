@@ -10,7 +10,7 @@
 //! browsers cannot read the status of a refused upgrade, only a close frame.
 
 mod limits;
-mod protocol;
+pub(crate) mod protocol;
 mod realtime;
 mod realtime_meter;
 mod socket;

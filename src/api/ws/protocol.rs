@@ -22,19 +22,19 @@ use crate::error::{ApiError, ErrorObject};
 /// Longest completion id a client may choose.
 const MAX_ID_CHARS: usize = 256;
 
-pub(super) enum ClientMessage {
+pub(crate) enum ClientMessage {
     Create { id: String, request: ChatRequest },
     Cancel { id: String },
 }
 
 /// A client message tokun could not act on; `id` when it could be read.
-pub(super) struct Refused {
+pub(crate) struct Refused {
     pub id: Option<String>,
     pub error: ApiError,
 }
 
 /// Reads one text frame.
-pub(super) fn parse(text: &str) -> Result<ClientMessage, Refused> {
+pub(crate) fn parse(text: &str) -> Result<ClientMessage, Refused> {
     let value: Value = serde_json::from_str(text).map_err(|error| Refused {
         id: None,
         error: invalid(
@@ -95,7 +95,7 @@ pub(super) fn parse(text: &str) -> Result<ClientMessage, Refused> {
 }
 
 /// The `id` of a message tokun will not read further (over the rate limit).
-pub(super) fn peek_id(text: &str) -> Option<String> {
+pub(crate) fn peek_id(text: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Head {
         id: Option<String>,
