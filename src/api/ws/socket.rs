@@ -365,9 +365,10 @@ impl Session {
         self.out.push(ServerMessage::error(id, error).encode());
     }
 
-    /// Ends every completion: a launch in flight may already hold money, so
-    /// it is finished first; then dropping the receivers tells each stream
-    /// actor its client is gone, and it settles what it relayed.
+    /// Ends every completion: a launch in flight may already have spawned its
+    /// stream actor, so it is finished first; then dropping the receivers
+    /// tells each stream actor its client is gone, and it settles what it
+    /// relayed (or releases its hold).
     async fn stop(mut self) {
         while self.launches.next().await.is_some() {}
         drop(self.events);
