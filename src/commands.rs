@@ -26,8 +26,12 @@ pub fn load_config(store: &StoreArgs) -> anyhow::Result<Config> {
 }
 
 async fn open(store: &StoreArgs) -> anyhow::Result<Services> {
+    open_as(store, StartMode::Command).await
+}
+
+async fn open_as(store: &StoreArgs, mode: StartMode) -> anyhow::Result<Services> {
     let config = load_config(store)?;
-    let (services, _) = Services::start(&config, StartMode::Command).await?;
+    let (services, _) = Services::start(&config, mode).await?;
     Ok(services)
 }
 
@@ -174,7 +178,7 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
 pub async fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
     match command {
         LedgerCommand::Verify { store } => {
-            let services = open(&store).await?;
+            let services = open_as(&store, StartMode::Inspect).await?;
             let report = services.store.verify();
             services.stop().await;
             let report = report?;
@@ -194,7 +198,7 @@ pub async fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
             out("ledger verified: clean")
         }
         LedgerCommand::Export { out: path, store } => {
-            let services = open(&store).await?;
+            let services = open_as(&store, StartMode::Inspect).await?;
             let result = match &path {
                 Some(path) => {
                     let file = std::fs::File::create(path)

@@ -46,11 +46,14 @@ pub struct FirstStart {
 }
 
 /// Why the services start: the server creates the demo account on a fresh
-/// data dir; a one-off command does not.
+/// data dir; a one-off command does not; a command that only reads
+/// (`ledger verify`, `ledger export`) leaves holds a crash left open as they
+/// are (the next `serve` recovers them), so reading never writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartMode {
     Serve,
     Command,
+    Inspect,
 }
 
 impl Services {
@@ -93,7 +96,9 @@ impl Services {
             admin_token_hash,
             snapshots: None,
         };
-        first.recovered_holds = services.recover_holds().await?;
+        if mode != StartMode::Inspect {
+            first.recovered_holds = services.recover_holds().await?;
+        }
         if mode == StartMode::Serve && fresh && config.billing.demo_credit.get() > 0 {
             let (_, key) = services
                 .create_account(

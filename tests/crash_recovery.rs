@@ -150,6 +150,23 @@ async fn sigkill_under_streaming_load_loses_and_duplicates_nothing() {
         "exactly the fast requests completed before the kill"
     );
 
+    // Reading the crashed data dir writes nothing: its open holds stay open
+    // until `serve` recovers them.
+    let before = cli(&["ledger", "export"], &data);
+    let verify = cli(&["ledger", "verify"], &data);
+    let after = cli(&["ledger", "export"], &data);
+    assert!(before.status.success() && after.status.success());
+    assert_eq!(
+        before.stdout, after.stdout,
+        "verify and export wrote nothing"
+    );
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(!report.contains("open holds 0"), "{report}");
+    assert!(
+        !String::from_utf8_lossy(&before.stdout).contains("\"recovered\""),
+        "nothing recovered by a read"
+    );
+
     // Restart: recovery settles what was left open; then it serves again.
     let (mut child, base, second_key) = serve(&config, &data).await;
     assert!(second_key.is_none(), "no second demo account on restart");
