@@ -321,13 +321,20 @@ async fn a_small_spend_limit_is_shared_by_concurrent_streams_and_never_exceeded(
         assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     }
     let usage = support::get_json(&h.client, &h, &format!("/v1/usage?key={key_id}")).await;
-    let spent: f64 = usage["data"]
+    let usd = |text: &Value| tokun_storage::Nanos::parse_usd(text.as_str().unwrap()).unwrap();
+    let spent = usage["data"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["cost"].as_str().unwrap().parse::<f64>().unwrap())
-        .sum();
+        .fold(tokun_storage::Nanos::ZERO, |sum, r| {
+            sum.saturating_add(usd(&r["cost"]))
+        });
     assert_eq!(usage["data"].as_array().unwrap().len(), 50);
-    assert!(spent > 0.0 && spent <= 0.001, "spent {spent}");
+    assert_eq!(usd(&usage["total_cost"]), spent);
+    let limit = tokun_storage::Nanos::parse_usd("0.001").unwrap();
+    assert!(
+        spent > tokun_storage::Nanos::ZERO && spent <= limit,
+        "spent {spent}"
+    );
     support::verify_clean(&h).await;
 }
