@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use rand::Rng;
 use tokio::net::TcpListener;
@@ -21,11 +21,12 @@ use tokun_actors::provider::ProviderHandle;
 use tokun_actors::{HoldPolicy, StreamSupervisorHandle, metric};
 use tracing::Instrument;
 
-use crate::api;
 use crate::config::Config;
+use crate::console::mail::{Mailer, SentCode};
 use crate::error::{ApiError, ErrorKind};
 use crate::services::{FirstStart, Services, StartMode};
 use crate::state::AppState;
+use crate::{api, console};
 
 /// The id of one request, shown to the client as `x-request-id`.
 #[derive(Debug, Clone)]
@@ -80,7 +81,9 @@ impl OperatorListener {
                             return;
                         }
                     };
-                    let served = axum::serve(listener, operator_app(state))
+                    let app =
+                        operator_app(state).into_make_service_with_connect_info::<SocketAddr>();
+                    let served = axum::serve(listener, app)
                         .with_graceful_shutdown(async move {
                             let _ = stopped.await;
                         })
@@ -118,11 +121,23 @@ impl Drop for OperatorListener {
     }
 }
 
-async fn not_found() -> ApiError {
+/// An unknown URL: the console's 404 page for a browser (it asks for HTML,
+/// outside `/v1/` and `/admin`), OpenAI's JSON error for everything else.
+async fn not_found(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    if console::wants_html(&parts) {
+        let who = console::session::signed_in(&parts.headers, &state);
+        return console::error_page(
+            StatusCode::NOT_FOUND,
+            "There is no page at this address. Check it, or start again from the dashboard.",
+            who.as_ref(),
+        );
+    }
     ApiError::NotFound {
         message: "Unknown request URL.".into(),
         code: "unknown_url",
     }
+    .into_response()
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -223,6 +238,8 @@ pub struct RunningServer {
     purge: JoinHandle<()>,
     /// Tells open WebSockets to finish and close with 1001.
     going_away: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Sends console sign-in codes; in-process watchers may read them.
+    mailer: Mailer,
 }
 
 impl RunningServer {
@@ -247,6 +264,12 @@ impl RunningServer {
             limiters.insert(provider.name.clone(), handle);
         }
         let state = AppState::new(config, streams.clone(), services.clone(), limiters)?;
+        let mailer = state.console().mailer().clone();
+        if mailer.logs_codes() {
+            tracing::warn!(
+                "no [auth.smtp]: console sign-in codes are written to this log (development only)"
+            );
+        }
         let (shutdown, signal) = oneshot::channel::<()>();
         let listener = listener.tap_io(|tcp| {
             // Nagle's algorithm meeting delayed ACKs costs ~40 ms per small write.
@@ -267,7 +290,8 @@ impl RunningServer {
         let operator = admin_listen
             .map(|addr| OperatorListener::start(addr, state.clone()))
             .transpose()?;
-        let app = app(state);
+        // The peer address reaches handlers as `ConnectInfo` (sign-in limits).
+        let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -287,6 +311,7 @@ impl RunningServer {
             operator,
             purge,
             going_away,
+            mailer,
         })
     }
 
@@ -305,6 +330,12 @@ impl RunningServer {
 
     pub fn services(&self) -> &Services {
         &self.services
+    }
+
+    /// Every console sign-in code sent from now on, as handed to the mailer:
+    /// for tests driving this server in the same process.
+    pub fn watch_sign_in_codes(&self) -> tokio::sync::broadcast::Receiver<SentCode> {
+        self.mailer.watch()
     }
 
     /// Secrets created by this start (demo key, admin token), to print once.

@@ -38,6 +38,8 @@ struct Inner {
     limiters: HashMap<String, ProviderHandle>,
     /// The Stripe client when `[stripe]` is configured (top-ups and webhooks).
     stripe: Option<crate::stripe::Stripe>,
+    /// The web console's mailer and sign-in rate limits.
+    console: crate::console::Console,
     /// Set once at shutdown; every open `/v1/ws` socket watches it, so its
     /// receiver count is the number of sockets still open.
     going_away: Arc<tokio::sync::watch::Sender<bool>>,
@@ -107,7 +109,9 @@ impl AppState {
         });
         let idempotency = Idempotency::new(services.store.clone());
         let going_away = Arc::new(tokio::sync::watch::Sender::new(false));
+        let console = crate::console::Console::new(&config);
         let inner = Inner {
+            console,
             stripe,
             config,
             models,
@@ -166,6 +170,10 @@ impl AppState {
 
     pub fn stripe(&self) -> Option<&crate::stripe::Stripe> {
         self.inner.stripe.as_ref()
+    }
+
+    pub fn console(&self) -> &crate::console::Console {
+        &self.inner.console
     }
 
     pub fn tickets(&self) -> &Tickets {

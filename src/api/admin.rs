@@ -76,11 +76,7 @@ pub async fn create_account(
 ) -> Result<Response, ApiError> {
     let request: NewAccount = json_body(&headers, body).await?;
     let email = request.email.trim();
-    if email.len() < 3
-        || !email.contains('@')
-        || email.len() > 254
-        || email.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
+    if !crate::console::is_email(email) {
         return Err(ApiError::bad_request(
             "`email` is not an email address.",
             Some("email"),

@@ -66,6 +66,7 @@ pub fn router() -> Router<AppState> {
         .route("/stripe/webhook", post(crate::stripe::webhook::receive))
         .route("/admin/payments", get(admin::list_payments))
         .merge(operator_router())
+        .merge(crate::console::router())
 }
 
 /// The operator views and probes, also served alone on `server.admin_listen`.

@@ -3,6 +3,7 @@
 //! `SocketAddr`, `Price` in nanos, [`Secret`]). Every error names the field path.
 //! With no file at all, [`Config::default`] runs the `echo` provider.
 
+mod auth;
 mod postgres;
 mod raw;
 mod secret;
@@ -19,6 +20,7 @@ use tokun_actors::provider::ProviderLimits;
 use tokun_actors::provider::breaker::BreakerConfig;
 use tokun_storage::{Nanos, Price, StoreOptions};
 
+pub use auth::{AuthConfig, SmtpConfig, SmtpTls};
 pub use postgres::PostgresConfig;
 pub use raw::RawConfig;
 pub use secret::{Secret, expand_env};
@@ -59,6 +61,8 @@ pub struct Config {
     /// Stripe top-ups; `None`: `/v1/topups` answers 501.
     pub stripe: Option<StripeConfig>,
     pub auto: AutoConfig,
+    /// Console sign-in: sessions and the sign-in code mailer.
+    pub auth: AuthConfig,
 }
 
 /// `model: "auto"`: the models it may pick from, in tie-break order.
@@ -81,6 +85,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub admin_token: Option<Secret>,
+    /// Where people reach tokun (links, and `Secure` cookies when https).
     pub public_url: Option<String>,
     pub shutdown_grace: Duration,
 }
@@ -218,6 +223,7 @@ impl Config {
         }
         check_references(&providers, &models)?;
         let auto = auto_config(raw.auto, &models)?;
+        let auth = auth::auth_config(raw.auth, &secret)?;
         Ok(Config {
             server,
             log: LogConfig {
@@ -257,6 +263,7 @@ impl Config {
                     }),
             },
             auto,
+            auth,
             metrics: MetricsConfig {
                 enabled: raw.metrics.enabled.unwrap_or(true),
             },
@@ -314,7 +321,15 @@ fn server_config(raw: raw::RawServer, secret: &SecretFn<'_>) -> Result<ServerCon
         data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./data")),
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
         admin_token: secret("server.admin_token", raw.admin_token)?,
-        public_url: raw.public_url,
+        public_url: match raw.public_url {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(invalid(
+                    "server.public_url",
+                    "must start with http:// or https://",
+                ));
+            }
+            url => url,
+        },
         shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs.unwrap_or(30)),
     })
 }

@@ -28,6 +28,29 @@ pub struct RawConfig {
     pub stripe: Option<RawStripe>,
     #[serde(default)]
     pub auto: RawAuto,
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub session_days: Option<u64>,
+    #[serde(default)]
+    pub admin_emails: Vec<String>,
+    /// Sign-in codes by SMTP; absent: written to the log.
+    pub smtp: Option<RawSmtp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    pub host: String,
+    pub port: Option<u16>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub from: String,
+    pub tls: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -88,6 +88,14 @@ fn the_example_file_is_valid_and_documents_every_key() {
         "max_topup_usd",
         "success_url",
         "cancel_url",
+        "session_days",
+        "admin_emails",
+        "host",
+        "port",
+        "username",
+        "password",
+        "from",
+        "tls",
     ] {
         assert!(
             text.contains(&format!("{key} =")) || text.contains(&format!("{key} = ")),
@@ -271,4 +279,54 @@ fn ledger_cache_and_unflushed_window_are_configurable_and_bounded() {
         .unwrap()
         .ledger;
     assert_eq!(capped.max_unflushed, Duration::from_secs(1));
+}
+
+#[test]
+fn auth_sessions_and_smtp_are_optional_and_checked() {
+    let config = parse("").unwrap();
+    assert_eq!(config.auth.session, Duration::from_secs(14 * 86_400));
+    assert!(config.auth.smtp.is_none());
+    let text = "[auth]\nsession_days = 2\nadmin_emails = [\" Ops@Example.com\"]\n[auth.smtp]\nhost = \"smtp.example.com\"\nusername = \"u\"\npassword = \"${TEST_KEY}\"\nfrom = \"tokun <no-reply@example.com>\"\n";
+    let auth = parse(text).unwrap().auth;
+    assert_eq!(auth.session, Duration::from_secs(2 * 86_400));
+    assert_eq!(auth.admin_emails, ["ops@example.com"]);
+    let smtp = auth.smtp.unwrap();
+    assert_eq!((smtp.port, smtp.tls), (587, SmtpTls::StartTls));
+    assert_eq!(
+        smtp.password.as_ref().map(Secret::expose),
+        Some("sk-from-env")
+    );
+    assert!(!format!("{smtp:?}").contains("sk-from-env"));
+    let tls = parse("[auth.smtp]\nhost = \"h\"\nfrom = \"a@b.c\"\ntls = \"tls\"\n").unwrap();
+    assert_eq!(tls.auth.smtp.unwrap().port, 465);
+    for (text, field) in [
+        ("[auth]\nsession_days = 0\n", "auth.session_days"),
+        (
+            "[auth]\nadmin_emails = [\"nope\"]\n",
+            "auth.admin_emails[0]",
+        ),
+        (
+            "[auth.smtp]\nhost = \"h\"\nfrom = \"a@b.c\"\ntls = \"ssl\"\n",
+            "auth.smtp.tls",
+        ),
+        (
+            "[auth.smtp]\nhost = \"h\"\nfrom = \"not an address\"\n",
+            "auth.smtp.from",
+        ),
+        (
+            "[auth.smtp]\nhost = \"\"\nfrom = \"a@b.c\"\n",
+            "auth.smtp.host",
+        ),
+        (
+            "[auth.smtp]\nhost = \"h\"\nfrom = \"a@b.c\"\npassword = \"p\"\n",
+            "auth.smtp.username",
+        ),
+        (
+            "[server]\npublic_url = \"gw.example.com\"\n",
+            "server.public_url",
+        ),
+    ] {
+        let error = parse(text).unwrap_err().to_string();
+        assert!(error.starts_with(field), "{text}: {error}");
+    }
 }

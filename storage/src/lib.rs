@@ -14,12 +14,15 @@
 //! metadata), `meta` (last committed seq) and `ids` (reserved id ranges);
 //! for Stripe, `payments`, `account_payments`, `payment_intents` and
 //! `stripe_events` (see `payments`); `idempotency` (account ++ the client's
-//! `Idempotency-Key` → what the request answered; see `idempotency`).
+//! `Idempotency-Key` → what the request answered; see `idempotency`); for
+//! the console's people, `sessions` with `account_sessions`, `login_codes`,
+//! `signins` and `profiles` (see `people`).
 //!
-//! **Invariant:** every write except id reservation and idempotent outcomes
-//! (neither is money) goes through the writer thread, one atomic transaction
-//! and one flush per batch; an ack fires only after its batch is on disk. A
-//! `WriteOp::Sync` makes those side writes durable with the writer's flush.
+//! **Invariant:** every write except id reservation, idempotent outcomes and
+//! the people trees (none of them money) goes through the writer thread, one
+//! atomic transaction and one flush per batch; an ack fires only after its
+//! batch is on disk. A `WriteOp::Sync` makes those side writes durable with
+//! the writer's flush.
 //!
 //! **Invariant:** the ledger is append-only: seqs 1, 2, 3, … with no gaps,
 //! never updated or deleted.
@@ -33,6 +36,7 @@ pub mod ledger;
 mod money;
 mod ops;
 mod payments;
+mod people;
 pub mod postgres;
 mod price;
 mod records;
@@ -48,6 +52,9 @@ pub use ledger::{Book, Books, EntryKind, LedgerEntry, LedgerError, apply, apply_
 pub use money::{MoneyError, NANOS_PER_USD, Nanos};
 pub use ops::{Ack, Durable, NewEntry, WriteOp};
 pub use payments::{PaymentRecord, PaymentStatus};
+pub use people::{
+    CodeCheck, LoginCode, Profile, SessionRecord, SignInRecord, constant_time_eq, login_code_hash,
+};
 pub use price::Price;
 pub use records::{
     AccountRecord, BalanceRow, KEY_PREFIX_CHARS, KeyRecord, OpenHold, UsageRecord, hash_secret,

@@ -23,7 +23,9 @@ pub(crate) const META_LAST_SEQ: &[u8] = b"last_seq";
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: sled::Db,
-    pub(crate) trees: Trees,
+    /// Behind one `Arc`, so a clone of the store is four pointers, however
+    /// many trees there are.
+    pub(crate) trees: Arc<Trees>,
     /// Shared so every clone hands out ids from the same reserved ranges.
     ids: Arc<IdAllocator>,
     /// Set while a `LedgerWriter` runs: two writers would hand out the same seqs.
@@ -76,6 +78,17 @@ pub(crate) struct Trees {
     /// account ++ `Idempotency-Key` → `IdempotentOutcome` (not ledger data;
     /// written outside the writer's batches).
     pub(crate) idempotency: Tree,
+    /// SHA-256 of a session id → `SessionRecord` (see `people`; written
+    /// outside the writer, like `idempotency`).
+    pub(crate) sessions: Tree,
+    /// account ++ session hash → nothing: an account's sessions.
+    pub(crate) account_sessions: Tree,
+    /// normalized email → `LoginCode`, the one live sign-in code.
+    pub(crate) login_codes: Tree,
+    /// account ++ at_ms ++ unique → `SignInRecord`.
+    pub(crate) signins: Tree,
+    /// `AccountId` → `Profile`.
+    pub(crate) profiles: Tree,
 }
 
 impl Default for StoreOptions {
@@ -130,11 +143,16 @@ impl Store {
             payment_intents: open("payment_intents")?,
             stripe_events: open("stripe_events")?,
             idempotency: open("idempotency")?,
+            sessions: open("sessions")?,
+            account_sessions: open("account_sessions")?,
+            login_codes: open("login_codes")?,
+            signins: open("signins")?,
+            profiles: open("profiles")?,
         };
         let ids = IdAllocator::open(db.clone(), open("ids")?)?;
         Ok(Store {
             db,
-            trees,
+            trees: Arc::new(trees),
             ids: Arc::new(ids),
             writer_claimed: Arc::default(),
         })
@@ -355,6 +373,23 @@ impl Store {
             .range(start..end)
             .values()
             .map(|item| decode("usage", &item.map_err(StorageError::sled("scan usage"))?))
+    }
+
+    /// One account's latest `limit` usage records, newest first, without
+    /// reading the older ones.
+    pub fn latest_usage(
+        &self,
+        account: AccountId,
+        limit: usize,
+    ) -> Result<Vec<UsageRecord>, StorageError> {
+        self.trees
+            .usage
+            .scan_prefix(account.to_key())
+            .values()
+            .rev()
+            .take(limit)
+            .map(|item| decode("usage", &item.map_err(StorageError::sled("scan usage"))?))
+            .collect()
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod fake;
 pub mod gemini;
+pub mod oidc;
 pub mod realtime;
 pub mod stripe;
 pub mod upstream;
