@@ -1,5 +1,5 @@
-//! `soak`: mixed open-loop traffic (non-streaming and streaming, billing ON)
-//! against a child gateway for `--soak-secs`, with tokun's RSS, open file
+//! `soak`: mixed open-loop traffic (non-streaming and streaming; billing ON
+//! unless `--billing off`) against a child gateway for `--soak-secs`, with tokun's RSS, open file
 //! descriptors and live actors sampled every second; after `--soak-warmup`
 //! the least-squares slope of each, per minute, is the verdict (a leak grows,
 //! a healthy server stays flat).
@@ -21,7 +21,13 @@ struct Reading {
 
 pub(crate) fn soak(env: &Env<'_>) -> anyhow::Result<()> {
     let args = env.args;
-    let gateway = Gateway::start(env, Mode::Child, Billing::On)?;
+    // Billing OFF beside ON splits what the ledger's store keeps from the rest.
+    let billing = if args.billing.contains(&Billing::On) {
+        Billing::On
+    } else {
+        Billing::Off
+    };
+    let gateway = Gateway::start(env, Mode::Child, billing)?;
     let pid = gateway.pid();
     let secs = args.soak_secs;
     let connections = args.concurrency_a.max(2) / 2;
@@ -81,8 +87,9 @@ pub(crate) fn soak(env: &Env<'_>) -> anyhow::Result<()> {
         .filter(|r| r.at >= args.soak_warmup)
         .collect();
     println!(
-        "soak: {secs:.0} s at {} req/s offered (half streaming), billing ON, child gateway {}: {requests} requests, {errors} errors",
+        "soak: {secs:.0} s at {} req/s offered (half streaming), billing {}, child gateway {}: {requests} requests, {errors} errors",
         args.soak_rate,
+        if billing == Billing::On { "ON" } else { "OFF" },
         gateway.label()
     );
     for (name, unit, value, limit) in [
