@@ -5,7 +5,9 @@
 //! requests, a flush per 50) with the store's options, and the process
 //! RSS printed every 50,000 requests. No tokun code runs, so what grows is
 //! sled's. Run with `cargo run --release -p tokun-storage --example
-//! sled_rss -- [cache MiB, 16] [requests, 600000] [value divisor, 1]`;
+//! sled_rss -- [cache MiB, 16] [requests, 600000] [value divisor, 1]
+//! [keep]`; with `keep`, the entries and usage of all but the newest
+//! `keep` requests are removed as it goes (does pruning give memory back?);
 //! benches/README.md ("soak") has the results.
 
 #![allow(
@@ -35,6 +37,7 @@ fn main() {
     let cache_mib = arg(1, 16);
     let total = arg(2, 600_000);
     let divisor = usize::try_from(arg(3, 1)).unwrap().max(1);
+    let keep = args.get(4).map(|a| a.parse::<u64>().unwrap());
     let dir = std::env::temp_dir().join(format!("sled-rss-{}", std::process::id()));
     let db = sled::Config::new()
         .path(&dir)
@@ -44,12 +47,26 @@ fn main() {
         .open()
         .unwrap();
     let tree = |name: &str| db.open_tree(name).unwrap();
-    let trees = (
+    let owned = [
         tree("entries"),
         tree("usage"),
         tree("account_entries"),
         tree("holds"),
         tree("balances"),
+    ];
+    let [
+        entries_tree,
+        usage_tree,
+        index_tree,
+        holds_tree,
+        balances_tree,
+    ] = &owned;
+    let trees = (
+        entries_tree,
+        usage_tree,
+        index_tree,
+        holds_tree,
+        balances_tree,
     );
     // Typical JSON sizes of a ledger entry, a usage record and an open hold.
     let entry = vec![b'e'; 260 / divisor];
@@ -57,7 +74,7 @@ fn main() {
     let hold = vec![b'h'; 200 / divisor];
     let (mut request, mut seq) = (0u64, 0u64);
     println!(
-        "cache {cache_mib} MiB, values / {divisor}, start RSS {} KiB",
+        "cache {cache_mib} MiB, values / {divisor}, keep {keep:?}, start RSS {} KiB",
         rss_kib()
     );
     while request < total {
@@ -78,6 +95,17 @@ fn main() {
                         h.insert(&r.to_be_bytes(), hold.clone())?;
                         h.remove(&r.to_be_bytes())?;
                         b.insert(&1u64.to_be_bytes(), &s.to_be_bytes())?;
+                        if let Some(old) = keep.and_then(|keep| r.checked_sub(keep)) {
+                            for n in 0..3 {
+                                e.remove(&(old * 3 + n).to_be_bytes())?;
+                            }
+                            let mut old_usage = [0u8; 24];
+                            old_usage[8..16].copy_from_slice(&old.to_be_bytes());
+                            u.remove(&old_usage)?;
+                            let mut old_index = [0u8; 16];
+                            old_index[8..].copy_from_slice(&(old * 3).to_be_bytes());
+                            a.remove(&old_index)?;
+                        }
                     }
                     Ok::<_, ConflictableTransactionError<()>>(())
                 })
