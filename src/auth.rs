@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, header};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokun_actors::Payer;
+use tokun_actors::account::KeyLimit;
 use tokun_storage::{AccountId, KeyRecord, Store, WriteOp, hash_secret};
 
 use crate::error::ApiError;
@@ -40,7 +41,10 @@ impl Caller {
         Payer {
             account: self.account,
             key: self.key.id,
-            key_limit: self.key.spend_limit,
+            key_limit: self.key.spend_limit.map(|amount| KeyLimit {
+                amount,
+                reset: self.key.limit_reset,
+            }),
         }
     }
 }
@@ -185,6 +189,11 @@ impl KeyCache {
                 message: "This API key has been revoked.".into(),
             });
         }
+        if key.is_expired(tokun_providers::clock::unix_ms()) {
+            return Err(ApiError::Unauthorized {
+                message: "This API key has expired.".into(),
+            });
+        }
         Ok(Caller {
             account: key.account,
             key,
@@ -205,9 +214,11 @@ impl KeyCache {
             .insert(hash, Arc::new(record));
     }
 
-    /// Whether `key` (authenticated earlier) has been revoked since.
+    /// Whether `key` (authenticated earlier) has been revoked since, or
+    /// has expired.
     pub fn is_revoked(&self, key: &KeyRecord) -> bool {
         key.is_revoked()
+            || key.is_expired(tokun_providers::clock::unix_ms())
             || self
                 .revoked
                 .lock()

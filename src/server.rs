@@ -236,6 +236,8 @@ pub struct RunningServer {
     operator: Option<OperatorListener>,
     /// Forgets idempotent outcomes past their 24 h, hourly; aborted at shutdown.
     purge: JoinHandle<()>,
+    /// The console's low-balance alerts, every 30 s; aborted at shutdown.
+    alerts: JoinHandle<()>,
     /// Tells open WebSockets to finish and close with 1001.
     going_away: Arc<tokio::sync::watch::Sender<bool>>,
     /// Sends console sign-in codes; in-process watchers may read them.
@@ -264,6 +266,7 @@ impl RunningServer {
             limiters.insert(provider.name.clone(), handle);
         }
         let state = AppState::new(config, streams.clone(), services.clone(), limiters)?;
+        state.console().discover_oidc().await;
         let mailer = state.console().mailer().clone();
         if mailer.logs_codes() {
             tracing::warn!(
@@ -286,6 +289,7 @@ impl RunningServer {
             })
         });
         let purge = tokio::spawn(purge_idempotency(state.clone()));
+        let alerts = tokio::spawn(crate::console::billing::alerts::run(state.clone()));
         let going_away = state.going_away_signal();
         let operator = admin_listen
             .map(|addr| OperatorListener::start(addr, state.clone()))
@@ -310,6 +314,7 @@ impl RunningServer {
             grace,
             operator,
             purge,
+            alerts,
             going_away,
             mailer,
         })
@@ -336,6 +341,17 @@ impl RunningServer {
     /// for tests driving this server in the same process.
     pub fn watch_sign_in_codes(&self) -> tokio::sync::broadcast::Receiver<SentCode> {
         self.mailer.watch()
+    }
+
+    /// Every console mail sent from now on (codes, low-balance alerts).
+    pub fn watch_mail(&self) -> tokio::sync::broadcast::Receiver<crate::console::mail::SentMail> {
+        self.mailer.watch_mail()
+    }
+
+    /// Runs the low-balance check now (it also runs every 30 s); how many
+    /// alerts it sent.
+    pub async fn check_low_balances(&self) -> Result<usize, tokun_storage::StorageError> {
+        crate::console::billing::alerts::check(&self.services.store, &self.mailer).await
     }
 
     /// Secrets created by this start (demo key, admin token), to print once.
@@ -375,6 +391,8 @@ impl RunningServer {
         // the store, which must be closed when this returns.
         self.purge.abort();
         let _ = (&mut self.purge).await;
+        self.alerts.abort();
+        let _ = (&mut self.alerts).await;
         Ok(())
     }
 }

@@ -13,8 +13,8 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tokun_actors::{AccountsHandle, LedgerHandle, SnapshotHandle};
 use tokun_storage::{
-    AccountId, AccountRecord, EntryKind, KeyId, KeyRecord, Nanos, Store, StoreOptions, WriteOp,
-    WriterConfig, hash_secret,
+    AccountId, AccountRecord, EntryKind, KeyId, KeyRecord, LimitReset, Nanos, Store, StoreOptions,
+    WriteOp, WriterConfig, hash_secret,
 };
 
 use crate::auth::new_key_secret;
@@ -188,6 +188,8 @@ impl Services {
             rpm_limit: options.rpm_limit,
             allowed_models: options.allowed_models,
             debug: options.debug,
+            limit_reset: options.limit_reset,
+            expires_ms: options.expires_ms,
         };
         let hash = hash_secret(&secret);
         self.ledger
@@ -214,6 +216,30 @@ impl Services {
                 }])
                 .await?;
         }
+        Ok(Some((hash, record)))
+    }
+
+    /// Changes a key's name or debug flag; returns its hash and the updated
+    /// record (`None`: no such key). The caller refreshes the auth cache.
+    pub async fn update_key(
+        &self,
+        key: KeyId,
+        change: KeyChange,
+    ) -> anyhow::Result<Option<([u8; 32], KeyRecord)>> {
+        let (Some(hash), Some(mut record)) = (self.store.key_hash(key)?, self.store.key(key)?)
+        else {
+            return Ok(None);
+        };
+        match change {
+            KeyChange::Rename(name) => record.name = name,
+            KeyChange::Debug(debug) => record.debug = debug,
+        }
+        self.ledger
+            .append(vec![WriteOp::PutKey {
+                hash,
+                record: record.clone(),
+            }])
+            .await?;
         Ok(Some((hash, record)))
     }
 
@@ -251,6 +277,16 @@ pub struct KeyOptions {
     pub rpm_limit: Option<u32>,
     pub allowed_models: Vec<String>,
     pub debug: bool,
+    pub limit_reset: LimitReset,
+    /// Unix milliseconds after which the key is refused.
+    pub expires_ms: Option<u64>,
+}
+
+/// A change its owner may make to a key after it was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    Rename(String),
+    Debug(bool),
 }
 
 /// The admin token lives in `DATA/admin_token` (mode 0600), created at first start.

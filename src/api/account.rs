@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokun_storage::{AccountId, KeyId, KeyRecord, Nanos, UsageRecord};
+use tokun_storage::{AccountId, KeyId, KeyRecord, LimitReset, Nanos, UsageRecord};
 
 use super::{Query, parse_json, read_json_body};
 use crate::auth::Caller;
@@ -187,9 +187,13 @@ pub struct KeyView {
     last_used: Option<u64>,
     revoked: bool,
     spend_limit: Option<String>,
+    /// `total`, `daily` or `monthly`: when the spend limit starts over.
+    spend_limit_reset: &'static str,
     rpm_limit: Option<u32>,
     allowed_models: Vec<String>,
     debug: bool,
+    /// Unix seconds after which the key is refused.
+    expires_at: Option<u64>,
     /// Only in the response that created the key; never shown again.
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
@@ -206,9 +210,11 @@ impl KeyView {
             last_used: record.last_used_ms.map(|t| t / 1000),
             revoked: record.is_revoked(),
             spend_limit: record.spend_limit.map(|l| l.to_string()),
+            spend_limit_reset: record.limit_reset.as_str(),
             rpm_limit: record.rpm_limit,
             allowed_models: record.allowed_models.clone(),
             debug: record.debug,
+            expires_at: record.expires_ms.map(|t| t / 1000),
             key: secret,
         }
     }
@@ -234,12 +240,18 @@ pub struct NewKey {
     name: Option<String>,
     #[serde(default)]
     spend_limit_usd: Option<String>,
+    /// `total` (the default), `daily` or `monthly`.
+    #[serde(default)]
+    spend_limit_reset: Option<String>,
     #[serde(default)]
     rpm_limit: Option<u32>,
     #[serde(default)]
     allowed_models: Vec<String>,
     #[serde(default)]
     debug: bool,
+    /// Unix seconds; must be in the future.
+    #[serde(default)]
+    expires_at: Option<u64>,
 }
 
 impl NewKey {
@@ -281,12 +293,30 @@ impl NewKey {
                 Some("allowed_models"),
             ));
         }
+        let limit_reset = match self.spend_limit_reset.as_deref() {
+            None => LimitReset::Total,
+            Some(text) => LimitReset::parse(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    "`spend_limit_reset` must be \"total\", \"daily\" or \"monthly\".",
+                    Some("spend_limit_reset"),
+                )
+            })?,
+        };
+        let now_secs = tokun_providers::clock::unix_ms() / 1000;
+        if self.expires_at.is_some_and(|at| at <= now_secs) {
+            return Err(ApiError::bad_request(
+                "`expires_at` must be in the future (Unix seconds).",
+                Some("expires_at"),
+            ));
+        }
         Ok(KeyOptions {
             name,
             spend_limit,
             rpm_limit: self.rpm_limit.filter(|r| *r > 0),
             allowed_models: self.allowed_models,
             debug: self.debug,
+            limit_reset,
+            expires_ms: self.expires_at.map(|at| at.saturating_mul(1000)),
         })
     }
 }

@@ -40,6 +40,26 @@ pub struct RawAuth {
     pub admin_emails: Vec<String>,
     /// Sign-in codes by SMTP; absent: written to the log.
     pub smtp: Option<RawSmtp>,
+    /// OpenID Connect sign-in; absent: off.
+    pub oidc: Option<RawOidc>,
+    #[serde(default)]
+    pub passkeys: RawPasskeys,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub issuer_url: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPasskeys {
+    pub enabled: Option<bool>,
+    pub rp_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

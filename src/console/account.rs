@@ -1,6 +1,8 @@
 //! The account page (`/account`): the email, the display name and time zone
 //! (checked, errors in place), the sign-in history, and "sign out
-//! everywhere", which ends every session of the account at once.
+//! everywhere", which ends every session of the account at once. Its
+//! Passkeys section is `passkey::section`; the data export and account
+//! deletion are `account/export.rs` and `account/delete.rs`.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
@@ -8,6 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use tokun_storage::{Profile, SignInRecord};
+
 
 use super::format::datetime;
 use super::layout::{Field, error_summary, page, respond};
@@ -46,9 +49,14 @@ pub async fn show(
     who: Signed,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let saved = query.as_deref() == Some("saved=1");
+    let notice = match query.as_deref() {
+        Some("saved=1") => Some("Your changes are saved."),
+        Some("passkey=added") => Some("Your passkey is added. Next time, sign in with it alone."),
+        Some("passkey=removed") => Some("The passkey is removed: it no longer signs you in."),
+        _ => None,
+    };
     let profile = who.profile.clone();
-    render(&state, &who, &profile, &Errors::default(), saved)
+    render(&state, &who, &profile, &Errors::default(), notice)
 }
 
 /// `POST /account`: saves the display name and time zone.
@@ -72,7 +80,7 @@ pub async fn update(
         ..who.profile.clone()
     };
     if errors != Errors::default() {
-        return render(&state, &who, &submitted, &errors, false);
+        return render(&state, &who, &submitted, &errors, None);
     }
     // Read again: a sign-in may have moved the times since the page loaded.
     let store = &state.services().store;
@@ -122,7 +130,7 @@ fn check_display_name(name: &str) -> Option<&'static str> {
 }
 
 /// `UTC`, or an IANA name like `Europe/Paris`, `America/Argentina/Salta` or
-/// `Etc/GMT+5`: the shape is checked, not the database.
+/// `Etc/GMT+5`, shaped so and known to the bundled IANA database (jiff's).
 fn check_time_zone(zone: &str) -> Option<&'static str> {
     let segment_ok = |segment: &str| {
         segment
@@ -139,6 +147,7 @@ fn check_time_zone(zone: &str) -> Option<&'static str> {
             && parts.len() >= 2
             && parts.iter().all(|part| segment_ok(part))
             && parts[0].starts_with(|c: char| c.is_ascii_uppercase()));
+    let ok = ok && jiff::tz::TimeZone::get(zone).is_ok();
     (!ok).then_some("Enter a time zone like Europe/Paris, America/New_York or UTC")
 }
 
@@ -147,10 +156,14 @@ fn render(
     who: &Signed,
     profile: &Profile,
     errors: &Errors,
-    saved: bool,
+    notice: Option<&str>,
 ) -> Response {
     let history = match state.services().store.signins(who.account, HISTORY) {
         Ok(history) => history,
+        Err(error) => return internal(error, Some(who)),
+    };
+    let passkeys = match super::passkey::section(state, who) {
+        Ok(passkeys) => passkeys,
         Err(error) => return internal(error, Some(who)),
     };
     let status = if errors == &Errors::default() {
@@ -164,7 +177,7 @@ fn render(
     ];
     let body = html! {
         h1 { "Account" }
-        @if saved { p.notice role="status" { "Your changes are saved." } }
+        @if let Some(notice) = notice { p.notice role="status" { (notice) } }
         (error_summary(summary.into_iter().flatten()))
         dl.facts {
             dt { "Email" } dd { (who.email) }
@@ -182,6 +195,7 @@ fn render(
             (Field { name: "time_zone", label: "Time zone", hint: Some("An IANA name like Europe/Paris, or UTC."), kind: "text", value: &profile.time_zone, error: errors.time_zone, autocomplete: "off", inputmode: None, class: None }.render())
             button type="submit" { "Save" }
         }
+        @if let Some(passkeys) = passkeys { (passkeys) }
         h2 { "Recent sign-ins" }
         (history_table(&history))
         h2 { "Sessions" }
@@ -252,6 +266,7 @@ mod tests {
             "/Paris",
             "europe/paris",
             "Europe/Pa ris",
+            "Mars/Olympus_Mons",
             "Europe/<b>",
         ] {
             assert!(check_time_zone(bad).is_some(), "{bad}");

@@ -42,6 +42,7 @@ pub fn page(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
                 meta name="referrer" content="same-origin";
                 title { (title) " · tokun" }
                 link rel="stylesheet" href=(stylesheet_href());
+                link rel="icon" type="image/svg+xml" href="/assets/favicon.svg";
             }
             body {
                 a.skip href="#main" { "Skip to main content" }
@@ -106,12 +107,22 @@ pub fn error_page(status: StatusCode, message: &str, who: Option<&Signed>) -> Re
 
 /// `GET /assets/console.css`: cached for a year (the URL carries a version).
 pub async fn stylesheet() -> Response {
-    let mut response = STYLESHEET.into_response();
+    asset(STYLESHEET, "text/css; charset=utf-8")
+}
+
+/// The icon, a token-shaped mark, so browsers stop asking for `/favicon.ico`.
+const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\"><circle cx=\"16\" cy=\"16\" r=\"14\" fill=\"#1d4ed8\"/><text x=\"16\" y=\"22\" font-family=\"sans-serif\" font-size=\"17\" font-weight=\"700\" text-anchor=\"middle\" fill=\"#fff\">t</text></svg>";
+
+/// `/assets/favicon.svg`.
+pub async fn favicon() -> Response {
+    asset(FAVICON, "image/svg+xml")
+}
+
+/// A compiled-in file, cached for a year (its URL changes when it does).
+pub fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=31536000, immutable"),

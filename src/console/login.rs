@@ -4,6 +4,9 @@
 //! whether or not the email has an account; `POST /login/code` checks it,
 //! creates the account of a new email with the signup credit, and starts a
 //! session. Every refusal re-renders the form with the reason, never a 500.
+//! The sign-in page also offers single sign-on (`oidc_routes.rs`) and
+//! passkeys (`passkey.rs`) when they are on; both end in [`sign_in`] or
+//! `session::start`.
 
 use std::time::Duration;
 
@@ -44,11 +47,11 @@ pub struct CsrfForm {
 }
 
 /// `GET /login`: the email form (the dashboard for someone signed in).
-pub async fn form(who: Option<Signed>) -> Response {
+pub async fn form(State(state): State<AppState>, who: Option<Signed>) -> Response {
     if who.is_some() {
         return Redirect::to("/").into_response();
     }
-    respond(StatusCode::OK, email_page("", None))
+    respond(StatusCode::OK, email_page(&state, "", None))
 }
 
 /// `POST /login`: sends a code, then shows the code form.
@@ -62,7 +65,7 @@ pub async fn send_code(
         let error = "Enter an email address like name@example.com";
         return respond(
             StatusCode::BAD_REQUEST,
-            email_page(&form.email, Some(error)),
+            email_page(&state, &form.email, Some(error)),
         );
     }
     let console = state.console();
@@ -77,7 +80,7 @@ pub async fn send_code(
         );
         return respond(
             StatusCode::TOO_MANY_REQUESTS,
-            email_page(&email, Some(error.as_str())),
+            email_page(&state, &email, Some(error.as_str())),
         );
     }
     let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
@@ -96,7 +99,7 @@ pub async fn send_code(
         let error = "We could not send the code just now. Try again in a minute.";
         return respond(
             StatusCode::SERVICE_UNAVAILABLE,
-            email_page(&email, Some(error)),
+            email_page(&state, &email, Some(error)),
         );
     }
     respond(StatusCode::OK, code_page(&email, None, true))
@@ -113,7 +116,7 @@ pub async fn check_code(
         let error = "Enter an email address like name@example.com";
         return respond(
             StatusCode::BAD_REQUEST,
-            email_page(&form.email, Some(error)),
+            email_page(&state, &form.email, Some(error)),
         );
     }
     let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
@@ -130,7 +133,7 @@ pub async fn check_code(
         Err(error) => return internal(error, None),
     };
     let (status, error) = match checked {
-        CodeCheck::Right => return sign_in(&state, &email, &client).await,
+        CodeCheck::Right => return sign_in(&state, &email, "email", &client).await,
         CodeCheck::Missing => (
             StatusCode::BAD_REQUEST,
             "There is no code waiting for this address. Ask for a new one.".to_owned(),
@@ -154,8 +157,14 @@ pub async fn check_code(
     respond(status, code_page(&email, Some(error.as_str()), false))
 }
 
-/// The code was right: finds or creates the account and starts a session.
-async fn sign_in(state: &AppState, email: &str, client: &Client) -> Response {
+/// The code was right (or the issuer vouched for the email: `method`
+/// `oidc`): finds or creates the account and starts a session.
+pub(super) async fn sign_in(
+    state: &AppState,
+    email: &str,
+    method: &str,
+    client: &Client,
+) -> Response {
     let services = state.services();
     let account = match services.store.account_by_email(email) {
         Ok(Some(account)) => account,
@@ -173,9 +182,9 @@ async fn sign_in(state: &AppState, email: &str, client: &Client) -> Response {
     };
     if account.disabled || account.deleted_ms.is_some() {
         let error = "This account is disabled, so it cannot sign in. Contact support.";
-        return respond(StatusCode::FORBIDDEN, email_page(email, Some(error)));
+        return respond(StatusCode::FORBIDDEN, email_page(state, email, Some(error)));
     }
-    match session::start(state, account.id, "email", client).await {
+    match session::start(state, account.id, method, client).await {
         Ok(cookie) => ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response(),
         Err(error) => internal(error, None),
     }
@@ -201,7 +210,12 @@ pub async fn logout(
     ([(header::SET_COOKIE, clear)], Redirect::to("/login")).into_response()
 }
 
-fn email_page(email: &str, error: Option<&str>) -> Markup {
+fn email_page(state: &AppState, email: &str, error: Option<&str>) -> Markup {
+    let others = [
+        super::oidc_routes::login_button(state),
+        super::passkey::login_button(state),
+    ];
+    let others: Vec<Markup> = others.into_iter().flatten().collect();
     let body = html! {
         h1 { "Sign in to tokun" }
         p.lead { "We will email you a 6-digit code. A new email address gets a new account." }
@@ -219,6 +233,12 @@ fn email_page(email: &str, error: Option<&str>) -> Markup {
                 class: None,
             }.render())
             button type="submit" { "Send me a code" }
+        }
+        @if !others.is_empty() {
+            div.signin-others {
+                p.or { span { "or" } }
+                @for other in &others { (other) }
+            }
         }
     };
     narrow_page("Sign in", body)

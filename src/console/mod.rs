@@ -7,11 +7,18 @@
 //! carries the session's CSRF token.
 
 mod account;
+mod activity;
+pub(crate) mod billing;
 mod dashboard;
 mod format;
+mod keys;
 pub mod layout;
 mod login;
 pub mod mail;
+mod oidc;
+mod oidc_routes;
+mod passkey;
+mod playground;
 mod ratelimit;
 pub mod session;
 
@@ -41,6 +48,10 @@ pub struct Console {
     mailer: Mailer,
     codes_per_email: RateLimiter,
     codes_per_ip: RateLimiter,
+    /// "Sign in with …" (`[auth.oidc]`), if configured.
+    oidc: Option<oidc_routes::OidcSignIn>,
+    /// Passkeys, unless `[auth.passkeys] enabled = false`.
+    passkeys: Option<passkey::Passkeys>,
 }
 
 /// How many sign-in codes one email may ask for per window.
@@ -55,6 +66,16 @@ impl Console {
             mailer: Mailer::new(&config.auth),
             codes_per_email: RateLimiter::new(CODES_PER_EMAIL, CODE_WINDOW),
             codes_per_ip: RateLimiter::new(CODES_PER_IP, CODE_WINDOW),
+            oidc: oidc_routes::OidcSignIn::new(config),
+            passkeys: passkey::Passkeys::new(config),
+        }
+    }
+
+    /// Discovers the OpenID Connect issuer, if any, at start; a failure is
+    /// logged and tried again on the next click.
+    pub async fn discover_oidc(&self) {
+        if let Some(oidc) = &self.oidc {
+            oidc.discover().await;
         }
     }
 
@@ -67,12 +88,48 @@ impl Console {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(dashboard::show))
+        .route("/activity", get(activity::list))
+        .route("/activity.csv", get(activity::csv))
+        .route("/activity.json", get(activity::json))
+        .route("/activity/{request_id}", get(activity::detail))
         .route("/login", get(login::form).post(login::send_code))
         .route("/login/code", post(login::check_code))
         .route("/logout", post(login::logout))
         .route("/account", get(account::show).post(account::update))
         .route("/account/sessions/revoke-all", post(account::revoke_all))
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/{id}/rename", post(keys::rename))
+        .route("/keys/{id}/debug", post(keys::debug))
+        .route(
+            "/keys/{id}/revoke",
+            get(keys::confirm_revoke).post(keys::revoke),
+        )
         .route("/assets/console.css", get(layout::stylesheet))
+        .route("/login/oidc", get(oidc_routes::begin))
+        .route("/login/oidc/callback", get(oidc_routes::callback))
+        .route("/login/passkey/start", post(passkey::sign_in_start))
+        .route("/login/passkey/finish", post(passkey::sign_in_finish))
+        .route(
+            "/account/passkeys/register/start",
+            post(passkey::register_start),
+        )
+        .route(
+            "/account/passkeys/register/finish",
+            post(passkey::register_finish),
+        )
+        .route("/account/passkeys/remove", post(passkey::remove))
+        .route("/assets/passkey.js", get(passkey::script_asset))
+        .route("/playground", get(playground::show))
+        .route("/playground/ticket", post(playground::ticket))
+        .route("/assets/playground.js", get(playground::script))
+        .route("/assets/favicon.svg", get(layout::favicon))
+        .route("/billing", get(billing::show))
+        .route("/billing/topup", post(billing::topup))
+        .route("/billing/alert", post(billing::alert))
+        .route("/billing/success", get(billing::success))
+        .route("/billing/cancel", get(billing::cancel))
+        .route("/billing/statement", get(billing::statement::show))
+        .route("/billing/entries", get(billing::entries::list))
 }
 
 /// The test the admin API and sign-in share for an email address.

@@ -2,7 +2,8 @@
 //!
 //! A top-up opens a Stripe Checkout Session (mode `payment`, one line item
 //! of `price_data` in USD cents, `client_reference_id` = the account,
-//! metadata with the account and amount) and records it `open`. Nothing is
+//! metadata with the account and amount) and records it `open`
+//! ([`open_topup`], which the console's top-up form calls too). Nothing is
 //! credited here: only Stripe's webhook, with the amount Stripe reports
 //! paid, credits an account.
 
@@ -49,18 +50,58 @@ pub async fn create_topup(
     let bytes = read_json_body(&headers, body, TOPUP_BODY_LIMIT).await?;
     let request: TopupRequest = parse_json(&bytes)?;
     let amount = topup_amount(request.amount_usd.get(), stripe)?;
-    let session = open_session(stripe, caller.account, amount).await?;
+    let topup = open_topup(&state, caller.account, amount, None).await?;
+    Ok(Json(json!({
+        "id": topup.id,
+        "object": "checkout.session",
+        "url": topup.url,
+        "amount_usd": amount.to_string(),
+        "currency": stripe.config().currency,
+        "status": "open",
+    })))
+}
+
+/// Where Checkout sends the customer back, when not the configured
+/// `stripe.success_url` and `stripe.cancel_url` (the console's own pages).
+#[derive(Clone, Debug)]
+pub struct ReturnUrls {
+    /// Carries `{CHECKOUT_SESSION_ID}`, which Stripe fills in.
+    pub success: String,
+    pub cancel: String,
+}
+
+/// A Checkout Session opened and recorded `open`: where to send the customer.
+#[derive(Clone, Debug)]
+pub struct OpenedTopup {
+    pub id: String,
+    pub url: String,
+}
+
+/// Why a typed amount is not a top-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AmountError {
+    NotDecimal,
+    NotWholeCents,
+    OutOfRange { min: Nanos, max: Nanos },
+}
+
+/// Opens a top-up of `amount` for `account`: the Checkout Session at
+/// Stripe, then its `open` payment record in the ledger. What
+/// `POST /v1/topups` and the console's top-up form both do; `amount` is
+/// already checked ([`check_amount`]).
+pub async fn open_topup(
+    state: &AppState,
+    account: AccountId,
+    amount: Nanos,
+    returns: Option<&ReturnUrls>,
+) -> Result<OpenedTopup, ApiError> {
+    let stripe = configured(state)?;
+    let session = open_session(stripe, account, amount, returns).await?;
     let url = session.url.clone().ok_or_else(|| ApiError::Unavailable {
         message: "Stripe created a Checkout Session without a URL; nothing was charged.".into(),
     })?;
     let id = session.id.as_str().to_owned();
-    let record = PaymentRecord::open(
-        &id,
-        caller.account,
-        amount,
-        &stripe.config().currency,
-        now_ms(),
-    );
+    let record = PaymentRecord::open(&id, account, amount, &stripe.config().currency, now_ms());
     match state
         .services()
         .ledger
@@ -80,14 +121,21 @@ pub async fn create_topup(
             });
         }
     }
-    Ok(Json(json!({
-        "id": id,
-        "object": "checkout.session",
-        "url": url,
-        "amount_usd": amount.to_string(),
-        "currency": stripe.config().currency,
-        "status": "open",
-    })))
+    Ok(OpenedTopup { id, url })
+}
+
+/// A top-up amount from its exact decimal text (`10`, `10.5`): positive,
+/// whole cents, within the configured bounds. Never a float.
+pub fn check_amount(text: &str, stripe: &Stripe) -> Result<Nanos, AmountError> {
+    let amount = Nanos::parse_usd(text.trim()).map_err(|_| AmountError::NotDecimal)?;
+    if amount.get() % NANOS_PER_CENT != 0 {
+        return Err(AmountError::NotWholeCents);
+    }
+    let (min, max) = (stripe.config().min_topup, stripe.config().max_topup);
+    if amount < min || amount > max {
+        return Err(AmountError::OutOfRange { min, max });
+    }
+    Ok(amount)
 }
 
 pub async fn list_payments(
@@ -111,8 +159,8 @@ pub(super) fn configured(state: &AppState) -> Result<&Stripe, ApiError> {
     })
 }
 
-/// The amount from its exact JSON text (`10`, `10.5`, `"10.50"`): positive,
-/// whole cents, within the configured bounds. Never a float.
+/// The amount from its exact JSON text (`10`, `10.5`, `"10.50"`): a
+/// number or a decimal string, then [`check_amount`].
 fn topup_amount(raw: &str, stripe: &Stripe) -> Result<Nanos, ApiError> {
     let bad = |message: String| ApiError::bad_request(message, Some("amount_usd"));
     let text = match raw.strip_prefix('"') {
@@ -120,27 +168,22 @@ fn topup_amount(raw: &str, stripe: &Stripe) -> Result<Nanos, ApiError> {
             .map_err(|_| bad("`amount_usd` must be a number of dollars.".into()))?,
         None => raw.to_owned(),
     };
-    let amount = Nanos::parse_usd(text.trim()).map_err(|_| {
-        bad(format!(
+    check_amount(&text, stripe).map_err(|error| match error {
+        AmountError::NotDecimal => bad(format!(
             "`amount_usd` must be a decimal number of dollars like 10 or 10.50, not {raw}."
-        ))
-    })?;
-    if amount.get() % NANOS_PER_CENT != 0 {
-        return Err(bad("`amount_usd` must be a whole number of cents.".into()));
-    }
-    let (min, max) = (stripe.config().min_topup, stripe.config().max_topup);
-    if amount < min || amount > max {
-        return Err(bad(format!(
-            "`amount_usd` must be between {min} and {max}."
-        )));
-    }
-    Ok(amount)
+        )),
+        AmountError::NotWholeCents => bad("`amount_usd` must be a whole number of cents.".into()),
+        AmountError::OutOfRange { min, max } => {
+            bad(format!("`amount_usd` must be between {min} and {max}."))
+        }
+    })
 }
 
 async fn open_session(
     stripe: &Stripe,
     account: AccountId,
     amount: Nanos,
+    returns: Option<&ReturnUrls>,
 ) -> Result<stripe_checkout::CheckoutSession, ApiError> {
     let config = stripe.config();
     let cents = amount.get() / NANOS_PER_CENT;
@@ -164,8 +207,8 @@ async fn open_session(
         .line_items(vec![item])
         .client_reference_id(account.to_string())
         .metadata(metadata)
-        .success_url(&config.success_url)
-        .cancel_url(&config.cancel_url);
+        .success_url(returns.map_or(&config.success_url, |r| &r.success))
+        .cancel_url(returns.map_or(&config.cancel_url, |r| &r.cancel));
     request.send(stripe.client()).await.map_err(|error| {
         // The error may quote Stripe's answer but never the key (it is
         // a sensitive header value the client does not print).

@@ -16,7 +16,7 @@
 //! `stripe_events` (see `payments`); `idempotency` (account ++ the client's
 //! `Idempotency-Key` → what the request answered; see `idempotency`); for
 //! the console's people, `sessions` with `account_sessions`, `login_codes`,
-//! `signins` and `profiles` (see `people`).
+//! `signins`, `profiles`, `passkeys` and `passkey_ids` (see `people`).
 //!
 //! **Invariant:** every write except id reservation, idempotent outcomes and
 //! the people trees (none of them money) goes through the writer thread, one
@@ -27,6 +27,7 @@
 //! **Invariant:** the ledger is append-only: seqs 1, 2, 3, … with no gaps,
 //! never updated or deleted.
 
+mod billing;
 mod codec;
 mod error;
 mod idempotency;
@@ -42,9 +43,11 @@ mod price;
 mod records;
 mod replay;
 mod store;
+mod usage_query;
 mod verify;
 mod writer;
 
+pub use billing::{AlertWatch, Change, Period};
 pub use error::StorageError;
 pub use idempotency::{IdempotentOutcome, StoredReply};
 pub use ids::{AccountId, HoldId, IdError, KeyId};
@@ -53,12 +56,15 @@ pub use money::{MoneyError, NANOS_PER_USD, Nanos};
 pub use ops::{Ack, Durable, NewEntry, WriteOp};
 pub use payments::{PaymentRecord, PaymentStatus};
 pub use people::{
-    CodeCheck, LoginCode, Profile, SessionRecord, SignInRecord, constant_time_eq, login_code_hash,
+    CodeCheck, LoginCode, PasskeyRecord, Profile, SessionRecord, SignInRecord, constant_time_eq,
+    login_code_hash,
 };
 pub use price::Price;
 pub use records::{
-    AccountRecord, BalanceRow, KEY_PREFIX_CHARS, KeyRecord, OpenHold, UsageRecord, hash_secret,
+    AccountRecord, BalanceRow, KEY_PREFIX_CHARS, KeyRecord, LimitReset, OpenHold, UsageRecord,
+    hash_secret,
 };
 pub use store::{IdKind, Store, StoreOptions};
+pub use usage_query::{StatusClass, UsageCursor, UsageFilter, UsagePage, UsageRow};
 pub use verify::VerifyReport;
 pub use writer::{LedgerWriter, WriterConfig, WriterHandle, WriterStats, WriterStatsSnapshot};

@@ -1,7 +1,8 @@
 //! The people who use the console, not their money: sessions (by the
 //! SHA-256 of the session id), one-time sign-in codes (hashed), sign-in
-//! history and profiles. These trees are written straight into sled by the
-//! edge, outside the ledger writer's batches, like `idempotency`; a session
+//! history, profiles, and passkeys (`people/passkeys.rs`). These trees are
+//! written straight into sled by the edge, outside the ledger writer's
+//! batches, like `idempotency`; a session
 //! or a sign-in is flushed at once ([`Store::flush_people`]) so a signed-in
 //! person survives a restart. Nothing here ever holds a secret in the clear.
 
@@ -11,7 +12,11 @@ use sha2::{Digest, Sha256};
 use crate::codec::{decode, encode, normalize_email, usage_key};
 use crate::error::StorageError;
 use crate::ids::AccountId;
+use crate::money::Nanos;
 use crate::store::Store;
+
+mod passkeys;
+pub use passkeys::PasskeyRecord;
 
 /// A signed-in browser. Stored under the SHA-256 of its cookie's value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +75,14 @@ pub struct Profile {
     pub time_zone: String,
     pub first_signin_ms: Option<u64>,
     pub last_signin_ms: Option<u64>,
+    /// The low-balance alert: an email when the balance falls below this
+    /// (the console's billing page sets it; see `billing.rs`).
+    #[serde(default)]
+    pub low_balance: Option<Nanos>,
+    /// The alert for the current fall was sent; cleared once the balance
+    /// is back at or above the threshold.
+    #[serde(default)]
+    pub low_balance_alerted: bool,
 }
 
 impl Default for Profile {
@@ -79,6 +92,8 @@ impl Default for Profile {
             time_zone: "UTC".into(),
             first_signin_ms: None,
             last_signin_ms: None,
+            low_balance: None,
+            low_balance_alerted: false,
         }
     }
 }

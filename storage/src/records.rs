@@ -46,6 +46,26 @@ pub struct KeyRecord {
     pub allowed_models: Vec<String>,
     /// Request debugging: bodies kept for 7 days.
     pub debug: bool,
+    /// When the spend limit starts over: never (`Total`), each UTC day or
+    /// each UTC month. Absent in records written before periods existed.
+    #[serde(default)]
+    pub limit_reset: LimitReset,
+    /// After this Unix millisecond the key is refused like a revoked one.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
+/// The period a key's spend limit counts over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitReset {
+    /// The limit is for the key's whole life.
+    #[default]
+    Total,
+    /// Starts over at 00:00 UTC every day.
+    Daily,
+    /// Starts over at 00:00 UTC on the first of every month.
+    Monthly,
 }
 
 /// A hold that has not been closed yet. Opened by a `Hold` entry, grown by
@@ -120,6 +140,62 @@ impl KeyRecord {
     pub fn is_revoked(&self) -> bool {
         self.revoked_ms.is_some()
     }
+
+    /// Whether the key has expired by `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
+const MS_PER_DAY: u64 = 86_400_000;
+
+impl LimitReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReset::Total => "total",
+            LimitReset::Daily => "daily",
+            LimitReset::Monthly => "monthly",
+        }
+    }
+
+    /// `"total"`, `"daily"` or `"monthly"`.
+    pub fn parse(text: &str) -> Option<LimitReset> {
+        match text {
+            "total" => Some(LimitReset::Total),
+            "daily" => Some(LimitReset::Daily),
+            "monthly" => Some(LimitReset::Monthly),
+            _ => None,
+        }
+    }
+
+    /// The Unix millisecond the period holding `now_ms` began: 0 for
+    /// `Total`, 00:00 UTC of the day or of the month's first day.
+    pub fn period_start_ms(self, now_ms: u64) -> u64 {
+        let day_start = now_ms - now_ms % MS_PER_DAY;
+        match self {
+            LimitReset::Total => 0,
+            LimitReset::Daily => day_start,
+            LimitReset::Monthly => {
+                let (_, _, day) = civil_from_days(now_ms / MS_PER_DAY);
+                day_start - (day - 1) * MS_PER_DAY
+            }
+        }
+    }
+}
+
+/// The UTC `(year, month, day)` of a day number (days since 1970-01-01),
+/// Howard Hinnant's `civil_from_days` for days on or after the epoch.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -152,5 +228,36 @@ mod tests {
         assert_eq!(KeyRecord::prefix_of(secret), "sk-tokun-012");
         assert_eq!(hash_secret(secret), hash_secret(secret));
         assert_ne!(hash_secret(secret), hash_secret("sk-tokun-other"));
+    }
+
+    #[test]
+    fn limit_periods_start_at_utc_midnight_and_the_first() {
+        // 2024-02-29 13:45:00 UTC.
+        let leap_day = 1_709_214_300_000;
+        let midnight = 1_709_164_800_000;
+        let first_of_february = 1_706_745_600_000;
+        assert_eq!(LimitReset::Total.period_start_ms(leap_day), 0);
+        assert_eq!(LimitReset::Daily.period_start_ms(leap_day), midnight);
+        assert_eq!(
+            LimitReset::Monthly.period_start_ms(leap_day),
+            first_of_february
+        );
+        assert_eq!(LimitReset::Daily.period_start_ms(midnight), midnight);
+        assert_eq!(
+            LimitReset::Daily.period_start_ms(midnight - 1),
+            midnight - MS_PER_DAY
+        );
+        // 2024-03-01 00:00 UTC starts a month; a millisecond before is February.
+        let march = midnight + MS_PER_DAY;
+        assert_eq!(LimitReset::Monthly.period_start_ms(march), march);
+        assert_eq!(
+            LimitReset::Monthly.period_start_ms(march - 1),
+            first_of_february
+        );
+        assert_eq!(LimitReset::Monthly.period_start_ms(0), 0);
+        for reset in [LimitReset::Total, LimitReset::Daily, LimitReset::Monthly] {
+            assert_eq!(LimitReset::parse(reset.as_str()), Some(reset));
+        }
+        assert_eq!(LimitReset::parse("weekly"), None);
     }
 }

@@ -89,6 +89,10 @@ pub(crate) struct Trees {
     pub(crate) signins: Tree,
     /// `AccountId` → `Profile`.
     pub(crate) profiles: Tree,
+    /// account ++ credential id → `PasskeyRecord` (see `people/passkeys.rs`).
+    pub(crate) passkeys: Tree,
+    /// credential id → account (8 bytes, big-endian).
+    pub(crate) passkey_ids: Tree,
 }
 
 impl Default for StoreOptions {
@@ -148,6 +152,8 @@ impl Store {
             login_codes: open("login_codes")?,
             signins: open("signins")?,
             profiles: open("profiles")?,
+            passkeys: open("passkeys")?,
+            passkey_ids: open("passkey_ids")?,
         };
         let ids = IdAllocator::open(db.clone(), open("ids")?)?;
         Ok(Store {

@@ -53,6 +53,22 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+/// Signing in through the console's pages, shared by the console tests.
+mod console;
+/// The activity page: filter, detail, CSV download, screenshots.
+mod console_activity;
+/// Billing: a top-up through the fake Stripe, the statement.
+mod console_billing;
+/// The keys page: create, show once, use the key, reload.
+mod console_keys;
+/// The console's sign-in pages in a real browser.
+mod console_login;
+/// "Sign in with …" through the fake OpenID Connect issuer.
+mod console_oidc;
+/// Passkeys with Chromium's virtual authenticator.
+mod console_passkeys;
+/// The playground: a streamed completion, its cost, and Stop.
+mod console_playground;
 /// chromedriver, `Browser` and its helpers.
 mod harness;
 /// The harness against a tiny axum app and against tokun itself.

@@ -13,6 +13,21 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+/// The activity page: filters, paging, detail and exports.
+mod activity;
+
+/// "Sign in with …" through the fake OpenID Connect issuer.
+mod oidc;
+/// Passkey endpoints without an authenticator: sessions, CSRF, forgeries.
+mod passkeys;
+
+/// The billing pages: top-ups against the fake Stripe, statement, alerts.
+mod billing;
+/// The keys page: create and show once, rename, debug, revoke, expiry.
+mod keys;
+/// The playground page, its session ticket and `/v1/ws` billing.
+mod playground;
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

@@ -207,6 +207,8 @@ pub fn build_ledger(store: &Store, accounts: u64, entries: u64, open: u64) {
                 rpm_limit: None,
                 allowed_models: Vec::new(),
                 debug: false,
+                limit_reset: Default::default(),
+                expires_ms: None,
             },
         });
         let after = apply(Books::ZERO, EntryKind::Topup, Nanos::new(1_000_000_000_000)).unwrap();

@@ -12,7 +12,7 @@ use tokun_storage::Nanos;
 use tokun_storage::NewEntry;
 use tokun_storage::Price;
 use tokun_storage::ledger::{Books, EntryKind, LedgerError, apply_within_floor};
-use tokun_storage::{AccountId, HoldId, KeyId};
+use tokun_storage::{AccountId, HoldId, KeyId, LimitReset};
 
 /// What a request asks to reserve before its upstream call.
 #[derive(Debug, Clone)]
@@ -20,7 +20,7 @@ pub struct ReserveRequest {
     pub request_id: String,
     pub key: Option<KeyId>,
     /// The key's spend limit, if it has one.
-    pub key_limit: Option<Nanos>,
+    pub key_limit: Option<KeyLimit>,
     pub price: Price,
     pub prompt_tokens: u64,
     /// Output tokens held up front (and per extension).
@@ -33,6 +33,13 @@ pub struct ReserveRequest {
     /// only receives once it is settled, so a hold a crash leaves open was
     /// never delivered and costs nothing.
     pub checkpoint: Option<(u64, u64)>,
+}
+
+/// A key's spend limit and the period it counts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLimit {
+    pub amount: Nanos,
+    pub reset: LimitReset,
 }
 
 /// A granted reservation.
@@ -104,8 +111,17 @@ pub struct AccountBook {
     floor: Nanos,
     books: Books,
     holds: HashMap<HoldId, HoldState>,
-    /// Settled spend per key plus what its open holds reserve.
-    key_committed: HashMap<KeyId, Nanos>,
+    /// Settled spend per key in its current limit period, plus what its
+    /// open holds reserve.
+    key_committed: HashMap<KeyId, KeySpend>,
+}
+
+/// What a key has committed since `period_start_ms` (0 for keys whose
+/// limit never starts over, and for keys without a limit).
+#[derive(Debug, Clone, Copy, Default)]
+struct KeySpend {
+    committed: Nanos,
+    period_start_ms: u64,
 }
 
 impl AccountBook {
@@ -156,9 +172,46 @@ impl AccountBook {
         Nanos::new(left.get() / parts)
     }
 
-    /// Seeds a key's settled spend (loaded at start).
-    pub fn set_key_spent(&mut self, key: KeyId, spent: Nanos) {
-        self.key_committed.insert(key, spent);
+    /// Seeds a key's settled spend in the period that began at
+    /// `period_start_ms` (loaded at start from usage records).
+    pub fn set_key_spent(&mut self, key: KeyId, spent: Nanos, period_start_ms: u64) {
+        self.key_committed.insert(
+            key,
+            KeySpend {
+                committed: spent,
+                period_start_ms,
+            },
+        );
+    }
+
+    /// What `key` has committed (settled plus held) in its current period.
+    pub fn key_committed(&self, key: KeyId) -> Nanos {
+        self.key_committed
+            .get(&key)
+            .map_or(Nanos::ZERO, |spend| spend.committed)
+    }
+
+    /// Starts a key's count over when `now_ms` is in a later period than
+    /// the one counted: what its open holds reserve carries over (they
+    /// settle in the new period), the settled spend does not.
+    fn roll_key_period(&mut self, key: KeyId, reset: LimitReset, now_ms: u64) {
+        let start = reset.period_start_ms(now_ms);
+        let current = self.key_committed.get(&key).map(|s| s.period_start_ms);
+        if current.is_some_and(|at| at >= start) {
+            return;
+        }
+        let committed = self
+            .holds
+            .values()
+            .filter(|h| h.key == Some(key))
+            .fold(Nanos::ZERO, |sum, h| sum.saturating_add(h.remaining));
+        self.key_committed.insert(
+            key,
+            KeySpend {
+                committed,
+                period_start_ms: start,
+            },
+        );
     }
 
     /// Adopts a hold that is open in the store (after a restart of this actor).
@@ -189,9 +242,16 @@ impl AccountBook {
         let minimal = input.saturating_add(req.price.output_cost(1));
         // What one hold may take of a key's spend limit (see `key_share`).
         let mut share = None;
-        if let (Some(key), Some(limit)) = (req.key, req.key_limit) {
-            let committed = self.key_committed.get(&key).copied().unwrap_or(Nanos::ZERO);
-            let left = limit.saturating_sub(committed);
+        if let (
+            Some(key),
+            Some(KeyLimit {
+                amount: limit,
+                reset,
+            }),
+        ) = (req.key, req.key_limit)
+        {
+            self.roll_key_period(key, reset, now_ms);
+            let left = limit.saturating_sub(self.key_committed(key));
             if left < minimal {
                 return Err(AccountError::KeyLimit { limit });
             }
@@ -228,8 +288,8 @@ impl AccountBook {
         let books = apply_within_floor(self.books, EntryKind::Hold, amount, self.floor)?;
         self.books = books;
         if let Some(key) = req.key {
-            let committed = self.key_committed.entry(key).or_insert(Nanos::ZERO);
-            *committed = committed.saturating_add(amount);
+            let spend = self.key_committed.entry(key).or_default();
+            spend.committed = spend.committed.saturating_add(amount);
         }
         self.holds.insert(
             hold,
@@ -238,7 +298,7 @@ impl AccountBook {
                 price: req.price,
                 request_id: req.request_id.clone(),
                 key: req.key,
-                key_limit: req.key_limit,
+                key_limit: req.key_limit.map(|limit| limit.amount),
                 allowance_tokens,
                 max_tokens,
                 increment_tokens: req.increment_tokens.max(1),
@@ -279,8 +339,7 @@ impl AccountBook {
         if let (Some(key), Some(limit)) = (state.key, state.key_limit) {
             // An extension keeps to the key's limit, and to a share of what
             // is left of it, like a new hold.
-            let committed = self.key_committed.get(&key).copied().unwrap_or(Nanos::ZERO);
-            let left = limit.saturating_sub(committed);
+            let left = limit.saturating_sub(self.key_committed(key));
             let within = state.price.output_tokens_affordable(left);
             if within == 0 {
                 return Err(AccountError::KeyLimit { limit });
@@ -301,8 +360,8 @@ impl AccountBook {
         state.remaining = state.remaining.saturating_add(amount);
         state.allowance_tokens += tokens;
         if let Some(key) = state.key {
-            let committed = self.key_committed.entry(key).or_insert(Nanos::ZERO);
-            *committed = committed.saturating_add(amount);
+            let spend = self.key_committed.entry(key).or_default();
+            spend.committed = spend.committed.saturating_add(amount);
         }
         let entry = NewEntry::new(now_ms, self.account, EntryKind::Extend, amount, books)
             .with_hold(hold)
@@ -368,8 +427,10 @@ impl AccountBook {
             entries.push(self.entry(EntryKind::Release, release, hold, &state.request_id, now_ms));
         }
         if let Some(key) = state.key {
-            let committed = self.key_committed.entry(key).or_insert(Nanos::ZERO);
-            *committed = committed.saturating_sub(state.remaining.saturating_sub(charged));
+            let spend = self.key_committed.entry(key).or_default();
+            spend.committed = spend
+                .committed
+                .saturating_sub(state.remaining.saturating_sub(charged));
         }
         let settled = Settled {
             cost: charged,
@@ -410,8 +471,8 @@ impl AccountBook {
         self.books =
             apply_within_floor(self.books, EntryKind::Release, state.remaining, self.floor)?;
         if let Some(key) = state.key {
-            let committed = self.key_committed.entry(key).or_insert(Nanos::ZERO);
-            *committed = committed.saturating_sub(state.remaining);
+            let spend = self.key_committed.entry(key).or_default();
+            spend.committed = spend.committed.saturating_sub(state.remaining);
         }
         Ok(self.entry(
             EntryKind::Release,
@@ -460,3 +521,7 @@ impl AccountBook {
             .with_request_id(request_id)
     }
 }
+
+#[cfg(test)]
+#[path = "book_periods.rs"]
+mod periods;

@@ -26,7 +26,7 @@ use tokun_storage::ledger::EntryKind;
 use tokun_storage::{AccountId, HoldId};
 use tokun_storage::{AccountRecord, UsageRecord};
 
-pub use book::{AccountBook, AccountError, Reservation, ReserveRequest, Settled};
+pub use book::{AccountBook, AccountError, KeyLimit, Reservation, ReserveRequest, Settled};
 pub use payment::{PaidSession, PaymentCommand, PaymentOutcome, StripeRefund};
 
 use crate::ledger::LedgerHandle;
@@ -422,25 +422,32 @@ fn seed_key_spend(
     account: AccountId,
     book: &mut AccountBook,
 ) -> Result<(), ActorProcessingErr> {
-    let limited: Vec<_> = store
+    let now = tokun_providers::clock::unix_ms();
+    // Each limited key counts from the start of its current period.
+    let limited: std::collections::HashMap<_, u64> = store
         .keys_for(account)?
         .into_iter()
         .filter(|k| k.spend_limit.is_some())
-        .map(|k| k.id)
+        .map(|k| (k.id, k.limit_reset.period_start_ms(now)))
         .collect();
-    if limited.is_empty() {
+    let Some(&earliest) = limited.values().min() else {
         return Ok(());
-    }
+    };
     let mut spent = std::collections::HashMap::new();
-    for record in store.usage_for(account, 0, u64::MAX) {
+    for record in store.usage_for(account, earliest, u64::MAX) {
         let record = record?;
-        if let Some(key) = record.key.filter(|k| limited.contains(k)) {
+        let Some(key) = record.key else { continue };
+        if limited
+            .get(&key)
+            .is_some_and(|&start| record.at_ms >= start)
+        {
             let total = spent.entry(key).or_insert(Nanos::ZERO);
             *total = total.saturating_add(record.cost);
         }
     }
-    for (key, total) in spent {
-        book.set_key_spent(key, total);
+    for (key, start) in limited {
+        let total = spent.get(&key).copied().unwrap_or(Nanos::ZERO);
+        book.set_key_spent(key, total, start);
     }
     Ok(())
 }

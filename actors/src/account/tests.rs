@@ -9,7 +9,7 @@ use tokun_storage::{
     WriterConfig,
 };
 
-use super::book::{AccountBook, AccountError, ReserveRequest};
+use super::book::{AccountBook, AccountError, KeyLimit, ReserveRequest};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -84,7 +84,10 @@ proptest! {
                     let request = ReserveRequest {
                         request_id: format!("r{i}"),
                         key: key.then(|| KeyId::new(1)),
-                        key_limit: key.then(|| Nanos::new(30_000_000)),
+                        key_limit: key.then_some(KeyLimit {
+                            amount: Nanos::new(30_000_000),
+                            reset: tokun_storage::LimitReset::Total,
+                        }),
                         price: price(),
                         prompt_tokens: prompt,
                         increment_tokens: increment,

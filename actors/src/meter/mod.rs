@@ -15,7 +15,7 @@ use tokun_providers::Usage;
 use tokun_storage::{AccountId, KeyId, Nanos, Price, UsageRecord};
 
 use crate::account::supervisor::AccountsHandle;
-use crate::account::{AccountError, Billed, Reservation, ReserveRequest};
+use crate::account::{AccountError, Billed, KeyLimit, Reservation, ReserveRequest};
 use crate::relay::{RequestError, Settlement, UsageSource};
 
 /// How a request reached tokun: a metric label and a request-log field.
@@ -62,8 +62,8 @@ impl RequestOutcome {
 pub struct Payer {
     pub account: AccountId,
     pub key: KeyId,
-    /// The key's spend limit, if it has one.
-    pub key_limit: Option<Nanos>,
+    /// The key's spend limit and its period, if it has one.
+    pub key_limit: Option<KeyLimit>,
 }
 
 /// What a model costs and how much it can read and write.

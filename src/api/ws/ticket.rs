@@ -119,6 +119,8 @@ mod tests {
             rpm_limit: None,
             allowed_models: Vec::new(),
             debug: false,
+            limit_reset: Default::default(),
+            expires_ms: None,
         };
         Caller {
             account: key.account,

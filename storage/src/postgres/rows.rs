@@ -12,13 +12,14 @@ use crate::ids::{AccountId, HoldId, KeyId};
 use crate::ledger::{EntryKind, LedgerEntry};
 use crate::money::Nanos;
 use crate::price::Price;
-use crate::records::{AccountRecord, KeyRecord, OpenHold, UsageRecord};
+use crate::records::{AccountRecord, KeyRecord, LimitReset, OpenHold, UsageRecord};
 
 pub(super) const ENTRY_COLUMNS: &str = "seq, at_ms, account_id, kind, amount_nanos, hold_id, \
      request_id, reference, estimated, balance_after_nanos, held_after_nanos";
 pub(super) const ACCOUNT_COLUMNS: &str = "id, email, created_ms, disabled, floor_nanos, deleted_ms";
 pub(super) const KEY_COLUMNS: &str = "id, account_id, key_hash, prefix, name, created_ms, \
-     last_used_ms, revoked_ms, spend_limit_nanos, rpm_limit, allowed_models, debug";
+     last_used_ms, revoked_ms, spend_limit_nanos, rpm_limit, allowed_models, debug, limit_reset, \
+     expires_ms";
 pub(super) const BALANCE_COLUMNS: &str = "account_id, balance_nanos, held_nanos, last_seq";
 pub(super) const HOLD_COLUMNS: &str = "hold_id, account_id, amount_nanos, request_id, opened_ms, \
      checkpoint_prompt_tokens, checkpoint_completion_tokens, price_input_nanos, \
@@ -98,7 +99,7 @@ pub(super) fn account_from(row: &Row) -> Result<AccountRecord, PgError> {
 }
 
 pub(super) fn put_key(rows: &mut CopyRows, hash: &[u8], key: &KeyRecord) -> Result<(), PgError> {
-    rows.row(12).uint8("a key id", key.id.get())?;
+    rows.row(14).uint8("a key id", key.id.get())?;
     rows.uint8("an account id", key.account.get())?;
     rows.bytes(hash)?.text(&key.prefix)?.text(&key.name)?;
     rows.uint8("a time", key.created_ms)?;
@@ -110,6 +111,8 @@ pub(super) fn put_key(rows: &mut CopyRows, hash: &[u8], key: &KeyRecord) -> Resu
     };
     rows.opt_uint8("an rpm limit", key.rpm_limit.map(u64::from))?;
     rows.text_array(&key.allowed_models)?.boolean(key.debug);
+    rows.text(key.limit_reset.as_str())?;
+    rows.opt_uint8("a time", key.expires_ms)?;
     Ok(())
 }
 
@@ -121,6 +124,9 @@ pub(super) fn key_from(row: &Row) -> Result<([u8; 32], KeyRecord), PgError> {
     let rpm_limit = opt_unsigned(row, 9)?
         .map(|rpm| u32::try_from(rpm).map_err(|_| inconsistent(format!("rpm limit {rpm}"))))
         .transpose()?;
+    let reset: String = get(row, 12)?;
+    let limit_reset =
+        LimitReset::parse(&reset).ok_or_else(|| inconsistent(format!("limit_reset {reset:?}")))?;
     let key = KeyRecord {
         id: KeyId::new(unsigned(row, 0)?),
         account: AccountId::new(unsigned(row, 1)?),
@@ -133,6 +139,8 @@ pub(super) fn key_from(row: &Row) -> Result<([u8; 32], KeyRecord), PgError> {
         rpm_limit,
         allowed_models: get(row, 10)?,
         debug: get(row, 11)?,
+        limit_reset,
+        expires_ms: opt_unsigned(row, 13)?,
     };
     Ok((hash, key))
 }

@@ -14,7 +14,10 @@ use super::{PgConn, PgError};
 const MIGRATION_LOCK: i64 = 0x746f_6b75_6e00_0001;
 
 /// `(version, name, SQL)`, in order.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "snapshot tables and views", V1)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "snapshot tables and views", V1),
+    (2, "key limit periods and expiry", V2),
+];
 
 const V1: &str = r#"
 CREATE TABLE snapshot_state (
@@ -175,6 +178,13 @@ SELECT seq,
        (balance_after_nanos::numeric / 1000000000)::numeric(20, 9) AS balance_after_usd,
        (held_after_nanos::numeric / 1000000000)::numeric(20, 9) AS held_after_usd
 FROM ledger_entries;
+"#;
+
+/// Keys gain the period their spend limit counts over and an expiry.
+const V2: &str = r#"
+ALTER TABLE api_keys
+    ADD COLUMN limit_reset text NOT NULL DEFAULT 'total',
+    ADD COLUMN expires_ms bigint;
 "#;
 
 /// Creates and selects the schema, then applies what is missing. Returns

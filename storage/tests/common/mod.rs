@@ -302,6 +302,8 @@ pub fn key(id: u64, account: u64, secret: &str) -> KeyRecord {
         rpm_limit: Some(60),
         allowed_models: vec![],
         debug: false,
+        limit_reset: Default::default(),
+        expires_ms: None,
     }
 }
 
