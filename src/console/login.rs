@@ -7,11 +7,16 @@
 //! The sign-in page also offers single sign-on (`oidc_routes.rs`) and
 //! passkeys (`passkey.rs`) when they are on; both end in [`sign_in`] or
 //! `session::start`.
+//!
+//! The sign-in forms come before any session, so they carry no CSRF token;
+//! instead a browser's own headers must say the form was posted from this
+//! site ([`from_this_site`]), so another site cannot sign a visitor into an
+//! account of its choosing (login CSRF).
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use rand::Rng;
@@ -19,7 +24,7 @@ use serde::Deserialize;
 use tokun_storage::{CodeCheck, LoginCode, login_code_hash};
 
 use super::layout::{Field, error_summary, page, respond};
-use super::{Client, Form, Signed, internal, is_email, session};
+use super::{Client, Form, Signed, error_page, internal, is_email, session};
 use crate::state::AppState;
 
 /// How long a code works.
@@ -58,8 +63,12 @@ pub async fn form(State(state): State<AppState>, who: Option<Signed>) -> Respons
 pub async fn send_code(
     State(state): State<AppState>,
     client: Client,
+    headers: HeaderMap,
     Form(form): Form<EmailForm>,
 ) -> Response {
+    if !from_this_site(&headers) {
+        return cross_site();
+    }
     let email = form.email.trim().to_lowercase();
     if !is_email(&email) {
         let error = "Enter an email address like name@example.com";
@@ -109,8 +118,12 @@ pub async fn send_code(
 pub async fn check_code(
     State(state): State<AppState>,
     client: Client,
+    headers: HeaderMap,
     Form(form): Form<CodeForm>,
 ) -> Response {
+    if !from_this_site(&headers) {
+        return cross_site();
+    }
     let email = form.email.trim().to_lowercase();
     if !is_email(&email) {
         let error = "Enter an email address like name@example.com";
@@ -155,6 +168,40 @@ pub async fn check_code(
         ),
     };
     respond(status, code_page(&email, Some(error.as_str()), false))
+}
+
+/// Whether a sign-in form was posted from this site, by the headers every
+/// current browser sends with a form post: `Sec-Fetch-Site` must not be
+/// `cross-site`, and an `Origin` must name this host. A client that sends
+/// neither (curl, a script) is not a browser being tricked, so it passes.
+pub fn from_this_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if text("sec-fetch-site").is_some_and(|site| site.eq_ignore_ascii_case("cross-site")) {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    match (origin_host, text("host")) {
+        (Some(origin_host), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+        // `Origin: null` (a sandboxed or privacy-stripped page) or no Host.
+        _ => false,
+    }
+}
+
+/// The refusal of a sign-in form posted from another site.
+fn cross_site() -> Response {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "This sign-in form was sent from another site. Open the sign-in page here and try again.",
+        None,
+    )
 }
 
 /// The code was right (or the issuer vouched for the email: `method`

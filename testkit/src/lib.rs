@@ -8,6 +8,7 @@ pub mod fake;
 pub mod gemini;
 pub mod oidc;
 pub mod realtime;
+pub mod smtp;
 pub mod stripe;
 pub mod upstream;
 

@@ -27,6 +27,10 @@ mod billing;
 mod keys;
 /// The playground page, its session ticket and `/v1/ws` billing.
 mod playground;
+/// Sign-in codes sent by SMTP (lettre) to the testkit's SMTP sink.
+mod smtp;
+/// Sign-in forms posted from another site are refused (login CSRF).
+mod origin;
 
 use std::time::Duration;
 
