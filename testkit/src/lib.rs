@@ -1,6 +1,7 @@
 //! Fakes of the outside world for tests and benchmarks: OpenAI-compatible,
 //! Anthropic and Gemini upstreams on port 0, scriptable per call with one
-//! [`Script`] type, and a fake Stripe (Checkout Sessions, signed webhooks).
+//! [`Script`] type, a fake Stripe (Checkout Sessions, signed webhooks), a
+//! fake OpenID issuer (`oidc`) and an SMTP sink (`smtp`).
 //! Never used by the product itself.
 
 pub mod anthropic;
