@@ -21,6 +21,8 @@
 //!   from the send; a request that had to wait for its connection's last one
 //!   would hide that wait, so check the run's p99 stays well under the
 //!   interval (50 ms at 1,000 req/s).
+//! - `console`: the web console's pages at `--console-fill` (10,000)
+//!   requests in the log, and A and B beside console loads (`console.rs`).
 //! - `c`: slow streams, every event `--token-delay-ms` (20) apart,
 //!   `--concurrency-c` (500) connections: TTFT p99, errors, tokun's RSS peak.
 //!
@@ -85,6 +87,7 @@ use tokun::config::Config;
 use tokun::server::RunningServer;
 
 mod bare;
+mod console;
 mod gateway;
 mod generator;
 mod machine;
@@ -199,6 +202,19 @@ pub(crate) struct Args {
     /// The recorder is process-wide, so compare on and off with `--gateway child`.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub(crate) metrics: String,
+    /// `console`: completions put in the log before the pages are loaded.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) console_fill: u64,
+    /// `console`: measured loads of each page.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) console_loads: usize,
+    /// `console`: also run A and B alone and beside this many console page
+    /// loads per second (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) console_rate: u32,
+    /// `console`: pages left out of the loads beside A and B (paths as listed).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) console_skip: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,6 +226,9 @@ pub(crate) enum Scenario {
     C,
     /// Mixed traffic for `--soak-secs`: RSS, fds and actors must stay flat.
     Soak,
+    /// The web console's pages with `--console-fill` requests in the log
+    /// (`console.rs`); with `--console-rate`, A and B beside console loads.
+    Console,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -261,7 +280,7 @@ pub(crate) fn main() -> anyhow::Result<()> {
     let shared_needed = args
         .scenarios
         .iter()
-        .any(|s| !matches!(s, Scenario::C | Scenario::Soak));
+        .any(|s| !matches!(s, Scenario::C | Scenario::Soak | Scenario::Console));
     let mut shared = Vec::new();
     if shared_needed {
         if args.bare {
@@ -315,7 +334,7 @@ pub(crate) fn main() -> anyhow::Result<()> {
                 );
                 results.push(run_scenario(&env, &spec, &shared)?);
             }
-            Scenario::C | Scenario::Soak => {}
+            Scenario::C | Scenario::Soak | Scenario::Console => {}
         }
     }
     for gateway in shared {
@@ -347,6 +366,9 @@ pub(crate) fn main() -> anyhow::Result<()> {
     }
     if args.scenarios.contains(&Scenario::Soak) {
         soak::soak(&env)?;
+    }
+    if args.scenarios.contains(&Scenario::Console) {
+        console::console(&env)?;
     }
     print_results(&results);
     gateway_rt.shutdown_timeout(Duration::from_secs(5));

@@ -3,6 +3,7 @@
 //! into OpenAI shapes; they hold no business rules of their own.
 
 mod account;
+pub(crate) mod account_data;
 mod admin;
 mod chat;
 pub mod completion;
@@ -33,6 +34,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/account", get(account::account))
+        .route("/v1/account/export", get(account_data::export))
+        .route("/v1/account/delete", post(account_data::delete))
         .route("/v1/usage", get(account::usage))
         .route(
             "/v1/keys",

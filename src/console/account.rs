@@ -11,6 +11,8 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use tokun_storage::{Profile, SignInRecord};
 
+pub(super) mod delete;
+pub(super) mod export;
 
 use super::format::datetime;
 use super::layout::{Field, error_summary, page, respond};
@@ -204,6 +206,8 @@ fn render(
             input type="hidden" name="csrf" value=(who.csrf);
             button.danger type="submit" { "Sign out everywhere" }
         }
+        (export::section())
+        (delete::section(who, "", None))
     };
     respond(status, page("Account", Some(who), body))
 }

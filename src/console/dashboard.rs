@@ -2,7 +2,10 @@
 //! and 30 days, the runway at the 7-day average, a 30-day spend chart by
 //! model (inline SVG, with the same numbers as a table), and the latest
 //! requests. Days are UTC days. Money is summed in `Nanos`; floats only
-//! size the chart's bars.
+//! size the chart's bars. The sums come from `Store::daily_spend`
+//! (`storage/src/usage_daily.rs`), per-day totals kept up to date from the
+//! records written since the last load, so a load does not decode the
+//! 30 days' records (10,000 took 11.6 ms to read; benches/README.md, console).
 
 use std::collections::HashMap;
 
@@ -10,7 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
-use tokun_storage::{Nanos, UsageRecord};
+use tokun_storage::{DailySpend, Nanos, UsageRecord};
 
 use super::format::{MS_PER_DAY, count, date, datetime, short_date, usd, usd_short};
 use super::layout::{page, respond};
@@ -38,25 +41,47 @@ pub struct Spend {
 }
 
 impl Spend {
-    /// Sums `records` (any order) into the 30 days ending with `now_ms`'s day.
+    /// Sums `records` (any order) into the 30 days ending with `now_ms`'s
+    /// day: what `from_daily` is tested against.
+    #[cfg(test)]
     pub fn from_usage(records: &[UsageRecord], now_ms: u64) -> Spend {
+        let first_day = (now_ms / MS_PER_DAY).saturating_sub(DAYS as u64 - 1);
+        let mut daily = DailySpend {
+            first_day,
+            days: std::collections::BTreeMap::new(),
+        };
+        for record in records {
+            let day = record.at_ms / MS_PER_DAY;
+            if day < first_day {
+                continue;
+            }
+            let day = daily.days.entry(day).or_default();
+            let cost = day.by_model.entry(record.model.clone()).or_default();
+            *cost = cost.saturating_add(record.cost);
+            day.requests += 1;
+        }
+        Spend::from_daily(&daily, now_ms)
+    }
+
+    /// The 30 days ending with `now_ms`'s day, from per-day sums
+    /// (`Store::daily_spend`, which the page reads instead of the records).
+    pub fn from_daily(daily: &DailySpend, now_ms: u64) -> Spend {
         let today = now_ms / MS_PER_DAY;
         let first_day = today.saturating_sub(DAYS as u64 - 1);
         let mut per_model: HashMap<&str, [Nanos; DAYS]> = HashMap::new();
         let mut requests = vec![0u64; DAYS];
-        for record in records {
-            let day = record.at_ms / MS_PER_DAY;
-            let Some(slot) = day.checked_sub(first_day).map(|d| d as usize) else {
-                continue;
-            };
+        for (day, spend) in daily.days.range(first_day..) {
+            let slot = (day - first_day) as usize;
             if slot >= DAYS {
                 continue;
             }
-            let days = per_model
-                .entry(record.model.as_str())
-                .or_insert([Nanos::ZERO; DAYS]);
-            days[slot] = days[slot].saturating_add(record.cost);
-            requests[slot] += 1;
+            for (model, cost) in &spend.by_model {
+                let days = per_model
+                    .entry(model.as_str())
+                    .or_insert([Nanos::ZERO; DAYS]);
+                days[slot] = days[slot].saturating_add(*cost);
+            }
+            requests[slot] += spend.requests;
         }
         let total = |days: &[Nanos]| days.iter().fold(Nanos::ZERO, |a, b| a.saturating_add(*b));
         let mut models: Vec<(&str, [Nanos; DAYS])> = per_model.into_iter().collect();
@@ -129,14 +154,14 @@ pub async fn show(State(state): State<AppState>, who: Signed) -> Response {
     let now = tokun_providers::clock::unix_ms();
     let store = &state.services().store;
     let from = (now / MS_PER_DAY).saturating_sub(DAYS as u64 - 1) * MS_PER_DAY;
-    let records: Result<Vec<UsageRecord>, _> =
-        store.usage_for(who.account, from, u64::MAX).collect();
+    // Per-day sums kept up to date incrementally, not the 30 days' records.
+    let daily = store.daily_spend(who.account, from / MS_PER_DAY, now);
     let latest = store.latest_usage(who.account, 10);
-    let (records, latest) = match (records, latest) {
-        (Ok(records), Ok(latest)) => (records, latest),
+    let (daily, latest) = match (daily, latest) {
+        (Ok(daily), Ok(latest)) => (daily, latest),
         (Err(error), _) | (_, Err(error)) => return internal(error, Some(&who)),
     };
-    let spend = Spend::from_usage(&records, now);
+    let spend = Spend::from_daily(&daily, now);
     let available = view.balance.saturating_sub(view.held);
     let body = html! {
         h1 { "Dashboard" }
@@ -149,8 +174,13 @@ pub async fn show(State(state): State<AppState>, who: Signed) -> Response {
             div.card { dt { "Last 30 days" } dd { (usd(spend.month)) } }
         }
         h2 { "Spend per day, last 30 days" }
-        (chart(&spend))
-        (chart_table(&spend))
+        @if spend.series.is_empty() {
+            // An empty chart is a blank box: say it in words instead.
+            p.muted { "No spend in the last 30 days." }
+        } @else {
+            (chart(&spend))
+            (chart_table(&spend))
+        }
         h2 { "Latest requests" }
         (latest_table(&latest))
     };
@@ -165,7 +195,7 @@ fn display_name(who: &Signed) -> &str {
     }
 }
 
-/// The 30 days as stacked bars, one colour per series.
+/// The 30 days as stacked bars, one colour per series (some spend).
 fn chart(spend: &Spend) -> Markup {
     const WIDTH: f64 = 720.0;
     const HEIGHT: f64 = 200.0;
@@ -234,13 +264,9 @@ fn chart(spend: &Spend) -> Markup {
                     }
                 }
             }
-            @if spend.series.is_empty() {
-                figcaption.muted { "No spend in the last 30 days." }
-            } @else {
-                ul.legend aria-hidden="true" {
-                    @for (i, name) in spend.series.iter().enumerate() {
-                        li { span class=(format!("swatch s{}", i.min(5))) {} (name) }
-                    }
+            ul.legend aria-hidden="true" {
+                @for (i, name) in spend.series.iter().enumerate() {
+                    li { span class=(format!("swatch s{}", i.min(5))) {} (name) }
                 }
             }
         }

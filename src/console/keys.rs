@@ -112,10 +112,7 @@ pub async fn rename(
     Path(id): Path<String>,
     Form(form): Form<RenameForm>,
 ) -> Response {
-    if let Err(refused) = who.check(&form.csrf) {
-        return *refused;
-    }
-    let key = match owned_key(&state, &who, &id) {
+    let key = match checked_key(&state, &who, &id, &form.csrf) {
         Ok(key) => key,
         Err(response) => return *response,
     };
@@ -165,10 +162,7 @@ pub async fn debug(
     Path(id): Path<String>,
     Form(form): Form<DebugForm>,
 ) -> Response {
-    if let Err(refused) = who.check(&form.csrf) {
-        return *refused;
-    }
-    let key = match owned_key(&state, &who, &id) {
+    let key = match checked_key(&state, &who, &id, &form.csrf) {
         Ok(key) => key,
         Err(response) => return *response,
     };
@@ -226,10 +220,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = who.check(&form.csrf) {
-        return *refused;
-    }
-    let key = match owned_key(&state, &who, &id) {
+    let key = match checked_key(&state, &who, &id, &form.csrf) {
         Ok(key) => key,
         Err(response) => return *response,
     };
@@ -264,6 +255,18 @@ async fn change(
 
 /// The key `id` if it is this account's; the console's 404 otherwise,
 /// whether it belongs to someone else or to nobody.
+/// What every change to a key starts with: the form's CSRF token, then
+/// the key, which must be this account's (anything else is the 404 page).
+fn checked_key(
+    state: &AppState,
+    who: &Signed,
+    id: &str,
+    csrf: &str,
+) -> Result<KeyRecord, Box<Response>> {
+    who.check(csrf)?;
+    owned_key(state, who, id)
+}
+
 fn owned_key(state: &AppState, who: &Signed, id: &str) -> Result<KeyRecord, Box<Response>> {
     let Ok(key) = id.parse::<KeyId>() else {
         return Err(Box::new(not_found(who)));

@@ -66,17 +66,10 @@ pub async fn send_code(
     headers: HeaderMap,
     Form(form): Form<EmailForm>,
 ) -> Response {
-    if !from_this_site(&headers) {
-        return cross_site();
-    }
-    let email = form.email.trim().to_lowercase();
-    if !is_email(&email) {
-        let error = "Enter an email address like name@example.com";
-        return respond(
-            StatusCode::BAD_REQUEST,
-            email_page(&state, &form.email, Some(error)),
-        );
-    }
+    let email = match posted_email(&state, &headers, &form.email) {
+        Ok(email) => email,
+        Err(refused) => return *refused,
+    };
     let console = state.console();
     let limited = console
         .codes_per_ip
@@ -121,17 +114,10 @@ pub async fn check_code(
     headers: HeaderMap,
     Form(form): Form<CodeForm>,
 ) -> Response {
-    if !from_this_site(&headers) {
-        return cross_site();
-    }
-    let email = form.email.trim().to_lowercase();
-    if !is_email(&email) {
-        let error = "Enter an email address like name@example.com";
-        return respond(
-            StatusCode::BAD_REQUEST,
-            email_page(&state, &form.email, Some(error)),
-        );
-    }
+    let email = match posted_email(&state, &headers, &form.email) {
+        Ok(email) => email,
+        Err(refused) => return *refused,
+    };
     let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         let error = "Enter the 6-digit code from the email";
@@ -195,6 +181,27 @@ pub fn from_this_site(headers: &HeaderMap) -> bool {
     }
 }
 
+/// What both sign-in forms check first: that this site posted them, and
+/// the email (normalized); a refusal is the page to answer.
+fn posted_email(
+    state: &AppState,
+    headers: &HeaderMap,
+    typed: &str,
+) -> Result<String, Box<Response>> {
+    if !from_this_site(headers) {
+        return Err(Box::new(cross_site()));
+    }
+    let email = typed.trim().to_lowercase();
+    if !is_email(&email) {
+        let error = "Enter an email address like name@example.com";
+        return Err(Box::new(respond(
+            StatusCode::BAD_REQUEST,
+            email_page(state, typed, Some(error)),
+        )));
+    }
+    Ok(email)
+}
+
 /// The refusal of a sign-in form posted from another site.
 fn cross_site() -> Response {
     error_page(
@@ -228,7 +235,11 @@ pub(super) async fn sign_in(
         Err(error) => return internal(error, None),
     };
     if account.disabled || account.deleted_ms.is_some() {
-        let error = "This account is disabled, so it cannot sign in. Contact support.";
+        let error = if account.deleted_ms.is_some() {
+            "This account was deleted, so it cannot sign in, and its email cannot start a new account. Contact support."
+        } else {
+            "This account is disabled, so it cannot sign in. Contact support."
+        };
         return respond(StatusCode::FORBIDDEN, email_page(state, email, Some(error)));
     }
     match session::start(state, account.id, method, client).await {

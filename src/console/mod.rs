@@ -52,6 +52,8 @@ pub struct Console {
     oidc: Option<oidc_routes::OidcSignIn>,
     /// Passkeys, unless `[auth.passkeys] enabled = false`.
     passkeys: Option<passkey::Passkeys>,
+    /// Monthly statements read before, brought up to date on each load.
+    statements: billing::Statements,
 }
 
 /// How many sign-in codes one email may ask for per window.
@@ -66,6 +68,7 @@ impl Console {
             mailer: Mailer::new(&config.auth),
             codes_per_email: RateLimiter::new(CODES_PER_EMAIL, CODE_WINDOW),
             codes_per_ip: RateLimiter::new(CODES_PER_IP, CODE_WINDOW),
+            statements: billing::Statements::default(),
             oidc: oidc_routes::OidcSignIn::new(config),
             passkeys: passkey::Passkeys::new(config),
         }
@@ -77,6 +80,10 @@ impl Console {
         if let Some(oidc) = &self.oidc {
             oidc.discover().await;
         }
+    }
+
+    pub fn statements(&self) -> &billing::Statements {
+        &self.statements
     }
 
     pub fn mailer(&self) -> &Mailer {
@@ -97,6 +104,9 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(login::logout))
         .route("/account", get(account::show).post(account::update))
         .route("/account/sessions/revoke-all", post(account::revoke_all))
+        .route("/account/export.json", get(account::export::download))
+        .route("/account/delete", post(account::delete::delete))
+        .route("/account/deleted", get(account::delete::deleted))
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{id}/rename", post(keys::rename))
         .route("/keys/{id}/debug", post(keys::debug))

@@ -19,8 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::{Markup, html};
 use sha2::{Digest, Sha256};
 use tokun_storage::{AccountId, StorageError};
@@ -221,17 +220,7 @@ const SCRIPT: &str = include_str!("assets/passkey.js");
 
 /// `GET /assets/passkey.js`: cached for a year (the URL carries a version).
 pub async fn script_asset() -> Response {
-    let mut response = SCRIPT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    response
+    super::layout::asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
 fn to_hex(bytes: &[u8]) -> String {

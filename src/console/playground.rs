@@ -145,32 +145,12 @@ pub async fn ticket(
         Ok(ticket) => ticket,
         Err(error) => return json_error(error.status(), &error.to_string()),
     };
-    let body = json!({
-        "object": "websocket.ticket",
-        "ticket": ticket,
-        "expires_in": state.tickets().ttl().as_secs(),
-    });
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    // The ticket is a credential for its lifetime.
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::api::ws::ticket_response(&state, &ticket)
 }
 
 /// `GET /assets/playground.js`: cached for a year (the URL carries a version).
 pub async fn script() -> Response {
-    let mut response = SCRIPT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    response
+    super::layout::asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
 /// The account's live playground key, created on first use. Creations are

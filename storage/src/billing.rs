@@ -18,7 +18,7 @@ use crate::ids::AccountId;
 use crate::ledger::{Books, LedgerEntry};
 use crate::money::Nanos;
 use crate::people::Profile;
-use crate::store::{Store, unpack_seqs};
+use crate::store::{Store, indexed_entry, unpack_seqs};
 
 /// What one entry did to its account's books: the books after it minus the
 /// books after the account's entry before it (zero books before the first).
@@ -35,6 +35,9 @@ pub struct Period {
     pub closing: Books,
     /// How many entries fall inside the period.
     pub entries: usize,
+    /// The account's newest entry when the period was read (seq, books
+    /// after it), where [`Store::entries_since`] carries on from.
+    pub newest: Option<(u64, Books)>,
 }
 
 /// An account that asked for a low-balance alert.
@@ -113,14 +116,7 @@ impl Store {
             });
         seqs.map(move |seq| {
             let seq = seq?;
-            let found = entries.get(seq.to_be_bytes());
-            match found.map_err(StorageError::sled("read an entry"))? {
-                Some(bytes) => decode("entries", &bytes),
-                None => Err(StorageError::Decode {
-                    tree: "account_entries",
-                    message: format!("index names missing entry {seq}"),
-                }),
-            }
+            indexed_entry(&entries, seq)
         })
     }
 
@@ -142,9 +138,8 @@ impl Store {
         let stop_below = from_ms.saturating_sub(CLOCK_SLACK_MS);
         let mut walk = self.entries_newest_first(account, u64::MAX);
         let mut current = walk.next().transpose()?;
-        let now = current
-            .as_ref()
-            .map_or(Books::ZERO, LedgerEntry::books_after);
+        let newest = current.as_ref().map(|e| (e.seq, e.books_after()));
+        let now = newest.map_or(Books::ZERO, |(_, books)| books);
         let (mut later, mut inside, mut count) = (Change::ZERO, Change::ZERO, 0);
         while let Some(entry) = current {
             if entry.at_ms < stop_below {
@@ -168,7 +163,47 @@ impl Store {
             opening,
             closing,
             entries: count,
+            newest,
         })
+    }
+
+    /// The account's entries sequenced after `after_seq`, newest first, each
+    /// with its [`Change`] (`after_books`: the books after entry
+    /// `after_seq`, i.e. before the first of these); returns the newest
+    /// entry's seq and books, or `None` when nothing is newer. What a
+    /// statement read earlier needs to be brought up to date without
+    /// reading the month again.
+    pub fn entries_since(
+        &self,
+        account: AccountId,
+        after_seq: u64,
+        after_books: Books,
+        mut each: impl FnMut(&LedgerEntry, Change),
+    ) -> Result<Option<(u64, Books)>, StorageError> {
+        let overflow = || StorageError::Decode {
+            tree: "entries",
+            message: format!("{account}'s books overflow between two entries"),
+        };
+        let mut walk = self.entries_newest_first(account, u64::MAX);
+        let mut current = walk.next().transpose()?;
+        let newest = current.as_ref().map(|e| (e.seq, e.books_after()));
+        if newest.is_none_or(|(seq, _)| seq <= after_seq) {
+            return Ok(None);
+        }
+        while let Some(entry) = current {
+            if entry.seq <= after_seq {
+                break;
+            }
+            let older = walk.next().transpose()?;
+            let before = match &older {
+                Some(older) if older.seq > after_seq => older.books_after(),
+                _ => after_books,
+            };
+            let change = Change::between(before, entry.books_after()).ok_or_else(overflow)?;
+            each(&entry, change);
+            current = older;
+        }
+        Ok(newest)
     }
 
     /// Every account with a low-balance alert set, in id order. A scan of

@@ -180,3 +180,39 @@ fn an_alert_flag_flips_once() {
     assert!(store.set_low_balance_alerted(ANN, false).unwrap());
     assert_eq!(store.profile(ANN).unwrap().low_balance, Some(Nanos::new(5)));
 }
+
+#[test]
+fn entries_since_a_seq_are_what_came_after_it_to_the_nano() {
+    let store = store();
+    let all: Vec<LedgerEntry> = store
+        .entries_newest_first(ANN, u64::MAX)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let newest = &all[0];
+    for (later, from) in all.iter().enumerate() {
+        let (mut sum, mut seqs) = (Change::ZERO, Vec::new());
+        let reached = store
+            .entries_since(ANN, from.seq, from.books_after(), |entry, change| {
+                assert_eq!(entry.account, ANN);
+                sum = sum.checked_add(change).unwrap();
+                seqs.push(entry.seq);
+            })
+            .unwrap();
+        // The entries newer than `from`, newest first, each once.
+        let expected: Vec<u64> = all[..later].iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, expected);
+        if later == 0 {
+            assert_eq!(reached, None, "nothing is newer than the newest");
+            continue;
+        }
+        assert_eq!(reached, Some((newest.seq, newest.books_after())));
+        // The changes telescope: from's books plus them is now.
+        let now = newest.books_after();
+        assert_eq!(
+            Change::between(from.books_after(), now).unwrap(),
+            sum,
+            "after seq {}",
+            from.seq
+        );
+    }
+}

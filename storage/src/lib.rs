@@ -27,6 +27,7 @@
 //! **Invariant:** the ledger is append-only: seqs 1, 2, 3, … with no gaps,
 //! never updated or deleted.
 
+mod account_data;
 mod billing;
 mod codec;
 mod error;
@@ -43,10 +44,12 @@ mod price;
 mod records;
 mod replay;
 mod store;
+mod usage_daily;
 mod usage_query;
 mod verify;
 mod writer;
 
+pub use account_data::{Batch, BatchCursor};
 pub use billing::{AlertWatch, Change, Period};
 pub use error::StorageError;
 pub use idempotency::{IdempotentOutcome, StoredReply};
@@ -65,6 +68,7 @@ pub use records::{
     hash_secret,
 };
 pub use store::{IdKind, Store, StoreOptions};
+pub use usage_daily::{DailySpend, DaySpend};
 pub use usage_query::{StatusClass, UsageCursor, UsageFilter, UsagePage, UsageRow};
 pub use verify::VerifyReport;
 pub use writer::{LedgerWriter, WriterConfig, WriterHandle, WriterStats, WriterStatsSnapshot};

@@ -354,14 +354,7 @@ impl Store {
             });
         seqs.map(move |seq| {
             let seq = seq?;
-            let found = entries.get(seq.to_be_bytes());
-            match found.map_err(StorageError::sled("read an entry"))? {
-                Some(bytes) => decode("entries", &bytes),
-                None => Err(StorageError::Decode {
-                    tree: "account_entries",
-                    message: format!("index names missing entry {seq}"),
-                }),
-            }
+            indexed_entry(&entries, seq)
         })
     }
 
@@ -456,6 +449,19 @@ fn matches_account(account: &AccountRecord, needle: &str) -> bool {
     account.email.to_lowercase().contains(needle)
         || needle == id
         || needle == account.id.to_string()
+}
+
+/// The entry `seq` that the `account_entries` index names (its absence is
+/// a damaged store, said as such).
+pub(crate) fn indexed_entry(entries: &Tree, seq: u64) -> Result<LedgerEntry, StorageError> {
+    let found = entries.get(seq.to_be_bytes());
+    match found.map_err(StorageError::sled("read an entry"))? {
+        Some(bytes) => decode("entries", &bytes),
+        None => Err(StorageError::Decode {
+            tree: "account_entries",
+            message: format!("index names missing entry {seq}"),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ mod support;
 
 /// Signing in through the console's pages, shared by the console tests.
 mod console;
+/// The account's data: export download and deletion.
+mod console_account_data;
 /// The activity page: filter, detail, CSV download, screenshots.
 mod console_activity;
 /// Billing: a top-up through the fake Stripe, the statement.

@@ -240,6 +240,10 @@ async fn the_statement_reconciles_to_the_nano_and_months_chain() {
         )
         .await;
     assert_eq!(delivered.status(), 200);
+    // Read once now and again between the steps below: the last read is
+    // the earlier statement brought up to date with the entries since, and
+    // must add up exactly as a whole read does.
+    let _ = browser.page("/billing/statement").await;
     // Usage: enough requests for more than one page of hold entries.
     for _ in 0..30 {
         let response = h
@@ -247,6 +251,7 @@ async fn the_statement_reconciles_to_the_nano_and_months_chain() {
             .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
+    let _ = browser.page("/billing/statement").await;
     let path = format!("/admin/accounts/{account}/credit");
     let credit = admin_post(
         &h,

@@ -13,6 +13,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+/// The account's data: export and deletion.
+mod account_data;
 /// The activity page: filters, paging, detail and exports.
 mod activity;
 
@@ -25,12 +27,12 @@ mod passkeys;
 mod billing;
 /// The keys page: create and show once, rename, debug, revoke, expiry.
 mod keys;
+/// Sign-in forms posted from another site are refused (login CSRF).
+mod origin;
 /// The playground page, its session ticket and `/v1/ws` billing.
 mod playground;
 /// Sign-in codes sent by SMTP (lettre) to the testkit's SMTP sink.
 mod smtp;
-/// Sign-in forms posted from another site are refused (login CSRF).
-mod origin;
 
 use std::time::Duration;
 

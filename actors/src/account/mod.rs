@@ -124,6 +124,9 @@ pub enum AccountMsg {
         reply: Durably<Nanos>,
     },
     SetDisabled(bool, Durably<AccountRecord>),
+    /// Deleted by its owner at this time (ms): disabled for good, written
+    /// through this actor so a later `SetDisabled` keeps the mark.
+    MarkDeleted(u64, Durably<AccountRecord>),
     View(RpcReplyPort<Result<AccountView, AccountError>>),
     IdleCheck,
     /// A Stripe payment event; replies once durable (see `payment`).
@@ -145,6 +148,7 @@ impl crate::instrument::MessageKind for AccountMsg {
             AccountMsg::Checkpoint { .. } => "checkpoint",
             AccountMsg::Transfer { .. } => "transfer",
             AccountMsg::SetDisabled(..) => "set_disabled",
+            AccountMsg::MarkDeleted(..) => "mark_deleted",
             AccountMsg::View(_) => "view",
             AccountMsg::IdleCheck => "idle_check",
             AccountMsg::Payment(..) => "payment",
@@ -292,12 +296,12 @@ impl AccountState {
             } => state.transfer(kind, amount, &reference, reply, now),
             AccountMsg::SetDisabled(disabled, reply) => {
                 state.record.disabled = disabled;
-                let record = state.record.clone();
-                state.durably(
-                    vec![WriteOp::PutAccount(record.clone())],
-                    reply,
-                    move || record,
-                );
+                state.write_record(reply);
+            }
+            AccountMsg::MarkDeleted(at_ms, reply) => {
+                state.record.disabled = true;
+                state.record.deleted_ms = Some(state.record.deleted_ms.unwrap_or(at_ms));
+                state.write_record(reply);
             }
             AccountMsg::View(reply) => {
                 let books = state.book.books();
@@ -395,6 +399,16 @@ impl AccountState {
                 let _ = reply.send(Err(error));
             }
         }
+    }
+
+    /// Writes the account's record as it now is; `reply` gets it once durable.
+    fn write_record(&self, reply: Durably<AccountRecord>) {
+        let record = self.record.clone();
+        self.durably(
+            vec![WriteOp::PutAccount(record.clone())],
+            reply,
+            move || record,
+        );
     }
 
     /// Sends `ops` to the ledger; `reply` gets `value()` once they are durable.

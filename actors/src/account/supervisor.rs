@@ -456,6 +456,18 @@ impl AccountsHandle {
             .await
     }
 
+    /// Marks the account deleted by its owner at `at_ms` (and disabled for
+    /// good); the actor keeps the mark, so a later `set_disabled` cannot
+    /// undo it.
+    pub async fn mark_deleted(
+        &self,
+        account: AccountId,
+        at_ms: u64,
+    ) -> Result<AccountRecord, AccountError> {
+        self.call_durably(account, |reply| AccountMsg::MarkDeleted(at_ms, reply))
+            .await
+    }
+
     /// Applies a Stripe payment event to the account, exactly once; answers
     /// once what it wrote is durable (see `account::payment`).
     pub async fn payment(

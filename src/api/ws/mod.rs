@@ -113,17 +113,22 @@ pub async fn issue_ticket(
     state.keys().check_rpm(&caller.key)?;
     super::account::refuse_disabled(&state, caller.account).await?;
     let ticket = state.tickets().issue(&caller)?;
+    Ok(ticket_response(&state, &ticket))
+}
+
+/// A new ticket as `POST /v1/ws/ticket` (and the playground's) answer it:
+/// `201`, never cached — the ticket is a credential for its lifetime.
+pub fn ticket_response(state: &AppState, ticket: &str) -> Response {
     let body = json!({
         "object": "websocket.ticket",
         "ticket": ticket,
         "expires_in": state.tickets().ttl().as_secs(),
     });
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    // The ticket is a credential for its lifetime.
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 /// Counts open sockets for `/metrics` while alive.

@@ -10,6 +10,8 @@ pub mod alerts;
 pub mod entries;
 pub mod statement;
 
+pub use statement::Statements;
+
 use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
