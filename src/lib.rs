@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod hex;
 pub mod inflight;
 pub mod metrics;
 pub mod server;

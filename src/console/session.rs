@@ -199,7 +199,7 @@ fn hash_token(token: &str) -> [u8; 32] {
 fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&bytes)
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.

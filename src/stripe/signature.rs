@@ -47,7 +47,7 @@ pub fn verify(
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", value)) => timestamp = value.parse::<i64>().ok(),
-            Some(("v1", value)) => signatures.extend(decode_hex(value)),
+            Some(("v1", value)) => signatures.extend(crate::hex::decode(value)),
             _ => {}
         }
     }
@@ -87,17 +87,6 @@ pub fn sign(payload: &[u8], secret: &str, timestamp: i64) -> String {
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("t={timestamp},v1={hex}")
-}
-
-/// Lowercase or uppercase hex to bytes; `None` for anything else.
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
