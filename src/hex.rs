@@ -14,7 +14,7 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// Lowercase or uppercase hex to bytes; `None` for anything else.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
