@@ -12,30 +12,7 @@ use crate::support::Harness;
 
 /// `echo-mini` answers at once; `echo-long` writes up to 4,000 tokens
 /// 20 ms apart, so Stop lands mid-stream.
-const CONFIG: &str = r#"
-[billing]
-signup_credit_usd = 5
-
-[[providers]]
-name = "echo"
-kind = "echo"
-
-[[providers]]
-name = "echo-long"
-kind = "echo"
-delay_ms = 20
-reply_tokens = 4000
-
-[[models]]
-id = "echo-mini"
-price = { input = 0.15, output = 0.60 }
-routes = [{ provider = "echo" }]
-
-[[models]]
-id = "echo-long"
-price = { input = 1.0, output = 4.0 }
-routes = [{ provider = "echo-long" }]
-"#;
+const CONFIG: &str = crate::support::PLAYGROUND_CONFIG;
 
 /// The cost in the status line: `… Cost $0.000012 …`.
 fn cost_in(status: &str) -> Nanos {
@@ -79,8 +56,10 @@ async fn a_completion_streams_in_and_stop_bills_only_what_was_generated() {
             .fill("#pg-message", "Hello from the playground")
             .await;
         browser.click("#pg-send").await;
-        let text = browser.wait_for_text("#pg-output", "echo:", WAIT).await;
-        assert!(text.contains("Hello"), "{text}");
+        // Tokens arrive one by one: wait for the prompt's words, not just
+        // the first token.
+        let text = browser.wait_for_text("#pg-output", "Hello", WAIT).await;
+        assert!(text.starts_with("echo:"), "{text}");
         let status = browser.wait_for_text("#pg-status", "Cost $", WAIT).await;
         assert!(status.contains("completion tokens"), "{status}");
         let first = cost_in(&status);

@@ -82,11 +82,25 @@ impl Browser {
     }
 
     async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.post_with_token(path, None, form).await
+    }
+
+    /// `POST path` with the CSRF token also in an `x-csrf-token` header, as
+    /// the playground's script sends it.
+    async fn post_with_token(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut request = self
             .client
             .post(format!("{}{path}", self.base))
             .header("accept", "text/html")
             .form(form);
+        if let Some(token) = token {
+            request = request.header("x-csrf-token", token);
+        }
         if let Some(cookie) = &self.cookie {
             request = request.header(COOKIE, cookie);
         }

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::LOCATION;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokun_storage::{AccountId, Nanos};
 
+use super::{Browser, csrf_of};
 use crate::support::Harness;
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -23,132 +24,26 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Two echo models: `echo-mini` answers at once, `echo-long` writes up to
 /// 4,000 tokens 20 ms apart (long enough to stop mid-stream).
-const CONFIG: &str = r#"
-[billing]
-signup_credit_usd = 5
+const CONFIG: &str = crate::support::PLAYGROUND_CONFIG;
 
-[[providers]]
-name = "echo"
-kind = "echo"
-
-[[providers]]
-name = "echo-long"
-kind = "echo"
-delay_ms = 20
-reply_tokens = 4000
-
-[[models]]
-id = "echo-mini"
-price = { input = 0.15, output = 0.60 }
-routes = [{ provider = "echo" }]
-
-[[models]]
-id = "echo-long"
-price = { input = 1.0, output = 4.0 }
-routes = [{ provider = "echo-long" }]
-"#;
-
-/// A browser without a cookie jar (as in `main.rs`): the session cookie is
-/// carried by hand.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-    cookie: Option<String>,
-}
-
-impl Browser {
-    fn new(h: &Harness, cookie: Option<String>) -> Browser {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Browser {
-            client,
-            base: h.base.clone(),
-            cookie,
-        }
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        let mut request = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .header("accept", "text/html");
-        if let Some(cookie) = &self.cookie {
-            request = request.header(COOKIE, cookie);
-        }
-        request.send().await.unwrap()
-    }
-
-    /// `POST path` with the CSRF token in the header, a form body, or neither.
-    async fn post(
-        &self,
-        path: &str,
-        header: Option<&str>,
-        form: &[(&str, &str)],
-    ) -> reqwest::Response {
-        let mut request = self.client.post(format!("{}{path}", self.base));
-        if let Some(token) = header {
-            request = request.header("x-csrf-token", token);
-        }
-        if !form.is_empty() {
-            request = request.form(form);
-        }
-        if let Some(cookie) = &self.cookie {
-            request = request.header(COOKIE, cookie);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn page(&self, path: &str) -> String {
-        let response = self.get(path).await;
-        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
-        response.text().await.unwrap()
-    }
-
-    /// A fresh ticket for this session, by the header.
-    async fn ticket(&self, csrf: &str) -> String {
-        let response = self.post("/playground/ticket", Some(csrf), &[]).await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-        assert_eq!(response.headers()["cache-control"], "no-store");
-        let body: Value = response.json().await.unwrap();
-        assert!(body["expires_in"].as_u64().unwrap() > 0);
-        body["ticket"].as_str().unwrap().to_owned()
-    }
-}
-
-/// Signs `email` in with a code read from the mailer; the browser and its
-/// session's CSRF token (from the playground page).
-async fn sign_in(h: &Harness, email: &str) -> (Browser, String) {
-    let anonymous = Browser::new(h, None);
-    let mut codes = h.server.watch_sign_in_codes();
-    let response = anonymous.post("/login", None, &[("email", email)]).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let code = tokio::time::timeout(WAIT, async {
-        loop {
-            let sent = codes.recv().await.unwrap();
-            if sent.email == email {
-                return sent.code;
-            }
-        }
-    })
-    .await
-    .expect("a code is sent");
-    let response = anonymous
-        .post("/login/code", None, &[("email", email), ("code", &code)])
+/// A fresh ticket for this session, by the header.
+async fn ticket(browser: &Browser, csrf: &str) -> String {
+    let response = browser
+        .post_with_token("/playground/ticket", Some(csrf), &[])
         .await;
-    assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    assert_eq!(response.headers()[LOCATION], "/");
-    let set = response.headers()[SET_COOKIE].to_str().unwrap();
-    let cookie = set.split(';').next().unwrap().to_owned();
-    let browser = Browser::new(h, Some(cookie));
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["expires_in"].as_u64().unwrap() > 0);
+    body["ticket"].as_str().unwrap().to_owned()
+}
+
+/// Signs `email` in (`main.rs`); the browser and its session's CSRF token,
+/// from the playground page.
+async fn sign_in(h: &Harness, email: &str) -> (Browser, String) {
+    let (browser, _) = super::sign_in(h, email).await;
     let csrf = csrf_of(&browser.page("/playground").await);
     (browser, csrf)
-}
-
-fn csrf_of(html: &str) -> String {
-    let start = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
-    html[start..start + 64].to_owned()
 }
 
 fn account_of(h: &Harness, email: &str) -> AccountId {
@@ -204,7 +99,7 @@ fn content_of(message: &Value) -> &str {
 #[tokio::test]
 async fn the_playground_lists_the_models_and_carries_the_csrf_token() {
     let h = Harness::start(Some(CONFIG)).await;
-    let signed_out = Browser::new(&h, None).get("/playground").await;
+    let signed_out = Browser::new(&h).get("/playground").await;
     assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
     assert_eq!(signed_out.headers()[LOCATION], "/login");
 
@@ -265,8 +160,10 @@ async fn the_ticket_needs_a_session_and_this_sessions_csrf_token() {
     let (other, other_csrf) = sign_in(&h, "other@example.com").await;
     assert_ne!(csrf, other_csrf);
 
-    let nobody = Browser::new(&h, None);
-    let refused = nobody.post("/playground/ticket", Some(&csrf), &[]).await;
+    let nobody = Browser::new(&h);
+    let refused = nobody
+        .post_with_token("/playground/ticket", Some(&csrf), &[])
+        .await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN, "no session");
     for (header, form) in [
         (None, vec![]),
@@ -277,7 +174,7 @@ async fn the_ticket_needs_a_session_and_this_sessions_csrf_token() {
     ] {
         let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let response = browser
-            .post("/playground/ticket", header.as_deref(), &form)
+            .post_with_token("/playground/ticket", header.as_deref(), &form)
             .await;
         assert_eq!(
             response.status(),
@@ -293,12 +190,10 @@ async fn the_ticket_needs_a_session_and_this_sessions_csrf_token() {
         );
     }
     // This session's token, by header or form field.
-    browser.ticket(&csrf).await;
-    let by_form = browser
-        .post("/playground/ticket", None, &[("csrf", &csrf)])
-        .await;
+    ticket(&browser, &csrf).await;
+    let by_form = browser.post("/playground/ticket", &[("csrf", &csrf)]).await;
     assert_eq!(by_form.status(), StatusCode::CREATED);
-    other.ticket(&other_csrf).await;
+    ticket(&other, &other_csrf).await;
 
     // Both tickets of one account go through its one playground key.
     let store = &h.server.services().store;
@@ -316,7 +211,7 @@ async fn a_ticket_streams_once_and_bills_the_sessions_account_the_reported_cost(
     let before = balance(&h, account);
     assert_eq!(before, "5".parse().unwrap(), "the signup credit");
 
-    let ticket = browser.ticket(&csrf).await;
+    let ticket = ticket(&browser, &csrf).await;
     let mut ws = open(&h, &ticket).await;
     send(&mut ws, &create("p1", "echo-mini", 64)).await;
     let mut text = String::new();
@@ -356,7 +251,7 @@ async fn a_cancelled_completion_is_billed_for_what_was_generated() {
     let (browser, csrf) = sign_in(&h, email).await;
     let account = account_of(&h, email);
     let before = balance(&h, account);
-    let mut ws = open(&h, &browser.ticket(&csrf).await).await;
+    let mut ws = open(&h, &ticket(&browser, &csrf).await).await;
     send(&mut ws, &create("long", "echo-long", 4000)).await;
     let mut chunks = 0;
     while chunks < 10 {

@@ -299,3 +299,31 @@ pub async fn assert_closed_for_shutdown(
         .unwrap()
         .unwrap();
 }
+
+/// The playground's tests: `echo-mini`, and `echo-long`, which streams
+/// 4,000 tokens 20 ms apart (long enough to press Stop), with $5 for a new
+/// email.
+pub const PLAYGROUND_CONFIG: &str = r#"
+[billing]
+signup_credit_usd = 5
+
+[[providers]]
+name = "echo"
+kind = "echo"
+
+[[providers]]
+name = "echo-long"
+kind = "echo"
+delay_ms = 20
+reply_tokens = 4000
+
+[[models]]
+id = "echo-mini"
+price = { input = 0.15, output = 0.60 }
+routes = [{ provider = "echo" }]
+
+[[models]]
+id = "echo-long"
+price = { input = 1.0, output = 4.0 }
+routes = [{ provider = "echo-long" }]
+"#;
