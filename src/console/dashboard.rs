@@ -169,9 +169,9 @@ pub async fn show(State(state): State<AppState>, who: Signed) -> Response {
         dl.cards {
             div.card.wide { dt { "Available credit" } dd { (usd_short(available)) small { (runway(available, spend.week)) } } }
             div.card { dt { "Held by running requests" } dd { (usd_short(view.held)) small { (view.open_holds) " open " (if view.open_holds == 1 { "hold" } else { "holds" }) } } }
-            div.card { dt { "Spent today" } dd { (usd(spend.today)) } }
-            div.card { dt { "Last 7 days" } dd { (usd(spend.week)) } }
-            div.card { dt { "Last 30 days" } dd { (usd(spend.month)) } }
+            div.card { dt { "Spent today" } dd data-nanos=(spend.today.get()) { (usd(spend.today)) } }
+            div.card { dt { "Last 7 days" } dd data-nanos=(spend.week.get()) { (usd(spend.week)) } }
+            div.card { dt { "Last 30 days" } dd data-nanos=(spend.month.get()) { (usd(spend.month)) } }
         }
         h2 { "Spend per day, last 30 days" }
         @if spend.series.is_empty() {

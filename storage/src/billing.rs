@@ -36,7 +36,8 @@ pub struct Period {
     /// How many entries fall inside the period.
     pub entries: usize,
     /// The account's newest entry when the period was read (seq, books
-    /// after it), where [`Store::entries_since`] carries on from.
+    /// after it): where a reader following the writer's entry feed
+    /// (`crate::feed`) carries on from.
     pub newest: Option<(u64, Books)>,
 }
 
@@ -165,45 +166,6 @@ impl Store {
             entries: count,
             newest,
         })
-    }
-
-    /// The account's entries sequenced after `after_seq`, newest first, each
-    /// with its [`Change`] (`after_books`: the books after entry
-    /// `after_seq`, i.e. before the first of these); returns the newest
-    /// entry's seq and books, or `None` when nothing is newer. What a
-    /// statement read earlier needs to be brought up to date without
-    /// reading the month again.
-    pub fn entries_since(
-        &self,
-        account: AccountId,
-        after_seq: u64,
-        after_books: Books,
-        mut each: impl FnMut(&LedgerEntry, Change),
-    ) -> Result<Option<(u64, Books)>, StorageError> {
-        let overflow = || StorageError::Decode {
-            tree: "entries",
-            message: format!("{account}'s books overflow between two entries"),
-        };
-        let mut walk = self.entries_newest_first(account, u64::MAX);
-        let mut current = walk.next().transpose()?;
-        let newest = current.as_ref().map(|e| (e.seq, e.books_after()));
-        if newest.is_none_or(|(seq, _)| seq <= after_seq) {
-            return Ok(None);
-        }
-        while let Some(entry) = current {
-            if entry.seq <= after_seq {
-                break;
-            }
-            let older = walk.next().transpose()?;
-            let before = match &older {
-                Some(older) if older.seq > after_seq => older.books_after(),
-                _ => after_books,
-            };
-            let change = Change::between(before, entry.books_after()).ok_or_else(overflow)?;
-            each(&entry, change);
-            current = older;
-        }
-        Ok(newest)
     }
 
     /// Every account with a low-balance alert set, in id order. A scan of

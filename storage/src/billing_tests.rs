@@ -27,7 +27,13 @@ fn record(id: AccountId) -> AccountRecord {
 /// Ann: topups, settled and released holds, an adjustment each way and a
 /// refund, spread over days 1 to 9; Bob's entries interleaved.
 fn store() -> Store {
+    store_with(|_| {})
+}
+
+/// [`store`], with `before` run on the empty store before anything is written.
+fn store_with(before: impl FnOnce(&Store)) -> Store {
     let store = Store::temporary().unwrap();
+    before(&store);
     let (writer, join) = LedgerWriter::start(store.clone(), WriterConfig::default()).unwrap();
     writer
         .submit_wait(vec![
@@ -182,37 +188,25 @@ fn an_alert_flag_flips_once() {
 }
 
 #[test]
-fn entries_since_a_seq_are_what_came_after_it_to_the_nano() {
-    let store = store();
-    let all: Vec<LedgerEntry> = store
+fn the_writer_feeds_each_durable_entry_of_a_followed_account_once_in_order() {
+    let store = store_with(|store| store.feeds().entries.subscribe(ANN, crate::feed::now_ms()));
+    let crate::feed::Taken::Items(fed) = store.feeds().entries.take(ANN, crate::feed::now_ms())
+    else {
+        panic!("Ann is followed");
+    };
+    let mut stored: Vec<LedgerEntry> = store
         .entries_newest_first(ANN, u64::MAX)
         .collect::<Result<_, _>>()
         .unwrap();
-    let newest = &all[0];
-    for (later, from) in all.iter().enumerate() {
-        let (mut sum, mut seqs) = (Change::ZERO, Vec::new());
-        let reached = store
-            .entries_since(ANN, from.seq, from.books_after(), |entry, change| {
-                assert_eq!(entry.account, ANN);
-                sum = sum.checked_add(change).unwrap();
-                seqs.push(entry.seq);
-            })
-            .unwrap();
-        // The entries newer than `from`, newest first, each once.
-        let expected: Vec<u64> = all[..later].iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, expected);
-        if later == 0 {
-            assert_eq!(reached, None, "nothing is newer than the newest");
-            continue;
-        }
-        assert_eq!(reached, Some((newest.seq, newest.books_after())));
-        // The changes telescope: from's books plus them is now.
-        let now = newest.books_after();
-        assert_eq!(
-            Change::between(from.books_after(), now).unwrap(),
-            sum,
-            "after seq {}",
-            from.seq
-        );
-    }
+    stored.reverse();
+    assert_eq!(fed, stored);
+    // Bob is not followed; Ann's queue is empty once taken.
+    assert_eq!(
+        store.feeds().entries.take(BOB, crate::feed::now_ms()),
+        crate::feed::Taken::Lost
+    );
+    assert_eq!(
+        store.feeds().entries.take(ANN, crate::feed::now_ms()),
+        crate::feed::Taken::Items(Vec::new())
+    );
 }

@@ -31,6 +31,7 @@ mod account_data;
 mod billing;
 mod codec;
 mod error;
+pub mod feed;
 mod idempotency;
 mod ids;
 mod ids_alloc;

@@ -11,6 +11,7 @@ use sled::Tree;
 
 use crate::codec::{decode, normalize_email, pair_key, read_u64, usage_key};
 use crate::error::StorageError;
+use crate::feed::Feeds;
 use crate::ids::{AccountId, HoldId, KeyId};
 use crate::ids_alloc::IdAllocator;
 use crate::ledger::{Books, LedgerEntry};
@@ -30,6 +31,8 @@ pub struct Store {
     ids: Arc<IdAllocator>,
     /// Set while a `LedgerWriter` runs: two writers would hand out the same seqs.
     pub(crate) writer_claimed: Arc<AtomicBool>,
+    /// What the writer made durable, for readers following an account.
+    feeds: Arc<Feeds>,
 }
 
 /// How the store is opened.
@@ -161,7 +164,13 @@ impl Store {
             trees: Arc::new(trees),
             ids: Arc::new(ids),
             writer_claimed: Arc::default(),
+            feeds: Arc::default(),
         })
+    }
+
+    /// The writer's feeds of durable records (see [`crate::feed`]).
+    pub fn feeds(&self) -> &Feeds {
+        &self.feeds
     }
 
     /// Whether the store existed before this open (false for a new data dir).

@@ -25,6 +25,8 @@ mod passkeys;
 
 /// The billing pages: top-ups against the fake Stripe, statement, alerts.
 mod billing;
+/// The dashboard's spend follows new requests exactly.
+mod dashboard;
 /// The keys page: create and show once, rename, debug, revoke, expiry.
 mod keys;
 /// Sign-in forms posted from another site are refused (login CSRF).

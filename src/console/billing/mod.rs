@@ -2,15 +2,16 @@
 //! (Stripe Checkout, through the same [`open_topup`] as `POST /v1/topups`),
 //! the pages Checkout sends people back to, the payment history and the
 //! low-balance alert threshold. The monthly statement and its entries are
-//! in `statement.rs`, the alert's periodic check in `alerts.rs`. Money is
+//! in `statement.rs` (kept up to date by `statements.rs`), the alert's periodic check in `alerts.rs`. Money is
 //! read from the account actor and the store; only Stripe's signed webhook
 //! credits an account.
 
 pub mod alerts;
 pub mod entries;
 pub mod statement;
+pub mod statements;
 
-pub use statement::Statements;
+pub use statements::Statements;
 
 use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

@@ -4,15 +4,12 @@
 //! nano and one month's closing is the next one's opening. Each line links
 //! to its entries (`entries.rs`).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
-use tokun_storage::{AccountId, Books, Change, EntryKind, LedgerEntry, Nanos, Period};
+use tokun_storage::{Books, Change, EntryKind, LedgerEntry, Nanos, Period};
 
 use super::super::format::{MS_PER_DAY, count, datetime, usd, ymd};
 use super::super::layout::{error_summary, page, respond};
@@ -251,7 +248,7 @@ impl Statement {
     }
 
     /// Counts one entry inside the month on its line.
-    fn add(&mut self, entry: &LedgerEntry, change: Change) {
+    pub(super) fn add(&mut self, entry: &LedgerEntry, change: Change) {
         let group = Group::of(entry);
         if let Some(line) = self.lines.iter_mut().find(|l| l.group == group) {
             line.entries += 1;
@@ -261,107 +258,6 @@ impl Statement {
 
     fn is_empty(&self) -> bool {
         self.lines.iter().all(|l| l.entries == 0)
-    }
-}
-
-/// How long after a month ends an entry may still be stamped inside it
-/// (the store's walk allows as much): a month read later than this is over
-/// for good.
-const MONTH_SETTLED_MS: u64 = 10 * 60 * 1000;
-
-/// At most this many statements are kept; past it the cache starts over.
-const CACHED_STATEMENTS: usize = 4096;
-
-/// Statements read before, per account and month. A month over for good
-/// never changes, so it is served as read; the current month is brought up
-/// to date from the entries written since its last load
-/// ([`tokun_storage::Store::entries_since`]), so a load reads what is new,
-/// not the month's every entry again (≈ 45 ms at 10,000 requests a month).
-#[derive(Default)]
-pub struct Statements {
-    cached: Mutex<HashMap<(AccountId, u64), Cached>>,
-}
-
-#[derive(Clone)]
-struct Cached {
-    statement: Statement,
-    newest: Option<(u64, Books)>,
-    read_ms: u64,
-}
-
-impl Statements {
-    /// `month` of `account`'s ledger as of now.
-    pub fn get(
-        &self,
-        store: &tokun_storage::Store,
-        account: AccountId,
-        month: Month,
-        now_ms: u64,
-    ) -> Result<Statement, tokun_storage::StorageError> {
-        let key = (account, month.start_ms());
-        let cached = self
-            .cached
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        let fresh = match cached {
-            Some(cached) if cached.read_ms >= month.end_ms().saturating_add(MONTH_SETTLED_MS) => {
-                return Ok(cached.statement);
-            }
-            Some(cached) if now_ms < month.end_ms() => {
-                Self::bring_up_to_date(store, account, month, cached, now_ms)?
-            }
-            _ => None,
-        };
-        let fresh = match fresh {
-            Some(fresh) => fresh,
-            None => {
-                let (statement, newest) = Statement::read(store, account, month)?;
-                Cached {
-                    statement,
-                    newest,
-                    read_ms: now_ms,
-                }
-            }
-        };
-        let statement = fresh.statement.clone();
-        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
-        if cached.len() >= CACHED_STATEMENTS {
-            cached.clear();
-        }
-        cached.insert(key, fresh);
-        Ok(statement)
-    }
-
-    /// The current month's statement plus the entries written since it was
-    /// read; `None` when one of them is stamped outside the month (read it
-    /// whole instead).
-    fn bring_up_to_date(
-        store: &tokun_storage::Store,
-        account: AccountId,
-        month: Month,
-        mut cached: Cached,
-        now_ms: u64,
-    ) -> Result<Option<Cached>, tokun_storage::StorageError> {
-        let (after_seq, after_books) = cached.newest.unwrap_or((0, Books::ZERO));
-        let mut outside = false;
-        let newest = store.entries_since(account, after_seq, after_books, |entry, change| {
-            if (month.start_ms()..month.end_ms()).contains(&entry.at_ms) {
-                cached.statement.add(entry, change);
-            } else {
-                outside = true;
-            }
-        })?;
-        if outside {
-            return Ok(None);
-        }
-        if let Some((seq, books)) = newest {
-            cached.newest = Some((seq, books));
-            cached.statement.closing = books;
-        }
-        cached.read_ms = now_ms;
-        Ok(Some(cached))
     }
 }
 

@@ -5,7 +5,26 @@ use crate::records::UsageRecord;
 
 const DAY: u64 = MS_PER_DAY;
 
+/// Stores a record and hands it to the feed, as the writer does.
 fn put(store: &Store, account: u64, at_ms: u64, unique: u64, model: &str, cost: i64) {
+    insert(store, account, at_ms, unique, model, cost);
+    feed(store, account, at_ms, unique, model, cost);
+}
+
+fn feed(store: &Store, account: u64, at_ms: u64, unique: u64, model: &str, cost: i64) {
+    let item = crate::feed::UsageItem {
+        key: usage_key(account, at_ms, unique),
+        at_ms,
+        model: model.to_owned(),
+        cost: Nanos::new(cost),
+    };
+    store
+        .feeds()
+        .usage
+        .push(at_ms, [(AccountId::new(account), item)]);
+}
+
+fn insert(store: &Store, account: u64, at_ms: u64, unique: u64, model: &str, cost: i64) {
     let record = UsageRecord {
         request_id: format!("req-{unique}"),
         at_ms,
@@ -96,6 +115,35 @@ fn sums_equal_a_full_scan_as_records_arrive() {
         .unwrap();
     assert_eq!(moved, naive(&store, 1, first_day + 1));
     assert!(!moved.days.contains_key(&100));
+}
+
+#[test]
+fn a_record_both_scanned_and_fed_counts_once() {
+    let store = Store::temporary().unwrap();
+    let account = AccountId::new(1);
+    let now = 100 * DAY + 500_000;
+    put(&store, 1, now - 60_000, 1, "a", 10);
+    assert_eq!(
+        store.daily_spend(account, 100, now).unwrap(),
+        naive(&store, 1, 100)
+    );
+    // A record written while a read scanned: the scan saw it in the tree,
+    // and the writer's feed brings it after.
+    store.feeds().usage.unsubscribe(account);
+    insert(&store, 1, now + 5, 2, "a", 20);
+    assert_eq!(
+        store.daily_spend(account, 100, now + 10).unwrap(),
+        naive(&store, 1, 100)
+    );
+    feed(&store, 1, now + 5, 2, "a", 20);
+    let once = store.daily_spend(account, 100, now + 20).unwrap();
+    assert_eq!(once, naive(&store, 1, 100));
+    assert_eq!(once.days[&100].requests, 2);
+    // Then records arrive through the feed alone.
+    put(&store, 1, now + 30, 3, "b", 30);
+    let fed = store.daily_spend(account, 100, now + 40).unwrap();
+    assert_eq!(fed, naive(&store, 1, 100));
+    assert_eq!(fed.days[&100].requests, 3);
 }
 
 #[test]

@@ -38,6 +38,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use self::stage::{Changes, stage};
 pub use self::stats::{WriterStats, WriterStatsSnapshot};
 use crate::error::StorageError;
+use crate::feed::UsageItem;
 use crate::ops::{Ack, Durable, WriteOp};
 use crate::store::Store;
 
@@ -368,6 +369,9 @@ impl WriterThread {
         let submissions = accepted.len() as u64;
         self.stats.record_acked(submissions);
         let last_seq = self.next_seq - 1;
+        if let Some(changes) = written {
+            feed(&self.store, changes);
+        }
         for (ack, seqs) in accepted {
             ack.fire(Ok(Durable { last_seq, seqs }));
         }
@@ -382,6 +386,35 @@ impl WriterThread {
     fn inject(&self, _fault: Fault) -> Result<(), StorageError> {
         Ok(())
     }
+}
+
+/// Hands a durable batch to the store's feeds, before its acks fire: a
+/// caller that saw its write acknowledged finds it in the feed.
+fn feed(store: &Store, changes: &Changes) {
+    let feeds = store.feeds();
+    if !feeds.usage.is_followed() && !feeds.entries.is_followed() {
+        return;
+    }
+    let now_ms = crate::feed::now_ms();
+    feeds.usage.push(
+        now_ms,
+        changes.usage.iter().map(|(key, usage)| {
+            let item = UsageItem {
+                key: *key,
+                at_ms: usage.at_ms,
+                model: usage.model.clone(),
+                cost: usage.cost,
+            };
+            (usage.account, item)
+        }),
+    );
+    feeds.entries.push(
+        now_ms,
+        changes
+            .entries
+            .iter()
+            .map(|entry| (entry.account, entry.clone())),
+    );
 }
 
 /// Points where tests can make the writer fail.
