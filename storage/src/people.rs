@@ -15,6 +15,7 @@ use crate::ids::AccountId;
 use crate::money::Nanos;
 use crate::store::Store;
 
+mod expiry;
 mod passkeys;
 pub use passkeys::PasskeyRecord;
 
