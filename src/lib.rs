@@ -2,6 +2,7 @@
 //! Business rules live in `tokun-actors`; wire formats in `tokun-providers`;
 //! money and the ledger in `tokun-storage`.
 
+pub mod access_log;
 pub mod api;
 pub mod auth;
 pub mod cli;

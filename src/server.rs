@@ -42,13 +42,22 @@ fn operator_app(state: AppState) -> Router {
     served(api::operator_router(), state)
 }
 
-/// What every listener adds to its routes: OpenAI-shaped 404/405, request ids.
+/// What every listener adds to its routes: OpenAI-shaped 404/405, request
+/// ids, and outermost the access log (so it sees the request id and the
+/// whole duration).
 fn served(routes: Router<AppState>, state: AppState) -> Router {
-    routes
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(request_context))
-        .with_state(state)
+        .layer(middleware::from_fn(request_context));
+    let routes = match state.access_log() {
+        Some(log) => routes.layer(middleware::from_fn_with_state(
+            log.clone(),
+            crate::access_log::record,
+        )),
+        None => routes,
+    };
+    routes.with_state(state)
 }
 
 /// `server.admin_listen`: the operator endpoints on their own thread and
@@ -242,6 +251,8 @@ pub struct RunningServer {
     going_away: Arc<tokio::sync::watch::Sender<bool>>,
     /// Sends console sign-in codes; in-process watchers may read them.
     mailer: Mailer,
+    /// The access log's writer, flushed and stopped last at shutdown.
+    access_log: Option<crate::access_log::AccessLog>,
 }
 
 impl RunningServer {
@@ -265,7 +276,15 @@ impl RunningServer {
                 ProviderHandle::start(provider.name.as_str().into(), provider.limits).await?;
             limiters.insert(provider.name.clone(), handle);
         }
-        let state = AppState::new(config, streams.clone(), services.clone(), limiters)?;
+        let access_log = crate::access_log::AccessLog::from_config(&config)
+            .context("cannot start the access log in <server.data_dir>/access")?;
+        let state = AppState::new(
+            config,
+            streams.clone(),
+            services.clone(),
+            limiters,
+            access_log.clone(),
+        )?;
         state.console().discover_oidc().await;
         let mailer = state.console().mailer().clone();
         if mailer.logs_codes() {
@@ -317,6 +336,7 @@ impl RunningServer {
             alerts,
             going_away,
             mailer,
+            access_log,
         })
     }
 
@@ -393,6 +413,17 @@ impl RunningServer {
         let _ = (&mut self.purge).await;
         self.alerts.abort();
         let _ = (&mut self.alerts).await;
+        if let Some(log) = self.access_log.take() {
+            let _ = tokio::task::spawn_blocking(move || log.stop()).await;
+        }
         Ok(())
+    }
+
+    /// Writes every access log line so far to its file (for tests and tools
+    /// reading the files while the server runs).
+    pub async fn flush_access_log(&self) {
+        if let Some(log) = self.access_log.clone() {
+            let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+        }
     }
 }

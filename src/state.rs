@@ -43,6 +43,8 @@ struct Inner {
     /// Set once at shutdown; every open `/v1/ws` socket watches it, so its
     /// receiver count is the number of sockets still open.
     going_away: Arc<tokio::sync::watch::Sender<bool>>,
+    /// `[access_log]`: `None` when disabled.
+    access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// A configured model with its routes resolved to adapters.
@@ -67,6 +69,7 @@ impl AppState {
         streams: StreamSupervisorHandle,
         services: Services,
         limiters: HashMap<String, ProviderHandle>,
+        access_log: Option<crate::access_log::AccessLog>,
     ) -> Result<Self, ProviderError> {
         let adapters = build_adapters(&config)?;
         let mut models = HashMap::with_capacity(config.models.len());
@@ -124,6 +127,7 @@ impl AppState {
             tickets,
             metrics,
             limiters,
+            access_log,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -187,6 +191,11 @@ impl AppState {
     /// The provider actor of a configured provider.
     pub fn limiter(&self, provider: &str) -> Option<&ProviderHandle> {
         self.inner.limiters.get(provider)
+    }
+
+    /// The access log, when `[access_log] enabled`.
+    pub fn access_log(&self) -> Option<&crate::access_log::AccessLog> {
+        self.inner.access_log.as_ref()
     }
 
     pub fn billing_enabled(&self) -> bool {

@@ -3,6 +3,7 @@
 //! `SocketAddr`, `Price` in nanos, [`Secret`]). Every error names the field path.
 //! With no file at all, [`Config::default`] runs the `echo` provider.
 
+mod access;
 mod auth;
 mod postgres;
 mod raw;
@@ -20,6 +21,7 @@ use tokun_actors::provider::ProviderLimits;
 use tokun_actors::provider::breaker::BreakerConfig;
 use tokun_storage::{Nanos, Price, StoreOptions};
 
+pub use access::{AccessLogConfig, IpNet, TrustedProxies};
 pub use auth::{AuthConfig, SmtpConfig, SmtpTls};
 pub use postgres::PostgresConfig;
 pub use raw::RawConfig;
@@ -63,6 +65,8 @@ pub struct Config {
     pub auto: AutoConfig,
     /// Console sign-in: sessions and the sign-in code mailer.
     pub auth: AuthConfig,
+    /// One JSON line per HTTP request and WebSocket upgrade, in `data_dir/access/`.
+    pub access_log: AccessLogConfig,
 }
 
 /// `model: "auto"`: the models it may pick from, in tie-break order.
@@ -88,6 +92,8 @@ pub struct ServerConfig {
     /// Where people reach tokun (links, and `Secure` cookies when https).
     pub public_url: Option<String>,
     pub shutdown_grace: Duration,
+    /// Whose `X-Forwarded-For` the access log believes; empty: nobody's.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +276,7 @@ impl Config {
             websocket: websocket_config(raw.websocket)?,
             postgres: postgres::postgres_config(raw.postgres, &secret)?,
             stripe,
+            access_log: access::access_log_config(raw.access_log),
         })
     }
 
@@ -331,6 +338,7 @@ fn server_config(raw: raw::RawServer, secret: &SecretFn<'_>) -> Result<ServerCon
             url => url,
         },
         shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs.unwrap_or(30)),
+        trusted_proxies: access::trusted_proxies(raw.trusted_proxies)?,
     })
 }
 

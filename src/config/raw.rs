@@ -30,6 +30,14 @@ pub struct RawConfig {
     pub auto: RawAuto,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +104,8 @@ pub struct RawServer {
     pub admin_token: Option<String>,
     pub public_url: Option<String>,
     pub shutdown_grace_secs: Option<u64>,
+    /// Peers (IPs or CIDR blocks) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

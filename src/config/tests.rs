@@ -38,6 +38,7 @@ fn the_example_file_is_valid_and_documents_every_key() {
         "admin_token",
         "public_url",
         "shutdown_grace_secs",
+        "trusted_proxies",
         "level",
         "format",
         "name",

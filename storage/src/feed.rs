@@ -7,7 +7,7 @@
 //! takes what the writer pushed since. Nothing is pushed for accounts nobody
 //! follows: the writer's cost is one atomic load per batch while nobody
 //! does, and a map lookup per record of a followed account while somebody
-//! does. A queue nobody has taken from for [`IDLE_MS`] is dropped, and one
+//! does. A queue nobody has taken from for [`IDLE`] is dropped, and one
 //! that grows past [`CAP`] items is emptied and marked overflowed; either
 //! way its reader reads the store again, so a forgotten subscription costs
 //! neither memory nor correctness.
@@ -15,22 +15,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::ids::AccountId;
 use crate::ledger::LedgerEntry;
 use crate::money::Nanos;
 
 /// A queue not taken from for this long is dropped.
-pub const IDLE_MS: u64 = 15 * 60 * 1_000;
+pub const IDLE: Duration = Duration::from_secs(15 * 60);
 /// A queue longer than this is emptied and marked overflowed.
 pub const CAP: usize = 200_000;
-
-/// The wall clock in Unix milliseconds (0 before 1970).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A durable usage record, as much as a running sum needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +61,8 @@ pub struct Feed<T> {
 
 struct Queue<T> {
     items: Vec<T>,
-    taken_ms: u64,
+    /// Monotonic, not the wall clock: only its age matters.
+    taken: Instant,
 }
 
 impl<T> Default for Feed<T> {
@@ -84,24 +79,24 @@ impl<T> Feed<T> {
     /// Subscribe before reading the store, so nothing written between the
     /// read and the next take is missed; the first take may repeat what
     /// the read saw, and the reader skips those.
-    pub fn subscribe(&self, account: AccountId, now_ms: u64) {
+    pub fn subscribe(&self, account: AccountId) {
         let mut queues = self.lock();
         queues.insert(
             account,
             Queue {
                 items: Vec::new(),
-                taken_ms: now_ms,
+                taken: Instant::now(),
             },
         );
         self.followed.store(queues.len(), Ordering::Release);
     }
 
     /// What was pushed for `account` since its last take or subscription.
-    pub fn take(&self, account: AccountId, now_ms: u64) -> Taken<T> {
+    pub fn take(&self, account: AccountId) -> Taken<T> {
         let mut queues = self.lock();
         match queues.get_mut(&account) {
             Some(queue) => {
-                queue.taken_ms = now_ms;
+                queue.taken = Instant::now();
                 Taken::Items(std::mem::take(&mut queue.items))
             }
             None => Taken::Lost,
@@ -116,7 +111,11 @@ impl<T> Feed<T> {
     }
 
     /// Queues each item of a followed account (the writer, after a flush).
-    pub fn push(&self, now_ms: u64, items: impl IntoIterator<Item = (AccountId, T)>) {
+    pub fn push(&self, items: impl IntoIterator<Item = (AccountId, T)>) {
+        self.push_at(Instant::now(), items);
+    }
+
+    fn push_at(&self, now: Instant, items: impl IntoIterator<Item = (AccountId, T)>) {
         if self.followed.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -128,7 +127,7 @@ impl<T> Feed<T> {
         }
         // Overflowed or forgotten queues go; their readers read the store.
         queues.retain(|_, queue| {
-            queue.items.len() <= CAP && now_ms.saturating_sub(queue.taken_ms) < IDLE_MS
+            queue.items.len() <= CAP && now.saturating_duration_since(queue.taken) < IDLE
         });
         self.followed.store(queues.len(), Ordering::Release);
     }
@@ -153,13 +152,13 @@ mod tests {
     #[test]
     fn only_followed_accounts_are_queued_and_a_take_empties_the_queue() {
         let feed = Feed::<u32>::default();
-        feed.push(0, [(A, 1)]);
-        assert_eq!(feed.take(A, 0), Taken::Lost);
-        feed.subscribe(A, 0);
-        feed.push(1, [(A, 2), (B, 3), (A, 4)]);
-        assert_eq!(feed.take(A, 2), Taken::Items(vec![2, 4]));
-        assert_eq!(feed.take(A, 3), Taken::Items(vec![]));
-        assert_eq!(feed.take(B, 3), Taken::Lost);
+        feed.push([(A, 1)]);
+        assert_eq!(feed.take(A), Taken::Lost);
+        feed.subscribe(A);
+        feed.push([(A, 2), (B, 3), (A, 4)]);
+        assert_eq!(feed.take(A), Taken::Items(vec![2, 4]));
+        assert_eq!(feed.take(A), Taken::Items(vec![]));
+        assert_eq!(feed.take(B), Taken::Lost);
         feed.unsubscribe(A);
         assert!(!feed.is_followed());
     }
@@ -167,12 +166,12 @@ mod tests {
     #[test]
     fn an_overflowing_or_idle_queue_is_lost() {
         let feed = Feed::<usize>::default();
-        feed.subscribe(A, 0);
-        feed.subscribe(B, 0);
-        feed.push(1, (0..=CAP).map(|i| (A, i)));
-        assert_eq!(feed.take(A, 2), Taken::Lost);
-        feed.push(IDLE_MS, [(B, 1)]);
-        assert_eq!(feed.take(B, IDLE_MS), Taken::Lost);
+        feed.subscribe(A);
+        feed.subscribe(B);
+        feed.push((0..=CAP).map(|i| (A, i)));
+        assert_eq!(feed.take(A), Taken::Lost);
+        feed.push_at(Instant::now() + IDLE, [(B, 1)]);
+        assert_eq!(feed.take(B), Taken::Lost);
         assert!(!feed.is_followed());
     }
 }

@@ -135,7 +135,7 @@ impl Store {
         first_day: u64,
         now_ms: u64,
     ) -> Option<Entry> {
-        let Taken::Items(items) = self.feeds().usage.take(account, now_ms) else {
+        let Taken::Items(items) = self.feeds().usage.take(account) else {
             return None;
         };
         for item in items {
@@ -158,7 +158,7 @@ impl Store {
         first_day: u64,
         now_ms: u64,
     ) -> Result<Entry, StorageError> {
-        self.feeds().usage.subscribe(account, now_ms);
+        self.feeds().usage.subscribe(account);
         let mut entry = Entry {
             scanned_ms: now_ms,
             repeats: HashSet::new(),

@@ -83,7 +83,7 @@ fn read(
     follow: bool,
 ) -> Result<Cached, StorageError> {
     if follow {
-        store.feeds().entries.subscribe(account, now_ms);
+        store.feeds().entries.subscribe(account);
     }
     let (statement, newest) = Statement::read(store, account, month)?;
     Ok(Cached {
@@ -103,7 +103,7 @@ fn bring_up_to_date(
     mut cached: Cached,
     now_ms: u64,
 ) -> Option<Cached> {
-    let Taken::Items(entries) = store.feeds().entries.take(account, now_ms) else {
+    let Taken::Items(entries) = store.feeds().entries.take(account) else {
         return None;
     };
     let month = cached.statement.month;

@@ -18,10 +18,7 @@ fn feed(store: &Store, account: u64, at_ms: u64, unique: u64, model: &str, cost:
         model: model.to_owned(),
         cost: Nanos::new(cost),
     };
-    store
-        .feeds()
-        .usage
-        .push(at_ms, [(AccountId::new(account), item)]);
+    store.feeds().usage.push([(AccountId::new(account), item)]);
 }
 
 fn insert(store: &Store, account: u64, at_ms: u64, unique: u64, model: &str, cost: i64) {

@@ -395,21 +395,16 @@ fn feed(store: &Store, changes: &Changes) {
     if !feeds.usage.is_followed() && !feeds.entries.is_followed() {
         return;
     }
-    let now_ms = crate::feed::now_ms();
-    feeds.usage.push(
-        now_ms,
-        changes.usage.iter().map(|(key, usage)| {
-            let item = UsageItem {
-                key: *key,
-                at_ms: usage.at_ms,
-                model: usage.model.clone(),
-                cost: usage.cost,
-            };
-            (usage.account, item)
-        }),
-    );
+    feeds.usage.push(changes.usage.iter().map(|(key, usage)| {
+        let item = UsageItem {
+            key: *key,
+            at_ms: usage.at_ms,
+            model: usage.model.clone(),
+            cost: usage.cost,
+        };
+        (usage.account, item)
+    }));
     feeds.entries.push(
-        now_ms,
         changes
             .entries
             .iter()
