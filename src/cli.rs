@@ -27,6 +27,10 @@ pub enum Command {
     /// Check or export the ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Announce policy changes (the store must not be in use by a running
+    /// server; with one running, use POST /admin/policy).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Copy the store to the configured Postgres once and exit (with a
     /// server running, use POST /admin/snapshots instead).
     Snapshot {
@@ -93,6 +97,35 @@ pub enum AccountsCommand {
         amount_usd: String,
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Correct an account's email (audited, with a reason).
+    SetEmail {
+        /// The account id, like acct_1.
+        account: String,
+        email: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Announce a policy change: a dashboard banner for everyone and one
+    /// email per account (when SMTP is configured).
+    Announce {
+        /// The day it takes effect, YYYY-MM-DD, at least 14 days ahead.
+        #[arg(long)]
+        effective: String,
+        /// What changes, in a sentence or two.
+        #[arg(long)]
+        summary: String,
+        /// An https:// link to the full text.
+        #[arg(long)]
+        url: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },

@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use tokun_storage::{AccountId, EntryKind, KeyId, Nanos};
+use tokun_storage::{ACTOR_CLI, AccountId, EntryKind, KeyId, Nanos};
 
 use crate::cli::{AccountsCommand, KeysCommand, LedgerCommand, StoreArgs};
 use crate::config::{Config, Secret};
@@ -122,9 +122,31 @@ pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 .accounts
                 .transfer(id, EntryKind::Adjustment, amount, reason.trim())
                 .await;
+            if let Ok(balance) = &result {
+                let (action, change) = crate::audit::adjustment(*balance, amount);
+                let store = &services.store;
+                crate::audit::record(store, ACTOR_CLI, action, id, change, reason.trim()).await;
+            }
             services.stop().await;
             let balance = result.map_err(|e| anyhow::anyhow!("{e}"))?;
             out(format!("{id}\tbalance ${balance}"))
+        }
+        AccountsCommand::SetEmail {
+            account,
+            email,
+            reason,
+            store,
+        } => {
+            let id: AccountId = account
+                .parse()
+                .map_err(|_| anyhow::anyhow!("`{account}` is not an account id like acct_1"))?;
+            let services = open(&store).await?;
+            let result =
+                crate::corrections::change_email(&services, id, &email, Some(&reason), ACTOR_CLI)
+                    .await;
+            services.stop().await;
+            let record = result?;
+            out(format!("{}\t{}", record.id, record.email))
         }
     }
 }
@@ -165,7 +187,14 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("`{key}` is not a key id like key_3"))?;
             let services = open(&store).await?;
+            let before = services.store.key(id)?;
             let result = services.revoke_key(id).await;
+            if let (Some(before), Ok(Some((_, after)))) = (&before, &result) {
+                if let Some(change) = crate::audit::revocation(before, after) {
+                    let store = &services.store;
+                    crate::audit::record(store, ACTOR_CLI, "key.revoke", id, change, "").await;
+                }
+            }
             services.stop().await;
             match result? {
                 Some(_) => out(format!("{id}\trevoked")),

@@ -4,15 +4,18 @@
 
 pub mod access_log;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod console;
+pub mod corrections;
 pub mod error;
 pub mod hex;
 pub mod inflight;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 pub mod services;
 pub mod state;

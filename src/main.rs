@@ -17,6 +17,7 @@ fn main() -> anyhow::Result<()> {
             Command::Accounts(command) => commands::accounts(command).await,
             Command::Keys(command) => commands::keys(command).await,
             Command::Ledger(command) => commands::ledger(command).await,
+            Command::Policy(command) => tokun::policy::command::run(command).await,
             Command::Snapshot { store } => commands::snapshot(&store).await,
             Command::Restore {
                 from_postgres,

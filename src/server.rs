@@ -247,6 +247,8 @@ pub struct RunningServer {
     purge: JoinHandle<()>,
     /// The console's low-balance alerts, every 30 s; aborted at shutdown.
     alerts: JoinHandle<()>,
+    /// Emails about policy changes (`policy::mail`); aborted at shutdown.
+    policy_mail: JoinHandle<()>,
     /// Tells open WebSockets to finish and close with 1001.
     going_away: Arc<tokio::sync::watch::Sender<bool>>,
     /// Sends console sign-in codes; in-process watchers may read them.
@@ -309,6 +311,7 @@ impl RunningServer {
         });
         let purge = tokio::spawn(purge_idempotency(state.clone()));
         let alerts = tokio::spawn(crate::console::billing::alerts::run(state.clone()));
+        let policy_mail = tokio::spawn(crate::policy::mail::run(state.clone()));
         let going_away = state.going_away_signal();
         let operator = admin_listen
             .map(|addr| OperatorListener::start(addr, state.clone()))
@@ -334,6 +337,7 @@ impl RunningServer {
             operator,
             purge,
             alerts,
+            policy_mail,
             going_away,
             mailer,
             access_log,
@@ -413,6 +417,8 @@ impl RunningServer {
         let _ = (&mut self.purge).await;
         self.alerts.abort();
         let _ = (&mut self.alerts).await;
+        self.policy_mail.abort();
+        let _ = (&mut self.policy_mail).await;
         if let Some(log) = self.access_log.take() {
             let _ = tokio::task::spawn_blocking(move || log.stop()).await;
         }

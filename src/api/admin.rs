@@ -1,6 +1,7 @@
 //! The operator API under `/admin`, guarded by the admin token: accounts
 //! (search, create, show, disable, credit/debit with a reason), keys (create
-//! for an account, revoke), ledger verification and Stripe payments.
+//! for an account, revoke), ledger verification and Stripe payments. Every
+//! change is written to the audit log (`audited`) once it succeeded.
 
 use axum::Json;
 use axum::body::Body;
@@ -9,10 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokun_storage::{AccountId, EntryKind, KeyId, Nanos};
+use tokun_storage::{ACTOR_ADMIN_TOKEN, AccountId, EntryKind, KeyId, Nanos};
 
 use super::account::{KeyView, NewKey, account_json, revoke};
 use super::{Query, parse_json, read_json_body};
+use crate::audit::{self, Change};
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -24,6 +26,18 @@ fn account_id(id: &str) -> Result<AccountId, ApiError> {
         message: format!("No account `{id}`."),
         code: "account_not_found",
     })
+}
+
+/// Records an action done with the admin token (see `crate::audit`).
+async fn audited(
+    state: &AppState,
+    action: &str,
+    target: impl std::fmt::Display,
+    change: Change,
+    reason: &str,
+) {
+    let store = &state.services().store;
+    audit::record(store, ACTOR_ADMIN_TOKEN, action, target, change, reason).await;
 }
 
 async fn json_body<T: serde::de::DeserializeOwned>(
@@ -101,6 +115,9 @@ pub async fn create_account(
         .create_account(email, credit, "signup credit")
         .await
         .map_err(|_| ApiError::Internal)?;
+    let after = json!({"email": record.email, "credit_usd": credit.to_string()});
+    let change = Change::new(Value::Null, after);
+    audited(&state, "account.create", record.id, change, "").await;
     let mut body = account_json(&state, record.id).await?;
     body["api_key"] = json!(secret);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -119,6 +136,9 @@ pub async fn get_account(
 pub struct Disable {
     #[serde(default = "yes")]
     disabled: bool,
+    /// Why, for the audit log (optional).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 fn yes() -> bool {
@@ -135,15 +155,26 @@ pub async fn disable_account(
     let id = account_id(&id)?;
     let bytes = read_json_body(&headers, body, ADMIN_BODY_LIMIT).await?;
     let request: Disable = if bytes.is_empty() {
-        Disable { disabled: true }
+        Disable {
+            disabled: true,
+            reason: None,
+        }
     } else {
         parse_json(&bytes)?
     };
-    state
+    let reason = audit::reason(request.reason.as_deref(), false)
+        .map_err(|message| ApiError::bad_request(message, Some("reason")))?;
+    let store = &state.services().store;
+    let before = store.account(id).map_err(|_| ApiError::Internal)?;
+    let after = state
         .services()
         .accounts
         .set_disabled(id, request.disabled)
         .await?;
+    if before.is_some_and(|before| before.disabled != after.disabled) {
+        let (action, change) = audit::disabling(after.disabled);
+        audited(&state, action, id, change, &reason).await;
+    }
     Ok(Json(account_json(&state, id).await?))
 }
 
@@ -192,12 +223,14 @@ async fn adjust(
     }
     let amount = positive_usd(&request.amount_usd, "amount_usd")?;
     let signed = Nanos::new(amount.get().saturating_mul(sign));
-    state
+    let balance = state
         .services()
         .accounts
         .transfer(id, EntryKind::Adjustment, signed, reason)
         .await
         .map_err(adjustment_refused)?;
+    let (action, change) = audit::adjustment(balance, signed);
+    audited(&state, action, id, change, reason).await;
     Ok(Json(account_json(&state, id).await?))
 }
 
@@ -264,6 +297,9 @@ pub async fn create_key(
         .create_key(id, options)
         .await
         .map_err(|_| ApiError::Internal)?;
+    let after = json!({"account": id.to_string(), "name": record.name});
+    let change = Change::new(Value::Null, after);
+    audited(&state, "key.create", record.id, change, "").await;
     Ok((
         StatusCode::CREATED,
         Json(KeyView::new(&record, Some(secret))),
@@ -281,7 +317,16 @@ pub async fn revoke_key(
         code: "key_not_found",
     };
     let key: KeyId = id.parse().map_err(|_| not_found())?;
-    revoke(&state, key).await?.ok_or_else(not_found).map(Json)
+    let store = &state.services().store;
+    let before = store.key(key).map_err(|_| ApiError::Internal)?;
+    let view = revoke(&state, key).await?.ok_or_else(not_found)?;
+    let after = store.key(key).map_err(|_| ApiError::Internal)?;
+    if let (Some(before), Some(after)) = (before, after) {
+        if let Some(change) = audit::revocation(&before, &after) {
+            audited(&state, "key.revoke", key, change, "").await;
+        }
+    }
+    Ok(Json(view))
 }
 
 pub async fn verify_ledger(

@@ -5,6 +5,7 @@
 mod account;
 pub(crate) mod account_data;
 mod admin;
+mod audit;
 mod chat;
 pub mod completion;
 mod embeddings;
@@ -12,6 +13,7 @@ mod health;
 mod idempotent;
 mod models;
 mod ops;
+mod policy;
 mod snapshots;
 pub mod sse;
 pub(crate) mod ws;
@@ -68,6 +70,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/payments", get(crate::stripe::checkout::list_payments))
         .route("/stripe/webhook", post(crate::stripe::webhook::receive))
         .route("/admin/payments", get(admin::list_payments))
+        .route("/admin/audit", get(audit::list))
+        .route("/admin/accounts/{id}/email", post(audit::set_email))
+        .route("/admin/policy", get(policy::list).post(policy::create))
         .merge(operator_router())
         .merge(crate::console::router())
 }

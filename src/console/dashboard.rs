@@ -164,6 +164,7 @@ pub async fn show(State(state): State<AppState>, who: Signed) -> Response {
     let spend = Spend::from_daily(&daily, now);
     let available = view.balance.saturating_sub(view.held);
     let body = html! {
+        (super::policy_banner::banner(store, &who))
         h1 { "Dashboard" }
         p.lead { "Signed in as " (display_name(&who)) ". Days are UTC days." }
         dl.cards {

@@ -19,6 +19,7 @@ mod oidc;
 mod oidc_routes;
 mod passkey;
 mod playground;
+pub mod policy_banner;
 mod ratelimit;
 pub mod session;
 
@@ -54,6 +55,8 @@ pub struct Console {
     passkeys: Option<passkey::Passkeys>,
     /// Monthly statements read before, brought up to date on each load.
     statements: billing::Statements,
+    /// Wakes the policy-change mailing (`crate::policy::mail`).
+    policy_mail: crate::policy::mail::PolicyMail,
 }
 
 /// How many sign-in codes one email may ask for per window.
@@ -71,6 +74,7 @@ impl Console {
             statements: billing::Statements::default(),
             oidc: oidc_routes::OidcSignIn::new(config),
             passkeys: passkey::Passkeys::new(config),
+            policy_mail: crate::policy::mail::PolicyMail::default(),
         }
     }
 
@@ -88,6 +92,10 @@ impl Console {
 
     pub fn mailer(&self) -> &Mailer {
         &self.mailer
+    }
+
+    pub fn policy_mail(&self) -> &crate::policy::mail::PolicyMail {
+        &self.policy_mail
     }
 }
 
@@ -140,6 +148,7 @@ pub fn router() -> Router<AppState> {
         .route("/billing/cancel", get(billing::cancel))
         .route("/billing/statement", get(billing::statement::show))
         .route("/billing/entries", get(billing::entries::list))
+        .route("/policy/{id}/dismiss", post(policy_banner::dismiss))
 }
 
 /// The test the admin API and sign-in share for an email address.

@@ -16,10 +16,12 @@
 //! `stripe_events` (see `payments`); `idempotency` (account ++ the client's
 //! `Idempotency-Key` → what the request answered; see `idempotency`); for
 //! the console's people, `sessions` with `account_sessions`, `login_codes`,
-//! `signins`, `profiles`, `passkeys` and `passkey_ids` (see `people`).
+//! `signins`, `profiles`, `passkeys` and `passkey_ids` (see `people`); the
+//! operators' `audit` log (see `audit`); `policies`, `policy_dismissals`,
+//! `policy_mails` and `policy_progress` (see `policy`).
 //!
-//! **Invariant:** every write except id reservation, idempotent outcomes and
-//! the people trees (none of them money) goes through the writer thread, one
+//! **Invariant:** every write except id reservation, idempotent outcomes,
+//! the people trees, the audit log and the policy trees (none of them money) goes through the writer thread, one
 //! atomic transaction and one flush per batch; an ack fires only after its
 //! batch is on disk. A `WriteOp::Sync` makes those side writes durable with
 //! the writer's flush.
@@ -28,6 +30,7 @@
 //! never updated or deleted.
 
 mod account_data;
+mod audit;
 mod billing;
 mod codec;
 mod error;
@@ -40,6 +43,7 @@ mod money;
 mod ops;
 mod payments;
 mod people;
+mod policy;
 pub mod postgres;
 mod price;
 mod records;
@@ -51,6 +55,7 @@ mod verify;
 mod writer;
 
 pub use account_data::{Batch, BatchCursor};
+pub use audit::{ACTOR_ADMIN_TOKEN, ACTOR_CLI, AuditFilter, AuditRecord, NewAudit};
 pub use billing::{AlertWatch, Change, Period};
 pub use error::StorageError;
 pub use idempotency::{IdempotentOutcome, StoredReply};
@@ -63,6 +68,7 @@ pub use people::{
     CodeCheck, LoginCode, PasskeyRecord, Profile, SessionRecord, SignInRecord, constant_time_eq,
     login_code_hash,
 };
+pub use policy::{MailProgress, NewPolicy, PolicyRecord};
 pub use price::Price;
 pub use records::{
     AccountRecord, BalanceRow, KEY_PREFIX_CHARS, KeyRecord, LimitReset, OpenHold, UsageRecord,

@@ -96,6 +96,10 @@ pub(crate) struct Trees {
     pub(crate) passkeys: Tree,
     /// credential id → account (8 bytes, big-endian).
     pub(crate) passkey_ids: Tree,
+    /// The operators' audit log (see `audit`; written outside the writer).
+    pub(crate) audit: crate::audit::AuditTrees,
+    /// Policy notices, dismissals and their emails (see `policy`).
+    pub(crate) policy: crate::policy::PolicyTrees,
 }
 
 impl Default for StoreOptions {
@@ -157,6 +161,8 @@ impl Store {
             profiles: open("profiles")?,
             passkeys: open("passkeys")?,
             passkey_ids: open("passkey_ids")?,
+            audit: crate::audit::AuditTrees::open(&db)?,
+            policy: crate::policy::PolicyTrees::open(&db)?,
         };
         let ids = IdAllocator::open(db.clone(), open("ids")?)?;
         Ok(Store {

@@ -33,6 +33,8 @@ mod keys;
 mod origin;
 /// The playground page, its session ticket and `/v1/ws` billing.
 mod playground;
+/// Policy changes: 14 days' notice, the dashboard banner, one email each.
+mod policy;
 /// Sign-in codes sent by SMTP (lettre) to the testkit's SMTP sink.
 mod smtp;
 

@@ -10,6 +10,7 @@
 //! itself never waits on a disk flush, so its mailbox keeps moving.
 
 pub mod book;
+mod email;
 pub mod payment;
 pub mod supervisor;
 #[cfg(test)]
@@ -127,6 +128,9 @@ pub enum AccountMsg {
     /// Deleted by its owner at this time (ms): disabled for good, written
     /// through this actor so a later `SetDisabled` keeps the mark.
     MarkDeleted(u64, Durably<AccountRecord>),
+    /// An operator's correction of the email (normalized); replies once
+    /// durable (see `email`).
+    SetEmail(String, Durably<AccountRecord>),
     View(RpcReplyPort<Result<AccountView, AccountError>>),
     IdleCheck,
     /// A Stripe payment event; replies once durable (see `payment`).
@@ -149,6 +153,7 @@ impl crate::instrument::MessageKind for AccountMsg {
             AccountMsg::Transfer { .. } => "transfer",
             AccountMsg::SetDisabled(..) => "set_disabled",
             AccountMsg::MarkDeleted(..) => "mark_deleted",
+            AccountMsg::SetEmail(..) => "set_email",
             AccountMsg::View(_) => "view",
             AccountMsg::IdleCheck => "idle_check",
             AccountMsg::Payment(..) => "payment",
@@ -302,6 +307,9 @@ impl AccountState {
                 state.record.disabled = true;
                 state.record.deleted_ms = Some(state.record.deleted_ms.unwrap_or(at_ms));
                 state.write_record(reply);
+            }
+            AccountMsg::SetEmail(email, reply) => {
+                let _ = reply.send(state.set_email(email).await);
             }
             AccountMsg::View(reply) => {
                 let books = state.book.books();

@@ -468,6 +468,20 @@ impl AccountsHandle {
             .await
     }
 
+    /// Corrects the account's email (normalized by the caller); answers
+    /// once the record is durable, `LedgerUnavailable` if the writer
+    /// refused it (the email belongs to another account) or failed.
+    pub async fn set_email(
+        &self,
+        account: AccountId,
+        email: &str,
+    ) -> Result<AccountRecord, AccountError> {
+        self.call_durably(account, |reply| {
+            AccountMsg::SetEmail(email.to_owned(), reply)
+        })
+        .await
+    }
+
     /// Applies a Stripe payment event to the account, exactly once; answers
     /// once what it wrote is durable (see `account::payment`).
     pub async fn payment(

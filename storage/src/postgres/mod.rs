@@ -17,6 +17,7 @@
 //! TLS is not supported yet: connect over a private network or a local socket
 //! proxy.
 
+mod audit;
 mod copy;
 mod load;
 mod mirror;

@@ -8,8 +8,8 @@
 //! production (books recomputed, holds opened and closed by the rules, seqs
 //! assigned 1, 2, 3, … and compared). Only what has no rule is written
 //! directly, once the writer has stopped: request metadata, under the keys
-//! it had (so a later snapshot into the same schema recognises it), and the
-//! id ranges (so new accounts, keys and holds never reuse an id). Then
+//! it had (so a later snapshot into the same schema recognises it), the
+//! operators' audit log under its seqs, and the id ranges (so new accounts, keys and holds never reuse an id). Then
 //! `verify` must come back clean and every balance must equal the
 //! snapshot's `balances` row; otherwise the directory is emptied again and
 //! the restore refused.
@@ -51,6 +51,8 @@ pub struct RestoreReport {
     pub requests: u64,
     pub payments: u64,
     pub stripe_events: u64,
+    /// Operator audit records (`audit_log`), under their seqs.
+    pub audit: u64,
     /// The audit of the rebuilt store (clean, or the restore was refused).
     pub verify: VerifyReport,
 }
@@ -167,6 +169,7 @@ async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError
     loaded?;
 
     let requests = copy_requests(&tx, target, &store).await?;
+    let audit = super::audit::restore(&tx, target, &store).await?;
     write_id_ranges(&store, &ids)?;
     let balances = select(&tx, target, BALANCE_COLUMNS, "balances", "account_id").await?;
     let verify = check(&store, &balances, holds.len() as u64).await?;
@@ -182,6 +185,7 @@ async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError
         api_keys: keys.len() as u64,
         open_holds: holds.len() as u64,
         requests,
+        audit,
         verify,
     })
 }

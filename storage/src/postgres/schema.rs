@@ -17,6 +17,7 @@ const MIGRATION_LOCK: i64 = 0x746f_6b75_6e00_0001;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "snapshot tables and views", V1),
     (2, "key limit periods and expiry", V2),
+    (3, "audit log", V3),
 ];
 
 const V1: &str = r#"
@@ -185,6 +186,25 @@ const V2: &str = r#"
 ALTER TABLE api_keys
     ADD COLUMN limit_reset text NOT NULL DEFAULT 'total',
     ADD COLUMN expires_ms bigint;
+"#;
+
+/// The operators' audit log (`storage/src/audit.rs`), appended by seq.
+const V3: &str = r#"
+CREATE TABLE audit_log (
+    seq bigint PRIMARY KEY,
+    at_ms bigint NOT NULL,
+    actor text NOT NULL,
+    action text NOT NULL,
+    target text NOT NULL,
+    before jsonb NOT NULL,
+    after jsonb NOT NULL,
+    reason text NOT NULL
+);
+CREATE INDEX audit_log_target ON audit_log (target);
+
+CREATE VIEW audit AS
+SELECT seq, to_timestamp(at_ms / 1000.0) AS at, actor, action, target, before, after, reason
+FROM audit_log;
 "#;
 
 /// Creates and selects the schema, then applies what is missing. Returns

@@ -9,7 +9,8 @@
 //! behind but a rolled-back transaction. Balances and open holds are derived
 //! from those same entries, so they describe exactly the cut. Accounts, keys
 //! and request metadata are mirrored as they are when read (`mirror.rs`);
-//! payments are read just before the cut and checked after (`payments.rs`).
+//! payments are read just before the cut and checked after (`payments.rs`);
+//! audit records above the highest seq Postgres has are appended (`audit.rs`).
 //!
 //! sled is read on blocking threads, in chunks, while the connection sends
 //! the previous chunk (`copy::copy_in`).
@@ -48,6 +49,8 @@ pub struct SnapshotReport {
     pub payments: u64,
     /// Processed Stripe event marks new to Postgres.
     pub stripe_events: u64,
+    /// Audit records new to Postgres.
+    pub audit: u64,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
 }
@@ -87,6 +90,7 @@ pub async fn snapshot(store: &Store, conn: &mut PgConn) -> Result<SnapshotReport
     let accounts = mirror::accounts(&tx, target, store).await?;
     let requests = mirror::requests(&tx, target, store, cut.settled).await?;
     let (payments, stripe_events) = payments::apply(&tx, target).await?;
+    let audit = super::audit::snapshot(&tx, target, store).await?;
     let mut report = SnapshotReport {
         from_seq,
         last_seq,
@@ -98,6 +102,7 @@ pub async fn snapshot(store: &Store, conn: &mut PgConn) -> Result<SnapshotReport
         requests,
         payments,
         stripe_events,
+        audit,
         duration: Duration::ZERO,
     };
     let rows = i64::try_from(report.rows()).unwrap_or(i64::MAX);
@@ -140,6 +145,7 @@ impl SnapshotReport {
             + self.requests
             + self.payments
             + self.stripe_events
+            + self.audit
     }
 }
 
