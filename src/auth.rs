@@ -144,6 +144,10 @@ pub struct KeyCache {
     /// Keys revoked while this process runs, by id: a credential checked
     /// once (an open `/v1/ws` socket) asks here before it starts anything.
     revoked: Mutex<std::collections::HashSet<u64>>,
+    /// Request debugging turned on or off while this process runs, by key
+    /// id: an open `/v1/ws` socket's key was read once, so its completions
+    /// ask here (see [`KeyCache::debugging`]).
+    debug_changed: Mutex<HashMap<u64, bool>>,
 }
 
 /// How stale a key's `last_used` may get before it is written again.
@@ -208,6 +212,10 @@ impl KeyCache {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(record.id.get());
         }
+        self.debug_changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(record.id.get(), record.debug);
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -224,6 +232,16 @@ impl KeyCache {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .contains(&key.id.get())
+    }
+
+    /// Whether `key` (authenticated earlier) has request debugging on now.
+    pub fn debugging(&self, key: &KeyRecord) -> bool {
+        self.debug_changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key.id.get())
+            .copied()
+            .unwrap_or(key.debug)
     }
 
     /// The key's record with `last_used` set to now, when it is due to be

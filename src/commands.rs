@@ -218,6 +218,12 @@ pub async fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
                 report.open_holds,
                 report.problems.len()
             ))?;
+            if report.pruned_through > 0 {
+                out(format!(
+                    "entries through seq {} pruned by retention: replayed from the ledger checkpoint",
+                    report.pruned_through
+                ))?;
+            }
             for problem in &report.problems {
                 out(format!("problem: {problem}"))?;
             }

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokun_actors::{RequestError, StreamFailure};
-use tokun_providers::{ErrorSource, ProviderError, TimeoutPhase};
+use tokun_providers::{ErrorSource, ProviderError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -177,21 +177,10 @@ impl ApiError {
     }
 }
 
+/// The status `ProviderError::answer_status` decides (the request log
+/// records the same one).
 fn upstream_status(error: &ProviderError) -> StatusCode {
-    match error {
-        ProviderError::Timeout {
-            phase: TimeoutPhase::FirstByte | TimeoutPhase::Total | TimeoutPhase::Idle,
-        } => StatusCode::GATEWAY_TIMEOUT,
-        ProviderError::Status { status: 429, .. } => StatusCode::TOO_MANY_REQUESTS,
-        // Upstreams overloaded or a circuit open: worth retrying later.
-        ProviderError::Status {
-            status: 503 | 529, ..
-        } => StatusCode::SERVICE_UNAVAILABLE,
-        ProviderError::Status { status, .. } if error.source() == ErrorSource::Client => {
-            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
-        }
-        _ => StatusCode::BAD_GATEWAY,
-    }
+    StatusCode::from_u16(error.answer_status()).unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
 impl IntoResponse for ApiError {

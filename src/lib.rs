@@ -14,6 +14,7 @@ pub mod corrections;
 pub mod error;
 pub mod hex;
 pub mod inflight;
+pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod server;

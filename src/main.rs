@@ -89,13 +89,17 @@ fn announce(server: &RunningServer, model: &str) {
         }
         None => "$TOKUN_API_KEY",
     };
+    if let Some(redirect) = server.redirect_addr() {
+        eprintln!("plain HTTP on http://{redirect} is redirected to https (308)");
+    }
     if let Some(operator) = server.operator_addr() {
         eprintln!(
             "operator endpoints (/metrics, /admin/actors, /admin/providers) on http://{operator}"
         );
     }
+    let scheme = if server.serves_tls() { "https" } else { "http" };
     eprintln!(
-        "tokun listening on http://{addr}\n\nTry a streamed completion:\n  curl -N http://{addr}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{model}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello tokun\"}}]}}'\n"
+        "tokun listening on {scheme}://{addr}\n\nTry a streamed completion:\n  curl -N {scheme}://{addr}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{model}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello tokun\"}}]}}'\n"
     );
 }
 

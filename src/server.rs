@@ -12,7 +12,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -24,6 +23,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::console::mail::{Mailer, SentCode};
 use crate::error::{ApiError, ErrorKind};
+use crate::listener::{Endpoint, Limits, Listener, https::Https};
 use crate::services::{FirstStart, Services, StartMode};
 use crate::state::AppState;
 use crate::{api, console};
@@ -90,13 +90,12 @@ impl OperatorListener {
                             return;
                         }
                     };
-                    let app =
-                        operator_app(state).into_make_service_with_connect_info::<SocketAddr>();
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await;
+                    let limits = Limits::of(&state.config().server);
+                    let endpoint = Endpoint::new(Listener::Operator, operator_app(state), limits);
+                    let served = crate::listener::serve(listener, endpoint, async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
                     if let Err(error) = served {
                         tracing::error!(%error, "the admin listener failed");
                     }
@@ -255,6 +254,8 @@ pub struct RunningServer {
     mailer: Mailer,
     /// The access log's writer, flushed and stopped last at shutdown.
     access_log: Option<crate::access_log::AccessLog>,
+    /// `[server.tls]`: the certificate reloader and the redirect listener.
+    https: Https,
 }
 
 impl RunningServer {
@@ -295,10 +296,7 @@ impl RunningServer {
             );
         }
         let (shutdown, signal) = oneshot::channel::<()>();
-        let listener = listener.tap_io(|tcp| {
-            // Nagle's algorithm meeting delayed ACKs costs ~40 ms per small write.
-            let _ = tcp.set_nodelay(true);
-        });
+        let https = Https::start(&state.config().server, addr).await?;
         let upkeep = state.metrics().cloned().map(|handle| {
             // Folds histogram samples in between scrapes so they never pile up.
             tokio::spawn(async move {
@@ -317,14 +315,11 @@ impl RunningServer {
             .map(|addr| OperatorListener::start(addr, state.clone()))
             .transpose()?;
         // The peer address reaches handlers as `ConnectInfo` (sign-in limits).
-        let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = signal.await;
-                })
-                .await
-        });
+        let limits = Limits::of(&state.config().server);
+        let endpoint = Endpoint::new(Listener::Api, app(state), limits).with_tls(https.acceptor());
+        let task = tokio::spawn(crate::listener::serve(listener, endpoint, async move {
+            let _ = signal.await;
+        }));
         Ok(RunningServer {
             addr,
             shutdown: Some(shutdown),
@@ -341,11 +336,22 @@ impl RunningServer {
             going_away,
             mailer,
             access_log,
+            https,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the API listener serves TLS (`[server.tls]`).
+    pub fn serves_tls(&self) -> bool {
+        self.https.acceptor().is_some()
+    }
+
+    /// Where `server.redirect_http` answers plain HTTP with 308, if configured.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.https.redirect_addr()
     }
 
     /// Where `server.admin_listen` serves the operator endpoints, if configured.
@@ -402,6 +408,7 @@ impl RunningServer {
             Ok(joined) => joined??,
             Err(_) => self.task.abort(),
         }
+        self.https.stop().await;
         // Every stream has settled; flush the ledger and stop its writer.
         self.services.stop().await;
         if let Some(upkeep) = self.upkeep.take() {

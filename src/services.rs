@@ -216,6 +216,7 @@ impl Services {
                 }])
                 .await?;
         }
+        delete_debug_bodies(&self.store, key).await;
         Ok(Some((hash, record)))
     }
 
@@ -255,6 +256,20 @@ impl Services {
             snapshots.stop().await;
         }
         self.ledger.stop().await;
+    }
+}
+
+/// Deletes a revoked key's debug bodies at once (issue 20 item 2), off the
+/// async workers. The revocation is already durable, so a failure here is
+/// logged, not returned: the caller must still refresh the auth cache, and
+/// the retention sweeper removes the bodies within 7 days anyway.
+async fn delete_debug_bodies(store: &Store, key: KeyId) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.delete_debug_bodies_of_key(key)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(deleted)) => tracing::info!(%key, deleted, "a revoked key's debug bodies deleted"),
+        Ok(Err(error)) => tracing::error!(%key, %error, "a revoked key's debug bodies remain"),
+        Err(error) => tracing::error!(%key, %error, "deleting debug bodies panicked"),
     }
 }
 

@@ -77,11 +77,13 @@ impl AppState {
             let routes: Vec<Route> = model
                 .routes
                 .iter()
-                .filter_map(|r| {
+                .enumerate()
+                .filter_map(|(position, r)| {
                     let (adapter, timeouts) = adapters.get(r.provider.as_str())?;
                     Some(Route {
                         provider: r.provider.as_str().into(),
                         upstream_model: r.model.as_str().into(),
+                        position: u32::try_from(position).unwrap_or(u32::MAX),
                         adapter: adapter.clone(),
                         timeouts: *timeouts,
                         limiter: limiters.get(r.provider.as_str()).cloned(),

@@ -61,6 +61,7 @@ impl Snapshot {
             .await?;
         let scrape = client
             .get(format!("{base}/metrics"))
+            .bearer_auth(token)
             .send()
             .await?
             .text()

@@ -30,7 +30,13 @@ fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 async fn scrape(h: &Harness) -> String {
-    let response = h.anonymous.get(h.url("/metrics")).send().await.unwrap();
+    let response = h
+        .anonymous
+        .get(h.url("/metrics"))
+        .bearer_auth(&h.admin_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]

@@ -177,6 +177,7 @@ async fn postgres_down_serving_continues_and_snapshots_catch_up() {
     let scrape = h
         .anonymous
         .get(h.url("/metrics"))
+        .bearer_auth(&h.admin_token)
         .send()
         .await
         .unwrap()

@@ -180,6 +180,8 @@ fn usage(account: AccountId) -> UsageRecord {
         latency_ms: 1,
         ttft_ms: Some(1),
         error_kind: None,
+        cached_tokens: 0,
+        route: None,
     }
 }
 

@@ -20,6 +20,9 @@ pub struct Route {
     pub provider: Arc<str>,
     /// The model name sent upstream.
     pub upstream_model: Arc<str>,
+    /// Where this route stands among the model's configured routes (0 is
+    /// the first): the request log's `route`.
+    pub position: u32,
     pub adapter: Adapter,
     pub timeouts: Timeouts,
     /// The provider actor that grants permits for this route (limits, circuit).

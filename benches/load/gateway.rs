@@ -47,6 +47,7 @@ level = "warn"
 
 [metrics]
 enabled = {metrics}
+public = true
 
 [billing]
 enabled = {enabled}

@@ -103,6 +103,25 @@ impl ProviderError {
         }
     }
 
+    /// The HTTP status a gateway answers its client with when this failure
+    /// ends a request before any output: timeouts 504, rate limits 429, an
+    /// overloaded upstream (503, Anthropic's 529) 503, the upstream's own
+    /// status when it rejected the request itself, 502 for everything else.
+    /// The edge's error response and the request log both read it.
+    pub fn answer_status(&self) -> u16 {
+        match self {
+            ProviderError::Timeout {
+                phase: TimeoutPhase::FirstByte | TimeoutPhase::Total | TimeoutPhase::Idle,
+            } => 504,
+            ProviderError::Status { status: 429, .. } => 429,
+            ProviderError::Status {
+                status: 503 | 529, ..
+            } => 503,
+            ProviderError::Status { status, .. } if self.source() == ErrorSource::Client => *status,
+            _ => 502,
+        }
+    }
+
     /// How long the upstream asked us to wait, when it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -128,8 +128,11 @@ fn usage_json(record: &UsageRecord) -> Value {
         "created": record.at_ms / 1000,
         "key": record.key.map(|k| k.to_string()),
         "model": record.model,
+        "served_model": record.served_model,
         "provider": record.provider,
+        "route": record.route,
         "prompt_tokens": record.prompt_tokens,
+        "cached_tokens": record.cached_tokens,
         "completion_tokens": record.completion_tokens,
         "cost": record.cost.to_string(),
         "estimated": record.estimated,
@@ -143,14 +146,15 @@ fn usage_json(record: &UsageRecord) -> Value {
 
 fn usage_csv(records: &[UsageRecord]) -> String {
     let mut out = String::from(
-        "request_id,created,key,model,provider,prompt_tokens,completion_tokens,cost_usd,estimated,status,transport,latency_ms,ttft_ms\n",
+        "request_id,created,key,model,provider,prompt_tokens,completion_tokens,cost_usd,estimated,status,transport,latency_ms,ttft_ms,cached_tokens,route\n",
     );
     for r in records {
         // Absent values are empty CSV cells.
         let key = r.key.map(|k| k.to_string()).unwrap_or_default();
         let ttft = r.ttft_ms.map(|t| t.to_string()).unwrap_or_default();
+        let route = r.route.map(|route| route.to_string()).unwrap_or_default();
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             csv_field(&r.request_id),
             r.at_ms / 1000,
             key,
@@ -163,7 +167,9 @@ fn usage_csv(records: &[UsageRecord]) -> String {
             r.status,
             r.transport,
             r.latency_ms,
-            ttft
+            ttft,
+            r.cached_tokens,
+            route
         ));
     }
     out

@@ -1,7 +1,8 @@
 //! Everything held about an account, out and gone (issue 20 items 5–6,
 //! shared by the console's `/account`): `GET /v1/account/export` streams
 //! one JSON document of the profile, sign-ins, sessions, passkeys, keys,
-//! every request, every ledger entry and the payments; `POST
+//! every request, every ledger entry, the payments and the request
+//! debugging bodies still held; `POST
 //! /v1/account/delete` (`{"confirm": "<email>"}`) disables the account,
 //! marks it deleted, revokes every key and ends every session at once.
 //!
@@ -33,6 +34,8 @@ use crate::state::AppState;
 
 /// Rows per chunk of the export's body.
 const CHUNK_ROWS: usize = 1_000;
+/// Debug bodies per chunk: each may be up to 2 MiB (a request and its answer).
+const DEBUG_BODIES_PER_CHUNK: usize = 16;
 /// The delete request's body is one email.
 const DELETE_BODY_LIMIT: usize = 4 * 1024;
 
@@ -210,6 +213,8 @@ enum Phase {
     Requests(Option<BatchCursor>),
     /// The next ledger seq to read.
     Ledger(u64),
+    /// Request debugging's bodies still held (7 days at most).
+    DebugBodies(Option<BatchCursor>),
     Done,
 }
 
@@ -277,6 +282,23 @@ impl Export {
                         self.phase = Phase::Ledger(seq.saturating_add(1));
                     }
                     _ => {
+                        out.push_str("\n],\"debug_bodies\":[");
+                        self.start(Phase::DebugBodies(None));
+                    }
+                }
+            }
+            Phase::DebugBodies(after) => {
+                let batch = self.store.debug_bodies_of_account(
+                    account,
+                    after.as_ref(),
+                    DEBUG_BODIES_PER_CHUNK,
+                )?;
+                for body in &batch.rows {
+                    self.row(&mut out, &super::debug::body_json(body));
+                }
+                match batch.next {
+                    Some(next) => self.phase = Phase::DebugBodies(Some(next)),
+                    None => {
                         out.push_str("\n]}\n");
                         self.phase = Phase::Done;
                     }
@@ -331,9 +353,6 @@ impl Export {
             "passkeys": passkeys.iter().map(passkey_json).collect::<Vec<_>>(),
             "keys": keys.iter().map(key_json).collect::<Vec<_>>(),
             "payments": payments.iter().map(payment_json).collect::<Vec<_>>(),
-            // Request debugging stores no bodies yet (issue 20 item 2): there
-            // is nothing to list. Once it does, they go here.
-            "debug_bodies": [],
         });
         // The head without its closing brace: the long arrays follow.
         let mut text = head.to_string();
@@ -443,6 +462,7 @@ fn request_json(r: &UsageRecord) -> Value {
         "served_model": r.served_model,
         "provider": r.provider,
         "prompt_tokens": r.prompt_tokens,
+        "cached_tokens": r.cached_tokens,
         "completion_tokens": r.completion_tokens,
         "cost": money(r.cost),
         "usage": if r.estimated { "estimated" } else { "exact" },
@@ -451,6 +471,7 @@ fn request_json(r: &UsageRecord) -> Value {
         "latency_ms": r.latency_ms,
         "ttft_ms": r.ttft_ms,
         "error_kind": r.error_kind,
+        "route": r.route,
     })
 }
 

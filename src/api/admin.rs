@@ -343,6 +343,7 @@ pub async fn verify_ledger(
     Ok(Json(json!({
         "clean": report.is_clean(), "entries": report.entries, "accounts": report.accounts,
         "open_holds": report.open_holds, "problems": report.problems,
+        "pruned_through": report.pruned_through,
     })))
 }
 

@@ -12,6 +12,7 @@ use tokun_actors::routing::{Candidate, cheapest_fit};
 use tokun_actors::{RelayEvent, StreamArgs, Transport, Work};
 use tokun_providers::{ChatRequest, tokens};
 
+use super::debug::capture::Capture;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::inflight::InFlightGuard;
@@ -118,6 +119,14 @@ pub async fn launch(
     mut request: ChatRequest,
     transport: Transport,
 ) -> Result<Launched, ApiError> {
+    // Before `auto` is resolved: the request as the client sent it.
+    let capture = Capture::begin(
+        state,
+        caller,
+        transport,
+        &request_id,
+        (&request.model, &request),
+    );
     let prompt_tokens = tokens::estimate_prompt(&request);
     let model = if request.model == AUTO {
         let model = pick_auto(state, &request, prompt_tokens).await?;
@@ -148,7 +157,7 @@ pub async fn launch(
     )
     .await?;
     Ok(Launched {
-        events,
+        events: Capture::relay(capture, events, buffer),
         guard,
         streaming,
         wants_usage,

@@ -17,6 +17,7 @@ use tokun_actors::{RelayEvent, Settlement, Transport, Work};
 use tokun_providers::{EmbeddingRequest, EmbeddingResponse};
 
 use super::completion::{RELAY_BUFFER, check_request_model, start};
+use super::debug::capture::Capture;
 use super::{parse_json, read_json_body};
 use crate::auth::Inference;
 use crate::error::ApiError;
@@ -67,8 +68,15 @@ pub async fn embeddings(
     }
     let base64 = request.encoding_format.as_deref() == Some("base64");
     let model_id: Arc<str> = model.config.id.as_str().into();
+    let capture = Capture::begin(
+        &state,
+        caller.as_ref(),
+        Transport::Http,
+        &request_id.0,
+        (&request.model, &request),
+    );
     let work = Work::Embeddings(request);
-    let (mut events, _guard) = start(
+    let (events, _guard) = start(
         &state,
         caller.as_ref(),
         request_id.0.clone(),
@@ -78,6 +86,7 @@ pub async fn embeddings(
         RELAY_BUFFER,
     )
     .await?;
+    let mut events = Capture::relay(capture, events, RELAY_BUFFER);
     let mut route = None;
     loop {
         match events.recv().await {

@@ -8,6 +8,7 @@ mod admin;
 mod audit;
 mod chat;
 pub mod completion;
+pub(crate) mod debug;
 mod embeddings;
 mod health;
 mod idempotent;
@@ -44,6 +45,7 @@ pub fn router() -> Router<AppState> {
             get(account::list_keys).post(account::create_key),
         )
         .route("/v1/keys/{id}", axum::routing::delete(account::revoke_key))
+        .route("/v1/keys/{id}/debug", get(debug::list))
         .route("/v1/requests/{id}/cancel", post(account::cancel))
         .route("/v1/ws", get(ws::connect))
         .route("/v1/ws/ticket", post(ws::issue_ticket))

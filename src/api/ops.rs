@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 
 use super::Query;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,9 +18,20 @@ use tokun_actors::instrument::directory;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
+use crate::listener::Listener;
 use crate::state::AppState;
 
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// On the API listener `/metrics` asks for the admin token unless
+/// `[metrics] public = true`; the operator listener is private by design.
+pub async fn metrics(
+    State(state): State<AppState>,
+    listener: Option<Extension<Listener>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let operator = listener.is_some_and(|Extension(l)| l == Listener::Operator);
+    if !operator && !state.config().metrics.public {
+        crate::auth::check_admin(&headers, &state.services().admin_token_hash)?;
+    }
     let handle = state.metrics().ok_or(ApiError::NotImplemented {
         message: "Metrics are not enabled.".into(),
     })?;

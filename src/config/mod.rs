@@ -5,6 +5,7 @@
 
 mod access;
 mod auth;
+mod listen;
 mod postgres;
 mod raw;
 mod secret;
@@ -23,6 +24,7 @@ use tokun_storage::{Nanos, Price, StoreOptions};
 
 pub use access::{AccessLogConfig, IpNet, TrustedProxies};
 pub use auth::{AuthConfig, SmtpConfig, SmtpTls};
+pub use listen::TlsConfig;
 pub use postgres::PostgresConfig;
 pub use raw::RawConfig;
 pub use secret::{Secret, expand_env};
@@ -67,6 +69,15 @@ pub struct Config {
     pub auth: AuthConfig,
     /// One JSON line per HTTP request and WebSocket upgrade, in `data_dir/access/`.
     pub access_log: AccessLogConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long tokun keeps what it keeps.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Ledger entries older than this may be pruned (`retention.ledger_years`,
+    /// counted as 365-day years; default 7).
+    pub ledger: Duration,
 }
 
 /// `model: "auto"`: the models it may pick from, in tie-break order.
@@ -79,6 +90,9 @@ pub struct AutoConfig {
 pub struct MetricsConfig {
     /// Record metrics and serve `GET /metrics`.
     pub enabled: bool,
+    /// `/metrics` on the API listener without the admin token (the operator
+    /// listener never asks for it).
+    pub public: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +108,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Whose `X-Forwarded-For` the access log believes; empty: nobody's.
     pub trusted_proxies: TrustedProxies,
+    /// `[server.tls]`: TLS on `listen` with these PEM files (see `listen.rs`).
+    pub tls: Option<TlsConfig>,
+    /// A plain-HTTP listener that answers 308 to the https URL.
+    pub redirect_http: Option<SocketAddr>,
+    /// Longest a client may take over a request's headers (and a TLS handshake).
+    pub header_read_timeout: Duration,
+    /// Longest a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -272,17 +294,34 @@ impl Config {
             auth,
             metrics: MetricsConfig {
                 enabled: raw.metrics.enabled.unwrap_or(true),
+                public: raw.metrics.public.unwrap_or(false),
             },
             websocket: websocket_config(raw.websocket)?,
             postgres: postgres::postgres_config(raw.postgres, &secret)?,
             stripe,
             access_log: access::access_log_config(raw.access_log),
+            retention: retention_config(&raw.retention)?,
         })
     }
 
     pub fn model(&self, id: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.id == id)
     }
+}
+
+fn retention_config(raw: &raw::RawRetention) -> Result<RetentionConfig, ConfigError> {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    let years = raw.ledger_years.unwrap_or(7);
+    // Bookkeeping law keeps ledgers for years; a year is the least tokun takes.
+    if !(1..=100).contains(&years) {
+        return Err(invalid(
+            "retention.ledger_years",
+            format!("{years} is not between 1 and 100"),
+        ));
+    }
+    Ok(RetentionConfig {
+        ledger: YEAR.saturating_mul(u32::try_from(years).unwrap_or(100)),
+    })
 }
 
 impl Default for Config {
@@ -318,6 +357,7 @@ fn server_config(raw: raw::RawServer, secret: &SecretFn<'_>) -> Result<ServerCon
             )
         })?),
     };
+    let connections = listen::connections_config(&raw)?;
     let max_body_bytes = raw.max_body_bytes.unwrap_or(4 * 1024 * 1024);
     if max_body_bytes < 1024 {
         return Err(invalid("server.max_body_bytes", "must be at least 1024"));
@@ -339,6 +379,10 @@ fn server_config(raw: raw::RawServer, secret: &SecretFn<'_>) -> Result<ServerCon
         },
         shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs.unwrap_or(30)),
         trusted_proxies: access::trusted_proxies(raw.trusted_proxies)?,
+        tls: connections.tls,
+        redirect_http: connections.redirect_http,
+        header_read_timeout: connections.header_read_timeout,
+        idle_timeout: connections.idle_timeout,
     })
 }
 

@@ -32,6 +32,17 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub access_log: RawAccessLog,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// How long tokun keeps what it keeps (issue 20).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Ledger entries older than this many years may be pruned into the
+    /// ledger checkpoint; absent: 7.
+    pub ledger_years: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +103,8 @@ pub struct RawAuto {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub enabled: Option<bool>,
+    /// `/metrics` on the API listener without the admin token.
+    pub public: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +119,19 @@ pub struct RawServer {
     pub shutdown_grace_secs: Option<u64>,
     /// Peers (IPs or CIDR blocks) whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Option<Vec<String>>,
+    /// TLS on `listen`; absent: plain HTTP.
+    pub tls: Option<RawTls>,
+    /// A plain-HTTP address answering 308 to the https URL.
+    pub redirect_http: Option<String>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -39,6 +39,12 @@ fn the_example_file_is_valid_and_documents_every_key() {
         "public_url",
         "shutdown_grace_secs",
         "trusted_proxies",
+        "header_read_timeout_secs",
+        "idle_timeout_secs",
+        "redirect_http",
+        "cert_file",
+        "key_file",
+        "public",
         "level",
         "format",
         "name",
@@ -330,4 +336,18 @@ fn auth_sessions_and_smtp_are_optional_and_checked() {
         let error = parse(text).unwrap_err().to_string();
         assert!(error.starts_with(field), "{text}: {error}");
     }
+}
+
+#[test]
+fn the_ledger_is_kept_seven_years_unless_configured() {
+    const YEAR: u64 = 365 * 24 * 3600;
+    let default = Config::default();
+    assert_eq!(default.retention.ledger.as_secs(), 7 * YEAR);
+    let ten = parse("[retention]\nledger_years = 10\n").unwrap();
+    assert_eq!(ten.retention.ledger.as_secs(), 10 * YEAR);
+    let error = parse("[retention]\nledger_years = 0\n").unwrap_err();
+    assert!(
+        error.to_string().contains("retention.ledger_years"),
+        "{error}"
+    );
 }

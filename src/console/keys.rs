@@ -2,12 +2,14 @@
 //! keys with their limits, what each spent in its current limit period and
 //! when it was last used, the revoked ones apart), create (`keys/create.rs`:
 //! the form and the page that shows a new secret once), rename, debugging
-//! on or off, and revoke after a confirmation page. Keys are created,
+//! on or off (and what it kept: `keys/debug.rs`), and revoke after a
+//! confirmation page. Keys are created,
 //! changed and revoked through the services, as the API does, and every
 //! change reaches the auth cache at once. A key id that is not the
 //! account's is a 404.
 
 mod create;
+mod debug;
 mod list;
 
 use axum::extract::{Path, RawQuery, State};
@@ -23,6 +25,8 @@ use crate::services::KeyChange;
 use crate::state::AppState;
 use create::{Draft, Errors, NAME_CHARS};
 use list::{model_ids, render};
+
+pub use debug::show as stored_requests;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

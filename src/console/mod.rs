@@ -117,7 +117,10 @@ pub fn router() -> Router<AppState> {
         .route("/account/deleted", get(account::delete::deleted))
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{id}/rename", post(keys::rename))
-        .route("/keys/{id}/debug", post(keys::debug))
+        .route(
+            "/keys/{id}/debug",
+            get(keys::stored_requests).post(keys::debug),
+        )
         .route(
             "/keys/{id}/revoke",
             get(keys::confirm_revoke).post(keys::revoke),

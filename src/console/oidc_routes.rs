@@ -209,13 +209,11 @@ const PENDING_TTL_SECS: u64 = super::oidc::PENDING_TTL.as_secs();
 
 /// `tokun_oidc=<value>` for the callback's path only, `Secure` over https.
 fn state_cookie(state: &AppState, value: &str) -> String {
-    let https = state
-        .config()
-        .server
-        .public_url
-        .as_deref()
-        .is_some_and(|url| url.starts_with("https://"));
-    let secure = if https { "; Secure" } else { "" };
+    let secure = if state.config().server.https() {
+        "; Secure"
+    } else {
+        ""
+    };
     format!("{STATE_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/login/oidc{secure}")
 }
 

@@ -180,15 +180,14 @@ pub fn clear_cookie(state: &AppState) -> String {
     )
 }
 
-/// `Secure` whenever people reach tokun over https (`server.public_url`).
+/// `Secure` whenever people reach tokun over https: `[server.tls]`, or an
+/// https `server.public_url` (TLS ended by a proxy in front).
 fn secure(state: &AppState) -> &'static str {
-    let https = state
-        .config()
-        .server
-        .public_url
-        .as_deref()
-        .is_some_and(|url| url.starts_with("https://"));
-    if https { "; Secure" } else { "" }
+    if state.config().server.https() {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 fn hash_token(token: &str) -> [u8; 32] {

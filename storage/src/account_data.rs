@@ -17,7 +17,7 @@ use crate::store::Store;
 /// Where the next batch of one account's rows starts (exclusive): the tree
 /// key of the last row read. Opaque to callers.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BatchCursor(Vec<u8>);
+pub struct BatchCursor(pub(crate) Vec<u8>);
 
 /// One batch, oldest first; `next` is `None` once the rows are read to the end.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +128,8 @@ mod tests {
             latency_ms: 1,
             ttft_ms: None,
             error_kind: None,
+            cached_tokens: 0,
+            route: None,
         }
     }
 

@@ -56,6 +56,12 @@ pub enum StorageError {
     /// A Stripe event id or refund key that was already processed.
     #[error("write op {op_index} refused: {key} was already processed")]
     AlreadyProcessed { op_index: usize, key: String },
+    /// A `PruneLedger` that cannot run now (another in the same batch).
+    #[error("write op {op_index} refused: {reason}")]
+    PruneRefused {
+        op_index: usize,
+        reason: &'static str,
+    },
     /// A writer is already running on this store.
     #[error("a ledger writer is already running on this store")]
     WriterRunning,
@@ -83,6 +89,7 @@ impl StorageError {
                 | StorageError::KeyConflict { .. }
                 | StorageError::PaymentConflict { .. }
                 | StorageError::AlreadyProcessed { .. }
+                | StorageError::PruneRefused { .. }
         )
     }
 

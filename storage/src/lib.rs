@@ -18,21 +18,29 @@
 //! the console's people, `sessions` with `account_sessions`, `login_codes`,
 //! `signins`, `profiles`, `passkeys` and `passkey_ids` (see `people`); the
 //! operators' `audit` log (see `audit`); `policies`, `policy_dismissals`,
-//! `policy_mails` and `policy_progress` (see `policy`).
+//! `policy_mails` and `policy_progress` (see `policy`); `ledger_checkpoint`,
+//! what the entries retention pruned added up to (see `checkpoint`);
+//! request debugging's `debug_bodies` and `debug_by_time` (see
+//! `debug_bodies`).
 //!
 //! **Invariant:** every write except id reservation, idempotent outcomes,
-//! the people trees, the audit log and the policy trees (none of them money) goes through the writer thread, one
-//! atomic transaction and one flush per batch; an ack fires only after its
-//! batch is on disk. A `WriteOp::Sync` makes those side writes durable with
-//! the writer's flush.
+//! the people trees, the audit log, the policy trees and debug bodies (none
+//! of them money) goes through the writer thread, one atomic transaction and
+//! one flush per batch; an ack fires only after its batch is on disk. A
+//! `WriteOp::Sync` makes those side writes durable with the writer's flush.
 //!
 //! **Invariant:** the ledger is append-only: seqs 1, 2, 3, … with no gaps,
-//! never updated or deleted.
+//! never updated. Only retention deletes entries, the oldest first, through
+//! the writer (`WriteOp::PruneLedger`), in the same transaction that folds
+//! them into the ledger checkpoint; `verify` starts from it, so the books,
+//! postings and payments are still checked exactly.
 
 mod account_data;
 mod audit;
 mod billing;
+mod checkpoint;
 mod codec;
+mod debug_bodies;
 mod error;
 pub mod feed;
 mod idempotency;
@@ -57,6 +65,8 @@ mod writer;
 pub use account_data::{Batch, BatchCursor};
 pub use audit::{ACTOR_ADMIN_TOKEN, ACTOR_CLI, AuditFilter, AuditRecord, NewAudit};
 pub use billing::{AlertWatch, Change, Period};
+pub use checkpoint::{CheckpointState, LedgerCheckpoint, PRUNE_BATCH, PrunedReference};
+pub use debug_bodies::{DebugBody, DebugBodyId, DebugPage, StoredDebugBody};
 pub use error::StorageError;
 pub use idempotency::{IdempotentOutcome, StoredReply};
 pub use ids::{AccountId, HoldId, IdError, KeyId};

@@ -41,6 +41,12 @@ pub enum WriteOp {
     /// Mark a Stripe event id (or refund key) processed. Marking one twice
     /// is refused, so a submission carrying a mark is written at most once.
     MarkProcessed { key: String, at_ms: u64 },
+    /// Retention: remove the oldest entries, up to `through_seq` (at most
+    /// `PRUNE_BATCH` of them past the checkpoint, and only as far as no
+    /// hold is open), folding what they add up to into the ledger
+    /// checkpoint in the same transaction (see `checkpoint`). Alone in its
+    /// submission; a second one in the same batch is refused.
+    PruneLedger { through_seq: u64 },
     /// Write nothing, but flush even if the batch is otherwise empty: makes
     /// durable what was written to sled outside the writer (the
     /// `idempotency` tree) before this op was submitted.

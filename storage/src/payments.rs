@@ -252,6 +252,25 @@ struct ReferencedMoney {
 }
 
 impl PaymentEntries {
+    /// Starts from the money of the entries retention pruned.
+    pub(crate) fn from_checkpoint(
+        references: &std::collections::BTreeMap<String, crate::checkpoint::PrunedReference>,
+    ) -> PaymentEntries {
+        let by_reference = references
+            .iter()
+            .map(|(reference, pruned)| {
+                let money = ReferencedMoney {
+                    topups: pruned.topups,
+                    topped_up: pruned.topped_up,
+                    refunded: pruned.refunded,
+                    accounts: pruned.accounts.clone(),
+                };
+                (reference.clone(), money)
+            })
+            .collect();
+        PaymentEntries { by_reference }
+    }
+
     pub(crate) fn note(&mut self, entry: &LedgerEntry) {
         let (Some(reference), EntryKind::Topup | EntryKind::Refund) =
             (&entry.reference, entry.kind)

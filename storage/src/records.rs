@@ -103,14 +103,27 @@ pub struct UsageRecord {
     pub served_model: String,
     pub provider: String,
     pub prompt_tokens: u64,
+    /// Of `prompt_tokens`, those the upstream served from its prompt cache
+    /// (billed at the cached price). Absent in records written before it
+    /// was kept: 0.
+    #[serde(default)]
+    pub cached_tokens: u64,
     pub completion_tokens: u64,
     pub cost: Nanos,
     pub estimated: bool,
+    /// The HTTP status the client was answered: 200 for every settled
+    /// request (its stream or body began), the error's status for a request
+    /// no route answered.
     pub status: u16,
     pub transport: String,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
     pub error_kind: Option<String>,
+    /// Which of the model's configured routes answered (0 is the first; a
+    /// higher one means the routes before it failed over). `None` when no
+    /// route answered, and in records written before it was kept.
+    #[serde(default)]
+    pub route: Option<u32>,
 }
 
 /// The SHA-256 of an API key's secret: how keys are stored and looked up.

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::checkpoint::CheckpointState;
 use crate::ids::{AccountId, HoldId};
 use crate::ledger::{Book, EntryKind, LedgerEntry, apply};
 use crate::money::Nanos;
@@ -59,6 +60,33 @@ impl Replay {
             seq_fingerprints: HashMap::new(),
             problems: Problems::default(),
         }
+    }
+
+    /// A replay that starts after the ledger checkpoint: every account
+    /// with pruned entries at its books then, and the postings those
+    /// entries made (an account's add up to its books).
+    pub(crate) fn from_checkpoint(
+        floors: HashMap<AccountId, Nanos>,
+        state: &CheckpointState,
+    ) -> Replay {
+        let mut replay = Replay::new(floors);
+        let checkpoint = &state.checkpoint;
+        replay.next_seq = checkpoint.through_seq + 1;
+        for (account, row) in &state.books {
+            replay.accounts.insert(*account, *row);
+            let available = i128::from(row.books.available().get());
+            let held = i128::from(row.books.held.get());
+            *replay
+                .postings
+                .entry(Book::Available(*account))
+                .or_default() += available;
+            *replay.postings.entry(Book::Held(*account)).or_default() += held;
+        }
+        if checkpoint.through_seq > 0 {
+            replay.postings.insert(Book::Revenue, checkpoint.revenue);
+            replay.postings.insert(Book::External, checkpoint.external);
+        }
+        replay
     }
 
     pub(crate) fn step(&mut self, entry: &LedgerEntry) {

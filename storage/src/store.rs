@@ -100,6 +100,13 @@ pub(crate) struct Trees {
     pub(crate) audit: crate::audit::AuditTrees,
     /// Policy notices, dismissals and their emails (see `policy`).
     pub(crate) policy: crate::policy::PolicyTrees,
+    /// What pruned entries added up to (see `checkpoint`).
+    pub(crate) checkpoint: Tree,
+    /// key id ++ at_ms ++ unique → `DebugBody` (see `debug_bodies`; written
+    /// outside the writer, like `idempotency`).
+    pub(crate) debug_bodies: Tree,
+    /// at_ms ++ key id ++ unique → nothing: debug bodies in time order.
+    pub(crate) debug_by_time: Tree,
 }
 
 impl Default for StoreOptions {
@@ -163,6 +170,9 @@ impl Store {
             passkey_ids: open("passkey_ids")?,
             audit: crate::audit::AuditTrees::open(&db)?,
             policy: crate::policy::PolicyTrees::open(&db)?,
+            checkpoint: open("ledger_checkpoint")?,
+            debug_bodies: open("debug_bodies")?,
+            debug_by_time: open("debug_by_time")?,
         };
         let ids = IdAllocator::open(db.clone(), open("ids")?)?;
         Ok(Store {

@@ -1,6 +1,7 @@
 //! `Store::verify`, the audit behind `tokun ledger verify`: replays every
-//! entry (`replay`) and compares the result with the stored balances and
-//! open holds; and `Store::export_jsonl`. Read-only.
+//! entry after the ledger checkpoint (`replay`, starting from what the
+//! pruned entries added up to) and compares the result with the stored
+//! balances and open holds; and `Store::export_jsonl`. Read-only.
 //!
 //! On a quiescent store the check is exact. On a live store it is still
 //! sound: it replays up to the seq recorded in `meta` when it starts, and
@@ -13,6 +14,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::checkpoint::CheckpointState;
 use crate::codec::{decode, read_u64};
 use crate::error::StorageError;
 use crate::ids::AccountId;
@@ -27,6 +29,9 @@ use crate::store::{Store, unpack_seqs};
 pub struct VerifyReport {
     /// Entries replayed.
     pub entries: u64,
+    /// The ledger checkpoint the replay started from: entries up to this
+    /// seq were pruned by retention (0: none).
+    pub pruned_through: u64,
     /// Accounts with at least one entry.
     pub accounts: u64,
     pub open_holds: u64,
@@ -51,19 +56,36 @@ impl VerifyReport {
 
 impl Store {
     /// Recomputes every balance from the entries and checks: seqs are 1, 2,
-    /// 3, … without gaps; every entry's books-after match the replay; every
-    /// entry that lowers an account's available funds keeps them at or
-    /// above the account's floor; stored balance rows match the replay;
+    /// 3, … without gaps (after the checkpoint, when retention pruned the
+    /// oldest: then the replay starts from the checkpoint's books, postings
+    /// and payment money); every entry's books-after match the replay;
+    /// every entry that lowers an account's available funds keeps them at
+    /// or above the account's floor; stored balance rows match the replay;
     /// the double-entry postings sum to zero and match each account's
     /// available and held books; every closed hold took out exactly what
     /// went in; the `holds` tree holds exactly the unclosed holds with their
     /// remaining amounts, which add up to each account's held; every Stripe
     /// payment matches the entries that reference it (see `payments`).
     pub fn verify(&self) -> Result<VerifyReport, StorageError> {
+        // A prune committing while the entries are read moves the
+        // checkpoint: the replay is then made again from the new one.
+        let mut attempts = 0;
+        loop {
+            let state = self.checkpoint_state()?;
+            let report = self.verify_from(&state)?;
+            attempts += 1;
+            let moved = self.ledger_checkpoint()?.unwrap_or_default() != state.checkpoint;
+            if !moved || attempts == 3 {
+                return Ok(report);
+            }
+        }
+    }
+
+    fn verify_from(&self, state: &CheckpointState) -> Result<VerifyReport, StorageError> {
         let last_seq = self.last_seq()?;
-        let mut replay = Replay::new(self.floors()?);
-        let mut payment_entries = PaymentEntries::default();
-        for entry in self.entries(0) {
+        let mut replay = Replay::from_checkpoint(self.floors()?, state);
+        let mut payment_entries = PaymentEntries::from_checkpoint(&state.references);
+        for entry in self.entries(state.checkpoint.through_seq + 1) {
             let entry = entry?;
             if entry.seq > last_seq {
                 break;
@@ -97,6 +119,7 @@ impl Store {
         }
         Ok(VerifyReport {
             entries: replay.entries,
+            pruned_through: state.checkpoint.through_seq,
             accounts: replay.accounts.len() as u64,
             open_holds: holds.len() as u64,
             last_seq,
@@ -109,7 +132,8 @@ impl Store {
     }
 
     /// Writes every ledger entry as one JSON object per line; returns how
-    /// many.
+    /// many. Entries pruned by retention are not there: the first line's
+    /// seq is one past the checkpoint (`ledger_checkpoint`).
     pub fn export_jsonl(&self, out: &mut impl Write) -> Result<u64, StorageError> {
         let failed = |err: &dyn std::fmt::Display| StorageError::Export {
             message: err.to_string(),

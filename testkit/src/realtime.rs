@@ -31,6 +31,8 @@ pub struct RealtimeScript {
     pub hold_open: bool,
     /// Answer nothing at all: the response is never started.
     pub silent: bool,
+    /// `input_token_details.cached_tokens` in `response.done`'s usage.
+    pub cached_tokens: u64,
 }
 
 impl Default for RealtimeScript {
@@ -41,6 +43,7 @@ impl Default for RealtimeScript {
             drop_after: None,
             hold_open: false,
             silent: false,
+            cached_tokens: 0,
         }
     }
 }
@@ -202,7 +205,7 @@ fn response_events(id: &str, script: &RealtimeScript) -> Vec<Option<Value>> {
         if let Some((input, output)) = script.usage {
             response["usage"] = json!({
                 "total_tokens": input + output, "input_tokens": input, "output_tokens": output,
-                "input_token_details": {"cached_tokens": 0, "text_tokens": input, "audio_tokens": 0},
+                "input_token_details": {"cached_tokens": script.cached_tokens, "text_tokens": input, "audio_tokens": 0},
                 "output_token_details": {"text_tokens": output, "audio_tokens": 0},
             });
         }

@@ -41,6 +41,9 @@ pub struct Script {
     pub usage: Option<(u64, u64)>,
     /// Never send the usage chunk.
     pub omit_usage: bool,
+    /// Of the prompt tokens, those served from the prompt cache, reported
+    /// as `prompt_tokens_details.cached_tokens` (absent when `None`).
+    pub cached_tokens: Option<u64>,
     /// Never answer at all.
     pub hang: bool,
     /// Extra response headers, e.g. `x-ratelimit-remaining-requests`.
@@ -62,6 +65,7 @@ impl Default for Script {
             error_event_after: None,
             usage: None,
             omit_usage: false,
+            cached_tokens: None,
             hang: false,
             headers: Vec::new(),
         }
@@ -234,7 +238,11 @@ fn error_response(status: u16, retry_after: Option<u64>) -> Response {
 
 fn usage_of(script: &Script) -> Value {
     let (prompt, completion) = script.usage.unwrap_or((10, script.tokens.len() as u64));
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+    let mut usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    if let Some(cached) = script.cached_tokens {
+        usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
+    }
+    usage
 }
 
 fn completion_response(script: &Script, model: &str) -> Response {

@@ -176,6 +176,9 @@ async fn the_export_holds_every_record_kind_and_no_secret_and_deletion_ends_ever
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0]["model"], "echo-mini");
     assert_eq!(requests[0]["key"], live_id.as_str());
+    // The request log's route and cached tokens: echo is the first route.
+    assert_eq!(requests[0]["route"], 0);
+    assert_eq!(requests[0]["cached_tokens"], 0);
     let ledger = export["ledger"].as_array().unwrap();
     let kinds: Vec<&str> = ledger.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     for kind in ["adjustment", "hold", "settle"] {
@@ -400,6 +403,8 @@ async fn a_long_history_streams_whole_across_many_chunks() {
                 latency_ms: 1,
                 ttft_ms: None,
                 error_kind: None,
+                cached_tokens: 0,
+                route: None,
             })
         })
         .collect();

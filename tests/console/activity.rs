@@ -98,6 +98,18 @@ async fn exports_equal(browser: &Browser, query: &str, want: &[UsageRecord]) {
     let costs: Vec<Nanos> = rows.iter().map(|r| r[9].parse().unwrap()).collect();
     let want_costs: Vec<Nanos> = want.iter().map(|r| r.cost).collect();
     assert_eq!(costs, want_costs, "CSV costs of {query}");
+    // The request log's cached tokens and route: the last two columns.
+    assert!(header.ends_with(",cached_tokens,route"), "{header}");
+    let extra: Vec<(u64, Option<u32>)> = rows
+        .iter()
+        .map(|r| {
+            let n = r.len();
+            (r[n - 2].parse().unwrap(), r[n - 1].parse().ok())
+        })
+        .collect();
+    let want_extra: Vec<(u64, Option<u32>)> =
+        want.iter().map(|r| (r.cached_tokens, r.route)).collect();
+    assert_eq!(extra, want_extra, "CSV cached tokens and routes of {query}");
 
     let (_, json) = export(browser, &format!("/activity.json?{query}")).await;
     let json: Value = serde_json::from_str(&json).unwrap();
@@ -112,6 +124,17 @@ async fn exports_equal(browser: &Browser, query: &str, want: &[UsageRecord]) {
         .map(|r| r["cost_usd"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(costs, want_costs, "JSON costs of {query}");
+    let extra: Vec<(u64, Option<u32>)> = data
+        .iter()
+        .map(|r| {
+            let route = r["route"].as_u64().map(|n| u32::try_from(n).unwrap());
+            (r["cached_tokens"].as_u64().unwrap(), route)
+        })
+        .collect();
+    assert_eq!(
+        extra, want_extra,
+        "JSON cached tokens and routes of {query}"
+    );
 }
 
 #[tokio::test]
@@ -258,6 +281,8 @@ fn records(account: AccountId, key: KeyId, n: u64) -> Vec<UsageRecord> {
             latency_ms: 10,
             ttft_ms: Some(3),
             error_kind: (i % 11 == 0).then(|| "client_gone".to_owned()),
+            cached_tokens: i % 4,
+            route: (i % 3 != 0).then_some(u32::try_from(i % 2).unwrap()),
         })
         .collect()
 }

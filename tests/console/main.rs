@@ -17,6 +17,10 @@ mod support;
 mod account_data;
 /// The activity page: filters, paging, detail and exports.
 mod activity;
+/// Request debugging: bodies kept only while on, for the owner only, 7 days.
+mod debug;
+/// Request debugging over `/v1/ws` and for embeddings.
+mod debug_transports;
 
 /// "Sign in with …" through the fake OpenID Connect issuer.
 mod oidc;

@@ -110,10 +110,20 @@ async fn settled_balance(client: &reqwest::Client, h: &Harness) -> i64 {
     balance
 }
 
-/// Nothing was charged: the balance is whole and no request was recorded.
+/// Nothing was charged: the balance is whole, and every request in the
+/// log is one that failed before any output (an error status, no cost).
 async fn assert_charged_nothing(client: &reqwest::Client, h: &Harness) {
     assert_eq!(settled_balance(client, h).await, CREDIT, "nothing charged");
-    assert_eq!(usage_records(client, h).await, Vec::<Value>::new());
+    for record in usage_records(client, h).await {
+        assert!(record["status"].as_u64().unwrap() >= 400, "{record}");
+        assert_eq!(record["cost"], "0.00", "{record}");
+        assert!(record["error"].is_string(), "{record}");
+    }
+}
+
+/// The records of requests that were answered (status 200).
+fn answered_only(records: Vec<Value>) -> Vec<Value> {
+    records.into_iter().filter(|r| r["status"] == 200).collect()
 }
 
 /// An OpenAI-shaped error with `status`; its `error` object.
@@ -151,6 +161,7 @@ async fn metric(h: &Harness, name: &str, labels: &[(&str, &str)]) -> f64 {
     let scrape = h
         .anonymous
         .get(h.url("/metrics"))
+        .bearer_auth(&h.admin_token)
         .send()
         .await
         .unwrap()

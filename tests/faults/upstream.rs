@@ -45,6 +45,10 @@ async fn an_upstream_429_storm_is_answered_429_and_charges_nothing() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     let records = usage_records(&client, &h).await;
+    // The storm's requests are in the log as 429s that cost nothing.
+    let refused = records.iter().filter(|r| r["status"] == 429).count();
+    assert_eq!(refused, N, "{records:?}");
+    let records = answered_only(records);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["cost"], body["usage"]["cost"]);
     assert_eq!(
@@ -108,8 +112,21 @@ routes = [{{ provider = "five-a" }}, {{ provider = "five-b" }}]
     let usage_line = text.lines().rfind(|l| l.contains("\"usage\":{")).unwrap();
     let usage: Value = serde_json::from_str(usage_line.trim_start_matches("data: ")).unwrap();
     let records = usage_records(&client, &h).await;
+    let statuses: Vec<&Value> = records.iter().map(|r| &r["status"]).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "{records:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        1,
+        "{records:?}"
+    );
+    let records = answered_only(records);
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["provider"], "five-b");
+    assert_eq!(records[0]["route"], 1);
     assert_eq!(records[0]["error"], Value::Null);
     assert_eq!(records[0]["cost"], usage["usage"]["cost"]);
     assert_eq!(

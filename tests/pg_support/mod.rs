@@ -358,5 +358,7 @@ pub fn usage(account: AccountId, at_ms: u64, request: &str, cost: i64) -> UsageR
         latency_ms: 5,
         ttft_ms: Some(1),
         error_kind: None,
+        cached_tokens: 0,
+        route: None,
     }
 }

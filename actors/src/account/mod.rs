@@ -105,7 +105,9 @@ pub enum AccountMsg {
         usage: Option<Box<UsageRecord>>,
         reply: Durably<Applied<Settled>>,
     },
-    Release(HoldId),
+    /// Gives the hold back; with a usage record (a request no route
+    /// answered), logs it at cost 0 in the same write.
+    Release(HoldId, Option<Box<UsageRecord>>),
     /// Settles a hold left open by a crash; replies once durable.
     Recover {
         hold: HoldId,
@@ -147,7 +149,7 @@ impl crate::instrument::MessageKind for AccountMsg {
             AccountMsg::Reserve(..) => "reserve",
             AccountMsg::Extend(..) => "extend",
             AccountMsg::Settle { .. } => "settle",
-            AccountMsg::Release(_) => "release",
+            AccountMsg::Release(..) => "release",
             AccountMsg::Recover { .. } => "recover",
             AccountMsg::Checkpoint { .. } => "checkpoint",
             AccountMsg::Transfer { .. } => "transfer",
@@ -264,9 +266,15 @@ impl AccountState {
                 usage,
                 reply,
             } => state.settle(hold, billed, usage, reply, now),
-            AccountMsg::Release(hold) => {
+            AccountMsg::Release(hold, usage) => {
                 if let Ok(entry) = state.book.release(hold, now) {
-                    state.ledger.append_nowait(vec![WriteOp::Entry(entry)]);
+                    let mut ops = vec![WriteOp::Entry(entry)];
+                    if let Some(mut usage) = usage {
+                        // Nothing was charged: the log says so, whatever the caller set.
+                        usage.cost = Nanos::ZERO;
+                        ops.push(WriteOp::PutUsage(*usage));
+                    }
+                    state.ledger.append_nowait(ops);
                 }
             }
             AccountMsg::Recover {

@@ -383,7 +383,13 @@ impl AccountsHandle {
 
     /// Gives a hold back. Sent, never awaited: callable from `Drop`.
     pub fn release_nowait(&self, account: AccountId, hold: HoldId) {
-        self.send_nowait(account, AccountMsg::Release(hold));
+        self.send_nowait(account, AccountMsg::Release(hold, None));
+    }
+
+    /// Gives a hold back and logs its request (a failure: cost 0) in the
+    /// same ledger write as the `Release`. Sent, never awaited.
+    pub fn release_logged_nowait(&self, account: AccountId, hold: HoldId, usage: UsageRecord) {
+        self.send_nowait(account, AccountMsg::Release(hold, Some(Box::new(usage))));
     }
 
     /// Records a hold's usage so far for crash recovery. Sent, never awaited.

@@ -394,6 +394,31 @@ impl LedgerHandle {
         self.append(Vec::new()).await.map(|_| ())
     }
 
+    /// Retention: prunes one bounded batch (at most `PRUNE_BATCH` entries)
+    /// of the entries written before `cutoff_ms` into the ledger checkpoint,
+    /// through the writer like every write. Returns how many went: 0 when
+    /// none is old enough, or an open hold stops the prune there. The
+    /// sweeper calls it until it returns 0.
+    pub async fn prune_older_than(&self, cutoff_ms: u64) -> Result<u64, StorageError> {
+        let store = self.store.clone();
+        // Reads up to a batch of entries: not on an async worker.
+        let read = tokio::task::spawn_blocking(move || {
+            let before = store.ledger_checkpoint()?.map_or(0, |c| c.through_seq);
+            Ok::<_, StorageError>((before, store.prune_target(cutoff_ms)?))
+        });
+        let joined = read.await.map_err(|err| StorageError::Spawn {
+            message: format!("the prune's read of the ledger failed: {err}"),
+        })?;
+        let (before, target) = joined?;
+        let Some(through_seq) = target else {
+            return Ok(0);
+        };
+        self.append(vec![WriteOp::PruneLedger { through_seq }])
+            .await?;
+        let after = self.store.ledger_checkpoint()?.map_or(0, |c| c.through_seq);
+        Ok(after.saturating_sub(before))
+    }
+
     /// Drains the writer and stops the actor.
     pub async fn stop(&self) {
         let _ = self
@@ -405,9 +430,51 @@ impl LedgerHandle {
 
 #[cfg(test)]
 mod tests {
-    use tokun_storage::{AccountId, AccountRecord, Nanos};
+    use tokun_storage::{AccountId, AccountRecord, Books, EntryKind, Nanos, NewEntry};
 
     use super::*;
+
+    /// Retention through the ledger: one bounded batch per call, only what
+    /// is older than the cutoff, and a ledger that still verifies clean.
+    #[tokio::test]
+    async fn pruning_goes_a_batch_at_a_time_and_stops_at_the_cutoff() {
+        let store = Store::temporary().unwrap();
+        let ledger = LedgerHandle::start(store.clone(), WriterConfig::default())
+            .await
+            .unwrap();
+        ledger
+            .append(vec![account(1, "old@tokun.local")])
+            .await
+            .unwrap();
+        for n in 1..=1_500_i64 {
+            let books = Books {
+                balance: Nanos::new(n),
+                held: Nanos::ZERO,
+            };
+            // Entry n was written at n ms after the epoch.
+            let at_ms = u64::try_from(n).unwrap();
+            let topup = NewEntry::new(
+                at_ms,
+                AccountId::new(1),
+                EntryKind::Topup,
+                Nanos::new(1),
+                books,
+            );
+            ledger.append_nowait(vec![WriteOp::Entry(topup)]);
+        }
+        ledger.barrier().await.unwrap();
+        assert_eq!(ledger.prune_older_than(1_201).await.unwrap(), 1_000);
+        assert_eq!(ledger.prune_older_than(1_201).await.unwrap(), 200);
+        assert_eq!(ledger.prune_older_than(1_201).await.unwrap(), 0);
+        let report = store.verify().unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!((report.pruned_through, report.entries), (1_200, 300));
+        assert_eq!(
+            store.books(AccountId::new(1)).unwrap().balance,
+            Nanos::new(1_500)
+        );
+        ledger.stop().await;
+    }
 
     fn account(id: u64, email: &str) -> WriteOp {
         WriteOp::PutAccount(AccountRecord {

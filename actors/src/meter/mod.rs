@@ -118,6 +118,9 @@ pub struct MeterRecord {
     /// The model the upstream was asked for, once a route answered.
     pub served_model: Option<Arc<str>>,
     pub provider: Option<Arc<str>>,
+    /// The position of the answering route among the model's configured
+    /// routes (0 first), once a route answered.
+    pub route: Option<u32>,
     pub usage: Usage,
     pub source: UsageSource,
     pub outcome: RequestOutcome,
@@ -260,6 +263,32 @@ impl Meter {
         }
     }
 
+    /// Gives the whole hold back and logs the request as failed with the
+    /// `status` its client is answered: no route answered, so nothing was
+    /// generated and nothing is charged (`record`'s usage is not billed).
+    /// The log record goes with the `Release` entry. Sent, not awaited.
+    pub fn release_failed(&mut self, record: &MeterRecord, status: u16) {
+        match self {
+            Meter::Log => tracing::debug!(
+                request_id = %record.request_id,
+                model = %record.model,
+                status,
+                error_kind = record.error_kind,
+                "failed before any output"
+            ),
+            Meter::Account(meter) if !meter.closed => {
+                meter.closed = true;
+                let usage = meter.usage_record(record, status);
+                meter.accounts.release_logged_nowait(
+                    meter.payer.account,
+                    meter.reservation.hold,
+                    usage,
+                );
+            }
+            Meter::Account(_) => {}
+        }
+    }
+
     /// Settles the request; returns once the settlement is durable.
     pub async fn settle(&mut self, record: MeterRecord) -> Result<Settlement, RequestError> {
         let estimated = record.source == UsageSource::Estimated;
@@ -288,7 +317,8 @@ impl Meter {
                     completion_tokens: record.usage.completion_tokens,
                     estimated,
                 };
-                let usage = meter.usage_record(&record);
+                // A settled request was answered (its stream or body began).
+                let usage = meter.usage_record(&record, 200);
                 // Whatever the answer, the account actor has the settle message
                 // (or the ledger is gone): a release now would be a second close.
                 meter.closed = true;
@@ -313,7 +343,7 @@ impl Meter {
 }
 
 impl AccountMeter {
-    fn usage_record(&self, record: &MeterRecord) -> UsageRecord {
+    fn usage_record(&self, record: &MeterRecord, status: u16) -> UsageRecord {
         UsageRecord {
             request_id: record.request_id.to_string(),
             at_ms: tokun_providers::clock::unix_ms(),
@@ -331,18 +361,17 @@ impl AccountMeter {
                 .as_deref()
                 .map_or_else(String::new, str::to_owned),
             prompt_tokens: record.usage.prompt_tokens,
+            cached_tokens: record.usage.cached_tokens(),
             completion_tokens: record.usage.completion_tokens,
             // The account actor writes the cost it decided.
             cost: Nanos::ZERO,
             estimated: record.source == UsageSource::Estimated,
-            // The request log's status: a settled request was answered (its
-            // stream or body began), so 200; refused requests are released,
-            // not settled, and are not in this log.
-            status: 200,
+            status,
             transport: self.transport.as_str().to_owned(),
             latency_ms: record.latency_ms,
             ttft_ms: record.ttft_ms,
             error_kind: record.error_kind.map(str::to_owned),
+            route: record.route,
         }
     }
 }

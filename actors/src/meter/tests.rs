@@ -148,6 +148,7 @@ async fn a_settled_or_released_meter_closes_its_hold_once() {
         model: "m".into(),
         served_model: None,
         provider: None,
+        route: None,
         usage: Usage::new(100, 10),
         source: UsageSource::Exact,
         outcome: RequestOutcome::Completed,
@@ -205,4 +206,91 @@ async fn an_account_the_store_does_not_have_is_unknown_not_unavailable() {
     .await
     .unwrap();
     assert!(matches!(nobody, Meter::Log));
+}
+
+#[tokio::test]
+async fn a_request_no_route_answered_is_logged_with_its_status_at_no_cost() {
+    let (store, accounts) = start(Duration::from_secs(60)).await;
+    let whole = Output {
+        requested: Some(10),
+        streamed: false,
+        withheld: true,
+    };
+    let mut meter = open(&accounts, whole).await;
+    let record = MeterRecord {
+        request_id: "req_failed".into(),
+        model: "m".into(),
+        served_model: None,
+        provider: None,
+        route: None,
+        usage: Usage::new(0, 0),
+        source: UsageSource::Exact,
+        outcome: RequestOutcome::Interrupted,
+        error_kind: Some("status"),
+        latency_ms: 7,
+        ttft_ms: None,
+    };
+    meter.release_failed(&record, 502);
+    // Closed once: neither a second release nor the drop writes again.
+    meter.release();
+    drop(meter);
+    // A durable write after the release, through the same account actor
+    // and ledger, makes the release durable too.
+    accounts
+        .transfer(ACCOUNT, EntryKind::Topup, Nanos::new(1), "after")
+        .await
+        .unwrap();
+    let view = accounts.view(ACCOUNT).await.unwrap();
+    assert_eq!((view.open_holds, view.held), (0, Nanos::ZERO));
+    assert_eq!(view.balance, Nanos::new(5_000_000_001));
+    let logged: Vec<UsageRecord> = store
+        .usage_for(ACCOUNT, 0, u64::MAX)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    let failed = &logged[0];
+    assert_eq!(failed.request_id, "req_failed");
+    assert_eq!((failed.status, failed.cost), (502, Nanos::ZERO));
+    assert_eq!(failed.error_kind.as_deref(), Some("status"));
+    assert_eq!((failed.prompt_tokens, failed.cached_tokens), (0, 0));
+    assert_eq!((failed.route, failed.key), (None, Some(KeyId::new(1))));
+    assert!(store.verify().unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn a_settled_request_logs_its_cached_tokens_and_route() {
+    let (store, accounts) = start(Duration::from_secs(60)).await;
+    let whole = Output {
+        requested: Some(10),
+        streamed: false,
+        withheld: false,
+    };
+    let mut meter = open(&accounts, whole).await;
+    let mut usage = Usage::new(100, 10);
+    usage.prompt_tokens_details =
+        Some(tokun_providers::types::PromptTokensDetails { cached_tokens: 64 });
+    let record = MeterRecord {
+        request_id: "req_cached".into(),
+        model: "m".into(),
+        served_model: Some("upstream-m".into()),
+        provider: Some("second".into()),
+        route: Some(1),
+        usage,
+        source: UsageSource::Exact,
+        outcome: RequestOutcome::Completed,
+        error_kind: None,
+        latency_ms: 3,
+        ttft_ms: Some(1),
+    };
+    meter.settle(record).await.unwrap();
+    let logged: Vec<UsageRecord> = store
+        .usage_for(ACCOUNT, 0, u64::MAX)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(
+        (logged[0].cached_tokens, logged[0].route, logged[0].status),
+        (64, Some(1), 200)
+    );
+    assert_eq!(logged[0].provider, "second");
 }

@@ -31,6 +31,7 @@ use crate::provider::{Outcome, Permit};
 
 mod attempts;
 mod embed;
+mod reject;
 mod start;
 pub mod supervisor;
 mod unary;
@@ -469,12 +470,6 @@ impl StreamState {
         );
     }
 
-    async fn reject(&mut self, error: RequestError) {
-        self.settled = true;
-        self.meter.release();
-        let _ = self.send(RelayEvent::Rejected(Box::new(error))).await;
-    }
-
     /// Bills the request and waits until the settlement is durable.
     async fn settle(
         &mut self,
@@ -498,6 +493,7 @@ impl StreamState {
             model: self.args.model.clone(),
             served_model: self.route.as_ref().map(|r| r.upstream_model.clone()),
             provider: self.route.as_ref().map(|r| r.provider.clone()),
+            route: self.route.as_ref().map(|r| r.position),
             usage,
             source,
             outcome,

@@ -53,6 +53,8 @@ pub(super) struct Target {
     pub model: Arc<str>,
     pub upstream_model: Arc<str>,
     pub provider: Arc<str>,
+    /// The route's position among the model's routes, for the request log.
+    pub route: u32,
     pub tariff: Tariff,
 }
 
@@ -70,7 +72,7 @@ impl Target {
             .model(id)
             .ok_or_else(|| ApiError::model_not_found(id))?;
         check_request_model(caller, model)?;
-        for route in &model.config.routes {
+        for (position, route) in model.config.routes.iter().enumerate() {
             let provider = state
                 .config()
                 .providers
@@ -87,6 +89,7 @@ impl Target {
                 model: model.config.id.as_str().into(),
                 upstream_model: route.model.as_str().into(),
                 provider: provider.name.as_str().into(),
+                route: u32::try_from(position).unwrap_or(u32::MAX),
                 tariff: model.tariff(),
             });
         }

@@ -275,6 +275,7 @@ impl RealtimeMeter {
             model: self.target.model.clone(),
             served_model: Some(self.target.upstream_model.clone()),
             provider: Some(self.target.provider.clone()),
+            route: Some(self.target.route),
             usage,
             source,
             outcome: match error_kind {

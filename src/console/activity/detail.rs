@@ -81,6 +81,14 @@ pub async fn show(
         (provider, "") => provider.to_owned(),
         (provider, served) => format!("{provider} / {served}"),
     };
+    let position = match record.route {
+        Some(0) => "The model's first route".to_owned(),
+        Some(n) => format!(
+            "Route {} of the model: the ones before it failed or do not serve this kind of request",
+            n + 1
+        ),
+        None => "Not recorded".to_owned(),
+    };
     let body = html! {
         p.breadcrumb { a href="/activity" { "← Activity" } }
         h1 { "Request " code { (record.request_id) } }
@@ -98,9 +106,9 @@ pub async fn show(
             dt { "Model served" } dd { @if record.served_model.is_empty() { "—" } @else { (record.served_model) } }
             dt { "Provider" } dd { @if record.provider.is_empty() { "—" } @else { (record.provider) } }
             dt { "Route that answered" } dd { (route) }
-            dt { "Routes tried before it" }
-            dd.muted { "Not recorded: the log keeps the route that answered, not the failovers before it." }
+            dt { "Route position" } dd { (position) }
             dt { "Prompt tokens" } dd { (count(record.prompt_tokens)) }
+            dt { "Cached prompt tokens" } dd { (count(record.cached_tokens)) }
             dt { "Completion tokens" } dd { (count(record.completion_tokens)) }
             dt { "Usage" }
             dd {

@@ -183,6 +183,8 @@ impl Export {
             r.latency_ms.to_string(),
             r.ttft_ms.map(|t| t.to_string()).unwrap_or_default(),
             r.error_kind.clone().unwrap_or_default(),
+            r.cached_tokens.to_string(),
+            r.route.map(|route| route.to_string()).unwrap_or_default(),
         ];
         for (i, field) in fields.iter().enumerate() {
             if i > 0 {
@@ -206,6 +208,7 @@ impl Export {
             "served_model": r.served_model,
             "provider": r.provider,
             "prompt_tokens": r.prompt_tokens,
+            "cached_tokens": r.cached_tokens,
             "completion_tokens": r.completion_tokens,
             "cost_usd": r.cost.to_string(),
             "usage": if r.estimated { "estimated" } else { "exact" },
@@ -215,6 +218,7 @@ impl Export {
             "latency_ms": r.latency_ms,
             "ttft_ms": r.ttft_ms,
             "error_kind": r.error_kind,
+            "route": r.route,
         })
     }
 }
@@ -240,6 +244,9 @@ fn csv_header(zone: &Zone) -> String {
         "latency_ms",
         "ttft_ms",
         "error_kind",
+        // Appended, so the columns before them keep their places.
+        "cached_tokens",
+        "route",
     ];
     let fields: Vec<String> = names.iter().map(|n| csv_field(n)).collect();
     fields.join(",") + "\r\n"
@@ -302,6 +309,6 @@ mod tests {
     fn the_header_names_the_zone() {
         let header = csv_header(&Zone::named("Europe/Paris"));
         assert!(header.starts_with("request_id,time (Europe/Paris),key,"));
-        assert!(header.ends_with("error_kind\r\n"));
+        assert!(header.ends_with("error_kind,cached_tokens,route\r\n"));
     }
 }

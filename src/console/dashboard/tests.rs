@@ -20,6 +20,8 @@ fn record(at_ms: u64, model: &str, cost: i64) -> UsageRecord {
         latency_ms: 1,
         ttft_ms: None,
         error_kind: None,
+        cached_tokens: 0,
+        route: None,
     }
 }
 

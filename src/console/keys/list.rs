@@ -102,7 +102,7 @@ pub fn render(
         } @else {
             ul.key-list aria-label="Active keys" {
                 @for key in &live {
-                    li { (key_card(who, key, spent.get(&key.id).copied(), rename, now)) }
+                    li { (key_card(who, key, spent.get(&key.id).copied(), rename, now, kept(state, key))) }
                 }
             }
         }
@@ -146,6 +146,7 @@ fn key_card(
     spent: Option<Nanos>,
     rename: Option<&RenameError<'_>>,
     now_ms: u64,
+    kept: bool,
 ) -> Markup {
     let id = key.id.to_string();
     let refused = rename.filter(|r| r.key == key.id);
@@ -199,8 +200,20 @@ fn key_card(
             @if key.debug {
                 p.hint.debug-note { "Debugging keeps this key’s request and response bodies for 7 days." }
             }
+            @if key.debug || kept {
+                p.debug-note { a href=(format!("/keys/{id}/debug")) { "Stored requests" } }
+            }
         }
     }
+}
+
+/// Whether request debugging kept anything of the key (its page is linked).
+fn kept(state: &AppState, key: &KeyRecord) -> bool {
+    state
+        .services()
+        .store
+        .has_debug_bodies(key.id)
+        .unwrap_or(false)
 }
 
 /// `$5.00 a day · $0.12 spent today`, or `No limit`.

@@ -88,12 +88,21 @@ impl Loader {
 }
 
 /// Writes request metadata under the keys it had in the snapshotted store.
+/// A schema before migration 3 has no `cached_tokens` or `route`: 0 and none.
 pub(super) async fn copy_requests(
     tx: &Transaction<'_>,
     target: &PgTarget,
     store: &Store,
+    schema_version: i32,
 ) -> Result<u64, PgError> {
-    let statement = format!("SELECT {REQUEST_COLUMNS} FROM requests");
+    let columns = match schema_version {
+        4.. => REQUEST_COLUMNS.to_owned(),
+        _ => REQUEST_COLUMNS.replace(
+            "cached_tokens, route",
+            "0::bigint AS cached_tokens, NULL::integer AS route",
+        ),
+    };
+    let statement = format!("SELECT {columns} FROM requests");
     let portal = tx
         .bind(&statement, &[])
         .await

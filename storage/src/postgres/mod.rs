@@ -18,6 +18,7 @@
 //! proxy.
 
 mod audit;
+mod checkpoint;
 mod copy;
 mod load;
 mod mirror;

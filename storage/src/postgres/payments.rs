@@ -35,15 +35,20 @@ const PAYMENT_COLUMNS: &str = "id, account_id, amount_nanos, currency, status, c
      updated_ms, paid_nanos, refunded_nanos, debited_nanos, payment_intent, note";
 const EVENT_COLUMNS: &str = "key, processed_ms";
 
-/// Payments whose entries up to the cut disagree with them (see module docs).
+/// Payments whose entries up to the cut (with the money of those retention
+/// pruned, `checkpoint_references`) disagree with them (see module docs).
 const CHECK: &str = "SELECT p.id FROM snap_payments p CROSS JOIN LATERAL ( \
        SELECT count(*) FILTER (WHERE e.kind = 'topup') AS topups, \
               coalesce(sum(e.amount_nanos) FILTER (WHERE e.kind = 'topup'), 0) AS paid, \
               coalesce(sum(e.amount_nanos) FILTER (WHERE e.kind = 'refund'), 0) AS debited \
        FROM ledger_entries e WHERE e.reference = p.id AND e.kind IN ('topup', 'refund')) m \
-     WHERE p.account_id IS NOT NULL AND (m.debited <> p.debited_nanos OR \
+     LEFT JOIN checkpoint_references c ON c.reference = p.id \
+     WHERE p.account_id IS NOT NULL AND \
+       (m.debited + coalesce(c.refunded_nanos, 0) <> p.debited_nanos OR \
        CASE WHEN p.status IN ('paid', 'partially_refunded', 'refunded') \
-            THEN m.topups <> 1 OR m.paid <> p.paid_nanos ELSE m.topups <> 0 END) \
+            THEN m.topups + coalesce(c.topups, 0) <> 1 \
+              OR m.paid + coalesce(c.topped_up_nanos, 0) <> p.paid_nanos \
+            ELSE m.topups + coalesce(c.topups, 0) <> 0 END) \
      LIMIT 1";
 
 /// Snapshot, before the cut: every payment and mark into temporary tables.
@@ -182,6 +187,25 @@ impl Restored {
             debited_amount: Nanos::ZERO,
             ..payment.clone()
         }))
+    }
+
+    /// The credited payments whose `Topup` retention pruned, as they were
+    /// when credited: a restore installs them with the checkpoint, since
+    /// the entry that would carry them is gone.
+    pub(super) fn pruned_credits(
+        &self,
+        references: &std::collections::BTreeMap<String, crate::checkpoint::PrunedReference>,
+    ) -> Vec<PaymentRecord> {
+        self.credited
+            .values()
+            .filter(|p| references.get(&p.session_id).is_some_and(|r| r.topups > 0))
+            .map(|payment| PaymentRecord {
+                status: PaymentStatus::Paid,
+                refunded_amount: Nanos::ZERO,
+                debited_amount: Nanos::ZERO,
+                ..payment.clone()
+            })
+            .collect()
     }
 
     /// What follows the entries: every payment's final state (a `paid` one

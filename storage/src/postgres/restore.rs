@@ -16,6 +16,11 @@
 //!
 //! Holds open at the snapshot's cut come back open, with their price and
 //! last checkpoint, so the next `tokun serve` settles them as `recovered`.
+//!
+//! A snapshot whose oldest entries retention pruned carries the ledger
+//! checkpoint: it is installed into the empty store first (its books,
+//! its last seq, and the credited payments whose `Topup` it pruned), and
+//! the writer replays the entries after it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,7 +34,7 @@ use super::rows::{
     ACCOUNT_COLUMNS, BALANCE_COLUMNS, ENTRY_COLUMNS, HOLD_COLUMNS, HoldRow, KEY_COLUMNS,
     account_from, entry_from, hold_from, key_from,
 };
-use super::{PgConn, PgError, PgTarget, blocking};
+use super::{PgConn, PgError, PgTarget, blocking, checkpoint};
 use crate::ids::{AccountId, HoldId};
 use crate::ledger::{Books, EntryKind};
 use crate::ops::{NewEntry, WriteOp};
@@ -101,8 +106,22 @@ async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError
         .map(|row| hold_from(row).map(|hold| (hold.hold, hold)))
         .collect::<Result<_, _>>()?;
     let payments = Restored::load(&tx, target).await?;
+    let version = schema_version(&tx, target).await?;
+    let pruned = match version {
+        5.. => checkpoint::load(&tx, target).await?,
+        _ => None,
+    };
 
     let store = Store::open(dir)?;
+    let mut ids = Ids::default();
+    let from_seq = match &pruned {
+        Some(state) => {
+            store.install_checkpoint(state, &payments.pruned_credits(&state.references))?;
+            ids.hold = state.checkpoint.max_hold;
+            state.checkpoint.through_seq
+        }
+        None => 0,
+    };
     let (writer, thread) = LedgerWriter::start(
         store.clone(),
         WriterConfig {
@@ -112,7 +131,6 @@ async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError
         },
     )?;
     let mut loader = Loader::new(writer.clone());
-    let mut ids = Ids::default();
     for chunk in accounts.chunks(CHUNK as usize) {
         ids.account = chunk.iter().map(|a| a.id.get()).fold(ids.account, u64::max);
         loader
@@ -139,6 +157,7 @@ async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError
     let replay = Replay {
         holds: &holds,
         payments: &payments,
+        from_seq,
         last_seq,
     };
     replay_entries(&tx, target, &mut loader, &replay, &mut ids).await?;
@@ -168,7 +187,7 @@ async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError
     .await?;
     loaded?;
 
-    let requests = copy_requests(&tx, target, &store).await?;
+    let requests = copy_requests(&tx, target, &store, version).await?;
     let audit = super::audit::restore(&tx, target, &store).await?;
     write_id_ranges(&store, &ids)?;
     let balances = select(&tx, target, BALANCE_COLUMNS, "balances", "account_id").await?;
@@ -194,7 +213,23 @@ async fn rebuild(conn: &mut PgConn, dir: &Path) -> Result<RestoreReport, PgError
 struct Replay<'a> {
     holds: &'a BTreeMap<HoldId, HoldRow>,
     payments: &'a Restored,
+    /// The checkpoint the snapshot starts after (0: nothing was pruned).
+    from_seq: u64,
     last_seq: u64,
+}
+
+/// The newest migration the snapshot's schema has: a snapshot written by
+/// an older tokun lacks the later tables and columns.
+async fn schema_version(tx: &Transaction<'_>, target: &PgTarget) -> Result<i32, PgError> {
+    let row = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(target.fail("read schema_migrations"))?;
+    row.try_get(0)
+        .map_err(target.fail("read schema_migrations"))
 }
 
 /// The watermark of the last snapshot; `NoSnapshot` if none ever committed.
@@ -236,7 +271,8 @@ async fn select(
     .map_err(target.fail("read the snapshot"))
 }
 
-/// Submits entries `1..=last_seq` in order, a chunk per submission.
+/// Submits entries `from_seq + 1..=last_seq` in order, a chunk per
+/// submission.
 async fn replay_entries(
     tx: &Transaction<'_>,
     target: &PgTarget,
@@ -245,14 +281,16 @@ async fn replay_entries(
     ids: &mut Ids,
 ) -> Result<(), PgError> {
     let last_seq = replay.last_seq;
-    let statement =
-        format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE seq <= $1 ORDER BY seq");
+    let statement = format!(
+        "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq"
+    );
+    let from = i64::try_from(replay.from_seq).unwrap_or(i64::MAX);
     let bound = i64::try_from(last_seq).unwrap_or(i64::MAX);
     let portal = tx
-        .bind(&statement, &[&bound])
+        .bind(&statement, &[&from, &bound])
         .await
         .map_err(target.fail("read ledger_entries"))?;
-    let mut next = 1;
+    let mut next = replay.from_seq + 1;
     loop {
         let rows = tx
             .query_portal(&portal, CHUNK)

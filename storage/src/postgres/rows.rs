@@ -26,7 +26,7 @@ pub(super) const HOLD_COLUMNS: &str = "hold_id, account_id, amount_nanos, reques
      price_output_nanos, price_cached_input_nanos";
 pub(super) const REQUEST_COLUMNS: &str = "account_id, at_ms, unique_id, request_id, key_id, \
      model, served_model, provider, prompt_tokens, completion_tokens, cost_nanos, estimated, \
-     status, transport, latency_ms, ttft_ms, error_kind";
+     status, transport, latency_ms, ttft_ms, error_kind, cached_tokens, route";
 
 /// A hold open at a snapshot's cut: its amount comes from the ledger, the
 /// rest (for crash recovery after a restore) from the `holds` tree when the
@@ -210,7 +210,7 @@ pub(super) fn put_request(
     unique: u64,
     usage: &UsageRecord,
 ) -> Result<(), PgError> {
-    rows.row(17).uint8("an account id", usage.account.get())?;
+    rows.row(19).uint8("an account id", usage.account.get())?;
     rows.uint8("a time", usage.at_ms)?;
     rows.uint8("a usage id", unique)?;
     rows.text(&usage.request_id)?;
@@ -226,6 +226,11 @@ pub(super) fn put_request(
     rows.uint8("a latency", usage.latency_ms)?;
     rows.opt_uint8("a latency", usage.ttft_ms)?;
     rows.opt_text(usage.error_kind.as_deref())?;
+    rows.uint8("a token count", usage.cached_tokens)?;
+    match usage.route {
+        Some(route) => rows.int4(i32::try_from(route).unwrap_or(i32::MAX)),
+        None => rows.null(),
+    };
     Ok(())
 }
 
@@ -248,6 +253,10 @@ pub(super) fn request_from(row: &Row) -> Result<(u64, UsageRecord), PgError> {
         latency_ms: unsigned(row, 14)?,
         ttft_ms: opt_unsigned(row, 15)?,
         error_kind: get(row, 16)?,
+        cached_tokens: unsigned(row, 17)?,
+        route: get::<Option<i32>>(row, 18)?
+            .map(|route| u32::try_from(route).map_err(|_| inconsistent(format!("route {route}"))))
+            .transpose()?,
     };
     Ok((unsigned(row, 2)?, usage))
 }

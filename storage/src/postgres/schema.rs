@@ -18,6 +18,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "snapshot tables and views", V1),
     (2, "key limit periods and expiry", V2),
     (3, "audit log", V3),
+    (4, "request log: cached tokens and route", V4),
+    (5, "ledger checkpoint", V5),
 ];
 
 const V1: &str = r#"
@@ -205,6 +207,45 @@ CREATE INDEX audit_log_target ON audit_log (target);
 CREATE VIEW audit AS
 SELECT seq, to_timestamp(at_ms / 1000.0) AS at, actor, action, target, before, after, reason
 FROM audit_log;
+"#;
+
+/// The request log gains the cached prompt tokens and the route that
+/// answered. `IF NOT EXISTS`, so a database that already has them (a
+/// migration renumbered while branches merged) takes it as it is.
+const V4: &str = r#"
+ALTER TABLE requests
+    ADD COLUMN IF NOT EXISTS cached_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS route integer;
+"#;
+
+/// Retention prunes the oldest entries; the checkpoint says what they
+/// added up to (`postgres/checkpoint.rs`). Sums beyond `bigint` are
+/// `numeric`.
+const V5: &str = r#"
+CREATE TABLE IF NOT EXISTS ledger_checkpoint (
+    id smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    through_seq bigint NOT NULL,
+    through_at_ms bigint NOT NULL,
+    revenue_nanos numeric NOT NULL,
+    external_nanos numeric NOT NULL,
+    max_hold_id bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS checkpoint_balances (
+    account_id bigint PRIMARY KEY,
+    balance_nanos bigint NOT NULL,
+    held_nanos bigint NOT NULL,
+    last_seq bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS checkpoint_references (
+    reference text PRIMARY KEY,
+    topups integer NOT NULL,
+    topped_up_nanos numeric NOT NULL,
+    refunded_nanos numeric NOT NULL,
+    account_ids bigint[] NOT NULL,
+    last_seq bigint NOT NULL
+);
 "#;
 
 /// Creates and selects the schema, then applies what is missing. Returns

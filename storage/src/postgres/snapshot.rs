@@ -1,6 +1,9 @@
 //! One snapshot: everything the store holds that Postgres does not, in ONE
 //! transaction that also moves the watermark (`snapshot_state.last_seq`).
 //!
+//! Entries retention pruned from the store are deleted here too, and the
+//! ledger checkpoint written, in the same transaction (`checkpoint.rs`).
+//!
 //! The cut is the store's last seq when the snapshot starts. Ledger entries
 //! after the watermark up to the cut are COPied straight into
 //! `ledger_entries`: the watermark row is locked (`FOR UPDATE`) and moves in
@@ -23,7 +26,8 @@ use tokio_postgres::Transaction;
 
 use super::copy::{CopyRows, copy_in};
 use super::rows::{ENTRY_COLUMNS, HOLD_COLUMNS, HoldRow, entry_from, hold_from, put_entry};
-use super::{PgConn, PgError, PgTarget, blocking, mirror, payments};
+use super::{PgConn, PgError, PgTarget, blocking, checkpoint, mirror, payments};
+use crate::checkpoint::CheckpointState;
 use crate::ids::{AccountId, HoldId};
 use crate::ledger::{Books, EntryKind, LedgerEntry};
 use crate::store::Store;
@@ -51,6 +55,9 @@ pub struct SnapshotReport {
     pub stripe_events: u64,
     /// Audit records new to Postgres.
     pub audit: u64,
+    /// Entries deleted from Postgres because retention pruned them from
+    /// the store (`checkpoint.rs`).
+    pub pruned: u64,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
 }
@@ -63,8 +70,8 @@ pub(super) struct Cut {
     pub(super) balances: BTreeMap<AccountId, (Books, u64)>,
     /// Holds open at the cut (loaded as of the watermark, then stepped).
     pub(super) holds: BTreeMap<HoldId, HoldRow>,
-    /// Accounts with settlements since the watermark, and the time span of
-    /// those settlements: where their request metadata is (`mirror`).
+    /// Accounts with settlements (or releases) since the watermark, and the
+    /// time span of those entries: where their request metadata is (`mirror`).
     pub(super) settled: BTreeMap<AccountId, (u64, u64)>,
 }
 
@@ -79,9 +86,15 @@ pub async fn snapshot(store: &Store, conn: &mut PgConn) -> Result<SnapshotReport
     let from_seq = locked_watermark(&tx, target).await?;
     // Payments are read before the cut: see `payments`.
     payments::stage(&tx, target, store).await?;
-    let last_seq = check_same_ledger(&tx, target, store, from_seq).await?;
-    let cut = Cut::load(&tx, target).await?;
-    let (entries, mut cut) = copy_entries(&tx, target, store, from_seq, last_seq, cut).await?;
+    let (pruned_state, pruned) = checkpoint::apply(&tx, target, store).await?;
+    let through = pruned_state.checkpoint.through_seq;
+    let last_seq = check_same_ledger(&tx, target, store, from_seq, through).await?;
+    let mut cut = Cut::load(&tx, target).await?;
+    if from_seq < through {
+        cut.skip_pruned(&pruned_state, from_seq);
+    }
+    let start = from_seq.max(through);
+    let (entries, mut cut) = copy_entries(&tx, target, store, start, last_seq, cut).await?;
     let balances = mirror::balances(&tx, target, &cut).await?;
     let open_holds = mirror::open_holds(&tx, target, store, &mut cut).await?;
     // Keys before accounts: a key seen in the scan belongs to an account
@@ -103,6 +116,7 @@ pub async fn snapshot(store: &Store, conn: &mut PgConn) -> Result<SnapshotReport
         payments,
         stripe_events,
         audit,
+        pruned,
         duration: Duration::ZERO,
     };
     let rows = i64::try_from(report.rows()).unwrap_or(i64::MAX);
@@ -164,13 +178,31 @@ impl Cut {
         Ok(cut)
     }
 
+    /// Retention pruned entries after the watermark before any snapshot
+    /// copied them: the cut moves to the checkpoint, where no hold is open
+    /// and the accounts with entries since the watermark have the
+    /// checkpoint's books. (Their request metadata is not looked for: it
+    /// is as old as the entries, and its own retention covers it.)
+    fn skip_pruned(&mut self, state: &CheckpointState, watermark: u64) {
+        self.holds.clear();
+        for (account, row) in &state.books {
+            if row.last_seq > watermark {
+                self.balances.insert(*account, (row.books, row.last_seq));
+            }
+        }
+    }
+
     /// What one entry changes at the cut: its account's books, its hold,
     /// and where to look for request metadata.
     pub(super) fn step(&mut self, entry: &LedgerEntry) -> Result<(), PgError> {
         let account = entry.account;
         self.balances
             .insert(account, (entry.books_after(), entry.seq));
-        if matches!(entry.kind, EntryKind::Settle | EntryKind::Recovered) {
+        // A request no route answered is logged with its `Release`.
+        if matches!(
+            entry.kind,
+            EntryKind::Settle | EntryKind::Recovered | EntryKind::Release
+        ) {
             let span = self
                 .settled
                 .entry(account)
@@ -241,18 +273,20 @@ async fn locked_watermark(tx: &Transaction<'_>, target: &PgTarget) -> Result<u64
 }
 
 /// The store's last seq, after checking that Postgres holds a snapshot of
-/// this ledger: not ahead of it, and with the same entry at the watermark.
+/// this ledger: not ahead of it, and with the same entry at the watermark
+/// (unless retention pruned it: `through` is the store's checkpoint).
 async fn check_same_ledger(
     tx: &Transaction<'_>,
     target: &PgTarget,
     store: &Store,
     watermark: u64,
+    through: u64,
 ) -> Result<u64, PgError> {
     let store = store.clone();
     let (last_seq, ours) = blocking(move || {
         let last_seq = store.last_seq()?;
         let ours = match watermark {
-            0 => None,
+            seq if seq <= through => None,
             seq => store.entries(seq).next().transpose()?,
         };
         Ok((last_seq, ours))
@@ -264,7 +298,7 @@ async fn check_same_ledger(
             last_seq,
         });
     }
-    if watermark > 0 {
+    if watermark > through {
         let row = tx
             .query_opt(
                 &format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE seq = $1"),

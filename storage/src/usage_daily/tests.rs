@@ -39,6 +39,8 @@ fn insert(store: &Store, account: u64, at_ms: u64, unique: u64, model: &str, cos
         latency_ms: 5,
         ttft_ms: None,
         error_kind: None,
+        cached_tokens: 0,
+        route: None,
     };
     store
         .trees

@@ -20,6 +20,8 @@ fn record(account: u64, at_ms: u64, n: u64) -> UsageRecord {
         latency_ms: 5,
         ttft_ms: Some(1),
         error_kind: (n % 10 == 3).then(|| "client_gone".to_owned()),
+        cached_tokens: 0,
+        route: None,
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Trees are committed in a fixed order that `verify` relies on to check a
 //! live store: `balances` before `holds`, `balances` before the payment
-//! trees, and `meta` (the last committed seq) last, so a reader that sees a
-//! seq in `meta` sees everything written up to it.
+//! trees, the ledger checkpoint after the entries a prune removes, and
+//! `meta` (the last committed seq) last, so a reader that sees a seq in
+//! `meta` sees everything written up to it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -13,7 +14,8 @@ use std::convert::Infallible;
 use sled::IVec;
 use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
 
-use super::stage::Changes;
+use super::stage::{Changes, Pruned};
+use crate::checkpoint::{META_KEY, books_key, reference_key};
 use crate::codec::{encode, pair_key, read_u64};
 use crate::error::StorageError;
 use crate::payments::account_payment_key;
@@ -33,8 +35,9 @@ const PAYMENTS: usize = 10;
 const ACCOUNT_PAYMENTS: usize = 11;
 const PAYMENT_INTENTS: usize = 12;
 const STRIPE_EVENTS: usize = 13;
-const META: usize = 14;
-const TREES: usize = 15;
+const CHECKPOINT: usize = 14;
+const META: usize = 15;
+const TREES: usize = 16;
 
 /// A write to one tree: `None` removes the key.
 type Write = (IVec, Option<IVec>);
@@ -58,10 +61,11 @@ pub(super) fn write(store: &Store, changes: &Changes) -> Result<(), StorageError
         &t.account_payments,
         &t.payment_intents,
         &t.stripe_events,
+        &t.checkpoint,
         &t.meta,
     ];
     // Only the trees this batch writes take part: sled's transaction costs
-    // per participating tree (a typical billed batch touches 6 of the 15).
+    // per participating tree (a typical billed batch touches 6 of the 16).
     // The fixed order above is kept.
     let (trees, writes): (Vec<&sled::Tree>, Vec<&Vec<Write>>) = trees
         .into_iter()
@@ -148,7 +152,32 @@ fn encode_all(changes: &Changes) -> Result<[Vec<Write>; TREES], StorageError> {
     for (key, at_ms) in &changes.processed {
         writes[STRIPE_EVENTS].push(put(key, at_ms.to_be_bytes().to_vec()));
     }
+    if let Some(pruned) = &changes.pruned {
+        encode_prune(pruned, &mut writes)?;
+    }
     Ok(writes)
+}
+
+/// A prune: its entries and their index removed, the checkpoint moved.
+fn encode_prune(pruned: &Pruned, writes: &mut [Vec<Write>; TREES]) -> Result<(), StorageError> {
+    for seq in pruned.seqs.clone() {
+        writes[ENTRIES].push((IVec::from(&seq.to_be_bytes()[..]), None));
+    }
+    for (key, seqs) in &pruned.index {
+        writes[ACCOUNT_ENTRIES].push((IVec::from(&key[..]), seqs.as_deref().map(IVec::from)));
+    }
+    let checkpoint = &mut writes[CHECKPOINT];
+    checkpoint.push(put(META_KEY, encode("a checkpoint", &pruned.checkpoint)?));
+    for (account, row) in &pruned.books {
+        checkpoint.push(put(books_key(*account), encode("a checkpoint", row)?));
+    }
+    for (reference, money) in &pruned.references {
+        checkpoint.push(put(
+            reference_key(reference),
+            encode("a checkpoint", money)?,
+        ));
+    }
+    Ok(())
 }
 
 fn put(key: impl AsRef<[u8]>, value: Vec<u8>) -> Write {

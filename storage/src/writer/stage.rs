@@ -7,6 +7,9 @@ use std::collections::{HashMap, HashSet};
 mod payments;
 #[cfg(test)]
 mod payments_tests;
+mod prune;
+
+pub(super) use self::prune::Pruned;
 
 use crate::codec::{normalize_email, usage_key};
 use crate::error::StorageError;
@@ -32,6 +35,8 @@ pub(super) struct Changes {
     pub(super) payments: HashMap<String, PaymentRecord>,
     /// Stripe event ids and refund keys marked processed, with when.
     pub(super) processed: HashMap<String, u64>,
+    /// The oldest entries removed by retention, and the new checkpoint.
+    pub(super) pruned: Option<prune::Pruned>,
     /// Holds opened by these changes (so absent from the store). One that
     /// is also closed here is dropped from `holds` instead of becoming a
     /// removal: most requests open and close their hold within one batch,
@@ -68,6 +73,7 @@ pub(super) fn stage(
             WriteOp::PutUsage(usage) => stage.put_usage(usage)?,
             WriteOp::PutPayment(payment) => stage.put_payment(op_index, payment)?,
             WriteOp::MarkProcessed { key, at_ms } => stage.mark_processed(op_index, key, *at_ms)?,
+            WriteOp::PruneLedger { through_seq } => stage.prune(op_index, *through_seq)?,
             // Only asks for a flush; see `write_batch`.
             WriteOp::Sync => {}
         }
@@ -87,6 +93,7 @@ impl Changes {
             && self.holds.is_empty()
             && self.payments.is_empty()
             && self.processed.is_empty()
+            && self.pruned.is_none()
     }
 
     /// Records a hold's new state; `opened` marks a hold this entry opens.
@@ -111,6 +118,9 @@ impl Changes {
         self.balances.extend(later.balances);
         self.payments.extend(later.payments);
         self.processed.extend(later.processed);
+        if later.pruned.is_some() {
+            self.pruned = later.pruned;
+        }
         for (hold, state) in later.holds {
             let opened = later.fresh_holds.contains(&hold);
             self.set_hold(hold, state, opened);

@@ -325,6 +325,8 @@ pub fn usage(account: u64, at_ms: u64, request: &str) -> UsageRecord {
         latency_ms: 3,
         ttft_ms: Some(1),
         error_kind: None,
+        cached_tokens: 0,
+        route: None,
     }
 }
 
