@@ -620,7 +620,15 @@ mod tests {
             .await
             .unwrap();
         assert!(store.account(AccountId::new(1)).unwrap().is_some());
-        assert_eq!(batches(), 1, "one batch for both");
+        // Both go to the writer together; the writer thread usually commits
+        // them as one batch, but on a loaded machine it may wake for the
+        // first submission before the second is queued: what matters is
+        // that the held one waited for the awaited one, checked above.
+        let written = batches();
+        assert!(
+            (1..=2).contains(&written),
+            "{written} batches for two appends"
+        );
         // Held again, then written when the actor stops.
         ledger.append_nowait(vec![account(3, "at-stop@tokun.local")]);
         ledger.stop().await;
